@@ -1,0 +1,45 @@
+"""Accuracy, macro-F1, per-class accuracy and a confusion-matrix figure for a classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score
+from torch import nn
+
+from ganft.data import Images
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Predicted class indices (N,) on the CPU; large batches, no autograd bookkeeping."""
+    model.eval()
+    return torch.cat([model(chunk).argmax(dim=1).cpu() for chunk in x.split(batch_size)])
+
+
+def accuracy(model: nn.Module, images: Images) -> float:
+    return (predict(model, images.x) == images.y.cpu()).float().mean().item()
+
+
+def test_metrics(model: nn.Module, test: Images, classes: tuple[str, ...]) -> tuple[dict[str, float], Figure]:
+    """``test/acc``, ``test/macro_f1`` and ``test/acc_class_<k>``, plus the confusion matrix figure."""
+    y_true = test.y.cpu().numpy()
+    y_pred = predict(model, test.x).numpy()
+    labels = np.arange(len(classes))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
+    metrics = {"test/acc": float(accuracy_score(y_true, y_pred)),
+               "test/macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=labels,
+                                               zero_division=0))}
+    metrics.update({f"test/acc_class_{k}": float(a) for k, a in enumerate(per_class)})
+    return metrics, confusion_figure(cm, classes)
+
+
+def confusion_figure(cm: np.ndarray, classes: tuple[str, ...]) -> Figure:
+    fig = Figure(figsize=(6.5, 5.5), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    ConfusionMatrixDisplay(cm, display_labels=list(classes)).plot(ax=ax, colorbar=False,
+                                                                  xticks_rotation=45)
+    ax.set_title(f"Test confusion matrix (accuracy {cm.trace() / max(cm.sum(), 1):.3f})")
+    return fig

@@ -1,0 +1,76 @@
+"""run_trial: one trial of a study, as plain stages (data -> GAN -> synthetic set -> classifier ->
+test metrics). Returns the metrics dict; everything else goes to the tracker."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ganft.cache import CachedGan, GanCache, gan_key
+from ganft.config import TrialConfig, flatten
+from ganft.data import Images, Splits, labelled_subset, splits_for
+from ganft.evaluate import test_metrics
+from ganft.finetune import train_classifier
+from ganft.gan_train import SAMPLES_PER_CLASS, build_generator, train_gan
+from ganft.models.gan import Generator
+from ganft.runtime import derive_seed
+from ganft.synth import sample_synthetic, synthetic_count
+from ganft.tracking import NULL_TRACKER, Tracker, log_image_tensor
+
+log = logging.getLogger(__name__)
+
+
+def obtain_generator(cfg: TrialConfig, real: Images, splits: Splits, device: torch.device,
+                     tracker: Tracker, cache: GanCache | None) -> tuple[Generator, bool]:
+    """The trained generator for (dataset, N, seed, GAN config) and whether it was trained now
+    (False: reused from the cache)."""
+    key = gan_key(cfg)
+
+    def train() -> CachedGan:
+        log.info("GAN %s: training (%d steps on %d images)", key, cfg.gan.steps, len(real))
+        result = train_gan(cfg.gan, real, splits.num_classes, seed=cfg.seed, device=device,
+                           tracker=tracker)
+        return CachedGan(result.generator.state_dict(), result.samples, result.metrics)
+
+    if cache is None:
+        entry, hit = train(), False
+    else:
+        with cache.lock(key):  # a second worker needing the same GAN waits, then loads it
+            entry = cache.load(key)
+            hit = entry is not None
+            if entry is None:
+                entry = train()
+                cache.save(key, entry)
+            else:
+                log.info("GAN %s: reused from the cache", key)
+    tracker.set_tags({"gan.cache": "hit" if hit else "miss", "gan.key": key})
+    tracker.log_metrics(entry.metrics)
+    log_image_tensor(tracker, entry.samples, "gan_samples.png", nrow=SAMPLES_PER_CLASS)
+    G = build_generator(cfg.gan, splits.image_shape, splits.num_classes)
+    G.load_state_dict(entry.state_dict)
+    return G.to(device).eval(), not hit
+
+
+def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,
+              cache: GanCache | None = None) -> dict[str, float]:
+    t0 = time.perf_counter()
+    tracker.log_params(flatten(cfg))
+    splits = splits_for(cfg.data)
+    real = labelled_subset(splits, cfg.data.train_size, cfg.seed)
+    n_synth = synthetic_count(cfg.synth.ratio, len(real))
+    synthetic, trained = None, False
+    if n_synth:  # ratio 0 is the real-only baseline: no GAN at all
+        G, trained = obtain_generator(cfg, real, splits, device, tracker, cache)
+        synthetic = sample_synthetic(G, n_synth, splits.num_classes,
+                                     seed=derive_seed(cfg.seed, "synth"), device=device)
+    clf = train_classifier(cfg.classifier, real, synthetic, splits.val, splits.num_classes,
+                           seed=cfg.seed, device=device, tracker=tracker)
+    metrics, confusion = test_metrics(clf.model, splits.test.to(device), splits.classes)
+    tracker.log_figure(confusion, "confusion_matrix.png")
+    metrics = {**clf.metrics, **metrics, "synth/count": n_synth, "data/real_count": len(real),
+               "gan/trained_here": float(trained),
+               "time/trial_seconds": time.perf_counter() - t0}
+    tracker.log_metrics(metrics)
+    return metrics
