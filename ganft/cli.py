@@ -113,7 +113,8 @@ def cmd_study_status(args: argparse.Namespace) -> int:
         print(f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)")
         return 1
     states = survey(study, cfg)
-    counts = {s: sum(ps.state == s for ps in states) for s in ("complete", "running", "queued", "failed", "missing")}
+    kinds = ("complete", "running", "queued", "failed", "missing")
+    counts = {k: sum(ps.state == k for ps in states) for k in kinds}
     print(f"study {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(states)}")
     for ps in states:
         extra = f"  ({ps.attempts} attempt(s)) {ps.reason}" if ps.state == "failed" else ""
@@ -151,7 +152,8 @@ def machine_description() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; "
+            f"torch {torch.__version__}")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

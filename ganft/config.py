@@ -247,7 +247,8 @@ def _allowed_fields(root: type[BaseModel], loc: list[str]) -> list[str]:
     model: Any = root
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return []
         model = field.annotation
     return list(model.model_fields)

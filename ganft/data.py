@@ -113,7 +113,7 @@ def read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} values)")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # frombuffer is read-only; torch wants writable memory
 
 
 def _find_idx_dir(root: Path) -> Path | None:

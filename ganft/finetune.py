@@ -36,7 +36,8 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
     """Union mixing: each batch is drawn uniformly from real ∪ synthetic."""
     train = real.to(device)
     if synthetic is not None and len(synthetic):
-        train = Images(torch.cat([train.x, synthetic.x.to(device)]), torch.cat([train.y, synthetic.y.to(device)]))
+        synthetic = synthetic.to(device)
+        train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
     val = val.to(device)
     with seeded(derive_seed(seed, "clf-init")):  # same init for every ratio of a (N, seed) pair
         model = build_classifier(cfg.arch, tuple(real.x.shape[1:]), num_classes, cfg.width).to(device)

@@ -104,11 +104,9 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
     ``baseline_acc``, ``mean_diff``, ``ci_low``, ``ci_high``, ``p_value``, ``note``."""
     factors = varying_factors(df)
     pair_keys = [N_COL, SEED_COL, *factors]
+    df = df.reset_index(drop=True).astype({k: str for k in factors})  # lists/None compare as text
     base = df[df[RATIO_COL] == 0][[*pair_keys, metric]].rename(columns={metric: "_base"})
-    treated = df[df[RATIO_COL] > 0]
-    key_str = {k: df[k].astype(str) for k in factors}  # lists/None compare safely as text
-    merged = treated.assign(**{k: key_str[k][treated.index] for k in factors}).merge(
-        base.assign(**{k: key_str[k][base.index] for k in factors}), on=pair_keys, how="inner")
+    merged = df[df[RATIO_COL] > 0].merge(base, on=pair_keys, how="inner")
     rows = []
     for cell, g in merged.groupby([N_COL, RATIO_COL, *factors], sort=True, dropna=False):
         diffs = (g[metric] - g["_base"]).to_numpy()
@@ -241,15 +239,17 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta) -> Path:
         fig.savefig(out_dir / name)
     answer = answer_lines(df, cells)
     table = cells_display(cells)
-    about = [f"Command: `{meta.command}`" if meta.command else "", f"Machine: {meta.machine}" if meta.machine else "",
-             f"Paired differences: each GAN run minus the real-only (ratio 0) run with the same N, seed "
-             f"and other factors; 95% CI = mean ± t(0.975, n−1)·sd/√n; p from a paired t-test."]
+    about = [f"Command: `{meta.command}`" if meta.command else "",
+             f"Machine: {meta.machine}" if meta.machine else "",
+             "Paired differences: each GAN run minus the real-only (ratio 0) run with the same N, seed "
+             "and other factors; 95% CI = mean ± t(0.975, n−1)·sd/√n; p from a paired t-test."]
     about = [a for a in about if a]
 
     md = [f"# ganft report: {meta.study}", "", *[f"- {line}" for line in answer], "",
           *about, "", "## Accuracy against ratio", "", "![accuracy vs ratio](accuracy_vs_ratio.png)", "",
           "## Paired difference to real only, per cell", "", table.to_markdown(index=False), "",
-          "Data: [results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one row per cell).", ""]
+          "Data: [results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) "
+          "(one row per cell).", ""]
     (out_dir / "index.md").write_text("\n".join(md))
 
     imgs = "".join(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
@@ -258,10 +258,12 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta) -> Path:
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ganft report: {html.escape(meta.study)}</title>
 <style>
-body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 1000px; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 1000px; margin: 2rem auto;
+       padding: 0 1rem; color: #222; }}
 .answer {{ background: #f3f6fa; border-left: 4px solid #3b6ea5; padding: .6rem 1rem; }}
 .answer p {{ margin: .3rem 0; }}
-table {{ border-collapse: collapse; font-size: 14px; }} th, td {{ border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }}
+table {{ border-collapse: collapse; font-size: 14px; }}
+th, td {{ border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }}
 th {{ background: #eef1f5; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 14px; }}
 </style></head><body>
 <h1>ganft report: {html.escape(meta.study)}</h1>
@@ -270,7 +272,8 @@ th {{ background: #eef1f5; }} img {{ max-width: 100%; }} figcaption {{ color: #5
 <h2>Accuracy against ratio</h2>{imgs}
 <h2>Paired difference to real only, per cell</h2>
 {table.to_html(index=False, border=0, na_rep="n/a")}
-<p>Data: <a href="results.csv">results.csv</a> (one row per trial), <a href="cells.csv">cells.csv</a> (one row per cell).</p>
+<p>Data: <a href="results.csv">results.csv</a> (one row per trial),
+<a href="cells.csv">cells.csv</a> (one row per cell).</p>
 </body></html>
 """
     (out_dir / "index.html").write_text(page)

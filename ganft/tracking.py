@@ -132,7 +132,8 @@ class MlflowStore:
         columns. Params come back as strings (MLflow stores them so); the report casts them."""
         rows, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{role}'",
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`{PARENT_TAG}` = '{role}'",
                                            max_results=1000, page_token=token)
             for r in page:
                 row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,

@@ -1,0 +1,136 @@
+import gzip
+import hashlib
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganft import data
+from ganft.config import ConfigError, DataConfig
+from ganft.data import check_sizes, labelled_subset, load_splits, read_idx
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An unsigned-byte IDX file, gzipped: the MNIST family's real on-disk format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion(folder: Path, n_train: int = 300, n_test: int = 60) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        write_idx(folder / f"{name}.gz", arr)
+    return arrays
+
+
+def test_digits_splits_are_fixed_disjoint_and_stratified() -> None:
+    s = load_splits("digits")
+    assert s.image_shape == (1, 8, 8) and s.num_classes == 10
+    assert (len(s.pool), len(s.val), len(s.test)) == (1137, 300, 360)
+    assert s.pool.x.dtype == torch.float32 and -1 <= s.pool.x.min() and s.pool.x.max() <= 1
+    # every class is present in proportion in val and test
+    assert torch.bincount(s.val.y).min() >= 28 and torch.bincount(s.test.y).min() >= 35
+    # no image of val or test appears in the pool (digits holds no duplicate images)
+    pool = {tuple(r) for r in s.pool.x.flatten(1).tolist()}
+    assert len(pool) == len(s.pool)
+    assert not any(tuple(r) in pool for r in s.val.x.flatten(1).tolist())
+    assert not any(tuple(r) in pool for r in s.test.x.flatten(1).tolist())
+
+
+def test_subset_depends_only_on_n_and_seed() -> None:
+    s = load_splits("digits")
+    a, b = labelled_subset(s, 100, 3), labelled_subset(s, 100, 3)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    c = labelled_subset(s, 100, 4)
+    assert not torch.equal(a.x, c.x)
+    assert len(a) == 100 and torch.bincount(a.y, minlength=10).tolist() == [10] * 10  # stratified
+    assert len(labelled_subset(s, len(s.pool), 0)) == len(s.pool)
+
+
+def test_subset_never_overlaps_validation() -> None:
+    s = load_splits("digits")
+    val_rows = {tuple(r) for r in s.val.x.flatten(1).tolist()}
+    sub = labelled_subset(s, 500, 0)
+    assert not any(tuple(r) in val_rows for r in sub.x.flatten(1).tolist())
+
+
+def test_check_sizes_names_key_and_range() -> None:
+    msg = r"data.train_size: 5000 is out of range for digits; allowed: 10..1137"
+    with pytest.raises(ConfigError, match=msg):
+        check_sizes(DataConfig(train_size=5000))
+    check_sizes(DataConfig(train_size=1137))
+
+
+def test_fashion_reads_idx_gz_from_a_configured_root(tmp_path: Path) -> None:
+    arrays = fake_fashion(tmp_path / "fm")
+    s = load_splits("fashion-mnist", str(tmp_path / "fm"), 50)
+    assert s.image_shape == (1, 28, 28)
+    assert (len(s.pool), len(s.val), len(s.test)) == (250, 50, 60)
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.float32)) / 255 * 2 - 1
+    assert torch.allclose(s.test.x[:, 0], expected)
+    assert s.test.y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+
+
+def test_read_idx_rejects_truncated_files(tmp_path: Path) -> None:
+    write_idx(tmp_path / "x.gz", np.zeros((4, 3, 3)))
+    raw = gzip.decompress((tmp_path / "x.gz").read_bytes())
+    (tmp_path / "cut").write_bytes(raw[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "cut")
+    assert read_idx(tmp_path / "x.gz").shape == (4, 3, 3)
+
+
+@pytest.mark.skipif(not data.DEBIAN_FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist "
+                    "is not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_from_the_debian_package() -> None:
+    s = load_splits("fashion-mnist")
+    assert (len(s.pool), len(s.val), len(s.test)) == (55000, 5000, 10000)
+    assert torch.bincount(s.test.y).tolist() == [1000] * 10
+
+
+def test_fashion_download_path_through_torchvision(tmp_path: Path, home: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Debian files and no root: torchvision's real download code runs, against a loopback
+    server holding small files in the real format (never the network)."""
+    from torchvision.datasets import FashionMNIST
+
+    served = tmp_path / "mirror"
+    arrays = fake_fashion(served, n_train=120, n_test=40)
+    resources = [(f"{name}.gz", hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest())
+                 for name in arrays]
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "absent")
+        monkeypatch.setattr(FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+        monkeypatch.setattr(FashionMNIST, "resources", resources)
+        train, test = data.load_fashion_tensors(None)
+    finally:
+        server.shutdown()
+    assert (len(train), len(test)) == (120, 40)
+    assert (home / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
+    assert test.y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+
+
+def test_fashion_download_failure_says_what_to_install(tmp_path: Path, home: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # discard port: refused
+    with pytest.raises(RuntimeError, match="apt-get install dataset-fashion-mnist"):
+        data.load_fashion_tensors(None)

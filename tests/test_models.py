@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from ganft.models.classifier import build_classifier
+from ganft.models.gan import Discriminator, Generator, layout
+
+
+@pytest.mark.parametrize("size,channels", [(8, 1), (28, 1), (32, 3), (64, 1)])
+def test_generator_discriminator_classifier_shapes(size: int, channels: int) -> None:
+    torch.manual_seed(0)
+    G = Generator(channels=channels, size=size, num_classes=10, z_dim=16, width=8)
+    D = Discriminator(channels=channels, size=size, num_classes=10, width=8)
+    clf = build_classifier("seed-cnn", (channels, size, size), 10, width=8)
+    z, y = torch.randn(4, 16), torch.tensor([0, 3, 9, 3])
+    x = G(z, y)
+    assert x.shape == (4, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1 and torch.isfinite(x).all()
+    logits = D(x, y)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+    out = clf(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    # logits, not probabilities: the seed article's Softmax-before-CrossEntropy bug stays fixed
+    assert not torch.allclose(out.exp().sum(1), torch.ones(4))
+
+
+def test_layout_rejects_sizes_that_do_not_halve() -> None:
+    assert layout(28) == (7, 2) and layout(32) == (4, 3) and layout(8) == (2, 2)
+    with pytest.raises(ValueError, match="not supported"):
+        layout(14)
+
+
+def test_generator_conditioning_changes_output() -> None:
+    torch.manual_seed(0)
+    G = Generator(channels=1, size=28, num_classes=10, z_dim=16, width=8).eval()
+    z = torch.randn(1, 16).repeat(2, 1)
+    x = G(z, torch.tensor([0, 1]))
+    assert not torch.allclose(x[0], x[1])

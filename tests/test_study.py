@@ -1,0 +1,152 @@
+"""A tiny end-to-end study on digits into temporary stores: Optuna trials, MLflow runs, the GAN
+cache, rerun, interruption and a failing trial."""
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from ganft import study as study_mod
+from ganft.cli import main
+from ganft.gan_train import NonFiniteLossError
+from ganft.study import Stores, open_storage
+
+POINTS = {f"n{n}-r{r}-s0" for n in (30, 60) for r in (0.0, 1.0, 2.0)}
+
+
+def trials(home: Path, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    st = optuna.load_study(study_name=name, storage=open_storage(str(home / "optuna-journal.log")))
+    return st.get_trials(deepcopy=False)
+
+
+def runs(home: Path, name: str = "tiny") -> pd.DataFrame:
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    rows = []
+    for r in client.search_runs([exp.experiment_id], max_results=1000):
+        rows.append({"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                     "role": r.data.tags.get("ganft.role"), "parent": r.data.tags.get("mlflow.parentRunId"),
+                     "cache": r.data.tags.get("gan.cache"), "params": r.data.params,
+                     "metrics": r.data.metrics, "failure": r.data.tags.get("ganft.failure")})
+    return pd.DataFrame(rows)
+
+
+def complete_points(home: Path) -> Counter:
+    return Counter(t.user_attrs["ganft.grid_point"] for t in trials(home)
+                   if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_study_runs_every_point_once_logs_to_mlflow_and_reuses_gans(
+        tiny_study: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    assert complete_points(home) == Counter({p: 1 for p in POINTS})
+    df = runs(home)
+    parents, children = df[df.role == "parent"], df[df.role == "trial"]
+    assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
+    assert set(children.name) == POINTS and len(children) == 6
+    assert (children.status == "FINISHED").all() and (children.parent == parents.id.iloc[0]).all()
+    row = children[children.name == "n60-r2.0-s0"].iloc[0]
+    assert row.params["data.train_size"] == "60" and row.params["synth.ratio"] == "2.0"
+    assert row.params["gan.steps"] == "12" and row.metrics["synth/count"] == 120
+    assert 0 <= row.metrics["test/acc"] <= 1 and "test/macro_f1" in row.metrics
+    assert "gan/loss_d" in row.metrics and "clf/val_acc" in row.metrics
+    # one GAN per (N, seed): the ratio-1 and ratio-2 trials of each N share it
+    gan_runs = children[children.cache.notna()]
+    assert sorted(gan_runs.cache) == ["hit", "hit", "miss", "miss"]
+    assert children[children.name.str.contains("r0.0")].cache.isna().all()  # real only: no GAN
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert {a.path for a in client.list_artifacts(row.id)} >= {"confusion_matrix.png", "gan_samples.png"}
+    assert len(list((home / ".ganft-cache" / "gan").glob("*.pt"))) == 2
+    capsys.readouterr()
+
+    # a second run trains nothing and says the study is complete
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    assert "study tiny is complete: 6 of 6 grid points done" in capsys.readouterr().out
+    assert len(trials(home)) == 6 and len(runs(home)) == 7
+
+    # the report reads the runs back
+    assert main(["report", str(tiny_study)]) == 0
+    out = home / "reports" / "tiny"
+    assert {"index.html", "index.md", "results.csv", "cells.csv", "accuracy_vs_ratio.png"} <= {
+        p.name for p in out.iterdir()}
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 6 and set(results["grid_point"]) == POINTS
+    assert len(pd.read_csv(out / "cells.csv")) == 4  # 2 sizes x 2 non-zero ratios
+
+
+def test_interrupted_study_resumes_without_duplicates(
+        tiny_study: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_run_trial = study_mod.run_trial
+    calls = {"n": 0}
+
+    def interrupt_third(cfg, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_run_trial(cfg, **kw)
+
+    monkeypatch.setattr(study_mod, "run_trial", interrupt_third)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 130
+    assert sum(complete_points(home).values()) == 2
+    df = runs(home)
+    assert sorted(df[df.role == "trial"].status) == ["FINISHED", "FINISHED", "KILLED"]
+    assert (df[df.role == "parent"].status == "KILLED").all()
+
+    monkeypatch.setattr(study_mod, "run_trial", real_run_trial)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    assert complete_points(home) == Counter({p: 1 for p in POINTS})
+    df = runs(home)
+    finished = df[(df.role == "trial") & (df.status == "FINISHED")]
+    assert sorted(finished.name) == sorted(POINTS)
+    assert not (df.status == "RUNNING").any()
+
+
+def test_failing_point_is_recorded_others_complete_and_retries_are_bounded(
+        tiny_study: Path, home: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    real_run_trial = study_mod.run_trial
+
+    def diverge_on_n60_r1(cfg, **kw):
+        if cfg.data.train_size == 60 and cfg.synth.ratio == 1:
+            raise NonFiniteLossError("non-finite gan/loss_d in GAN training at step 7")
+        return real_run_trial(cfg, **kw)
+
+    monkeypatch.setattr(study_mod, "run_trial", diverge_on_n60_r1)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "5 of 6 grid points complete, 1 failed" in out and "non-finite gan/loss_d" in out
+    failed = [t for t in trials(home) if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "NonFiniteLossError" in failed[0].user_attrs["ganft.fail_reason"]
+    df = runs(home)
+    bad = df[(df.role == "trial") & (df.status == "FAILED")]
+    assert list(bad.name) == ["n60-r1.0-s0"] and "non-finite" in bad.failure.iloc[0]
+
+    assert main(["study", "status", str(tiny_study)]) == 1
+    status = capsys.readouterr().out
+    assert "5 complete" in status and "1 failed" in status and "failed    n60-r1.0-s0" in status
+
+    # rerun: the failed point is retried once (max_retries: 1), then left alone
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 1
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 1
+    attempts = [t for t in trials(home) if t.user_attrs.get("ganft.grid_point") == "n60-r1.0-s0"]
+    assert len(attempts) == 2
+    assert complete_points(home) == Counter({p: 1 for p in POINTS - {"n60-r1.0-s0"}})
+
+
+def test_changed_base_config_is_refused(tiny_study: Path, home: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    text = tiny_study.read_text().replace("data.train_size: [30, 60]", "data.train_size: [30]")
+    tiny_study.write_text(text)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    tiny_study.write_text(text.replace("steps: 12, width: 8", "steps: 13, width: 8"))
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 2
+    assert "different base config" in capsys.readouterr().err
+
+
+def test_stores_default_to_the_project_root(home: Path) -> None:
+    stores = Stores.resolve()
+    assert stores.storage == str(home / "optuna-journal.log")
+    assert stores.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"

@@ -1,0 +1,125 @@
+"""GAN training, the GAN cache and classifier fine-tuning on tiny tensors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganft.cache import CachedGan, GanCache, gan_key
+from ganft.config import ClassifierConfig, GanConfig, TrialConfig, with_overrides
+from ganft.data import Images, labelled_subset, load_splits
+from ganft.finetune import train_classifier
+from ganft.gan_train import Ema, NonFiniteLossError, train_gan
+
+CPU = torch.device("cpu")
+TINY_GAN = GanConfig(steps=6, width=8, z_dim=8, batch_size=16)
+
+
+class Recorder:
+    """A tracker that keeps what it is given (tests only)."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+        self.tags: dict[str, str] = {}
+
+    def log_params(self, params): pass
+    def log_metrics(self, metrics, step=None): self.metrics.append((step, dict(metrics)))
+    def set_tags(self, tags): self.tags.update(tags)
+    def log_figure(self, fig, name): pass
+    def log_artifact(self, path): pass
+
+
+def real_subset(n: int = 40) -> Images:
+    return labelled_subset(load_splits("digits"), n, 0)
+
+
+def test_gan_trains_a_few_steps_with_finite_losses() -> None:
+    rec = Recorder()
+    res = train_gan(TINY_GAN, real_subset(), 10, seed=0, device=CPU, tracker=rec, log_every=3)
+    steps = [s for s, _ in rec.metrics]
+    assert steps == [3, 6]
+    for _, m in rec.metrics:
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    assert res.samples.shape == (80, 1, 8, 8) and torch.isfinite(res.samples).all()
+    assert not res.generator.training
+
+
+def test_same_seed_same_generator() -> None:
+    a = train_gan(TINY_GAN, real_subset(), 10, seed=1, device=CPU)
+    b = train_gan(TINY_GAN, real_subset(), 10, seed=1, device=CPU)
+    for (k, va), vb in zip(a.generator.state_dict().items(), b.generator.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_non_finite_loss_stops_training_with_the_reason() -> None:
+    real = real_subset()
+    poisoned = Images(real.x.clone(), real.y)
+    poisoned.x[0, 0, 0, 0] = float("nan")  # one NaN pixel turns D's loss NaN
+    cfg = TINY_GAN.model_copy(update={"batch_size": 40})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gan/loss_d.*at step 3"):
+        train_gan(cfg, poisoned, 10, seed=0, device=CPU, log_every=3)
+
+
+def test_ema_warms_up_then_averages() -> None:
+    lin = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(lin.weight)
+    ema = Ema(lin, decay=0.9)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update(lin)  # t=0: decay_t = 1/10, so the average moves 90% of the way
+    assert ema.module.weight.item() == pytest.approx(0.9)
+    for _ in range(200):
+        ema.update(lin)
+    assert ema.module.weight.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cache_key_covers_what_determines_the_gan_and_not_the_ratio() -> None:
+    base = TrialConfig()
+    same = [with_overrides(base, {"synth.ratio": r}) for r in (0, 1, 4)]
+    assert len({gan_key(c) for c in same}) == 1
+    assert len({gan_key(c) for c in same + [with_overrides(base, {"classifier.steps": 9})]}) == 1
+    different = [with_overrides(base, {k: v}) for k, v in
+                 [("seed", 1), ("data.train_size", 50), ("gan.steps", 7), ("gan.lr_g", 1e-3),
+                  ("data.dataset", "fashion-mnist"), ("data.val_size", 100)]]
+    assert len({gan_key(c) for c in [base, *different]}) == 1 + len(different)
+
+
+def test_cache_roundtrip_and_torn_entries_are_discarded(tmp_path: Path) -> None:
+    cache = GanCache(tmp_path)
+    entry = CachedGan({"w": torch.arange(4.0)}, torch.zeros(2, 1, 8, 8), {"gan/loss_d": 1.5})
+    path = cache.save("k1", entry)
+    back = cache.load("k1")
+    assert torch.equal(back.state_dict["w"], entry.state_dict["w"]) and back.metrics == {"gan/loss_d": 1.5}
+    assert not list(tmp_path.glob("*.tmp-*"))  # the temporary file was renamed, not left behind
+    path.write_bytes(path.read_bytes()[:-20])  # a torn write
+    assert cache.load("k1") is None and not path.exists()
+    cache.save("k2", entry)
+    cache.path("k2").rename(cache.path("k3"))  # content of one key under another name
+    assert cache.load("k3") is None
+
+
+def test_classifier_gets_the_same_step_budget_whatever_the_ratio() -> None:
+    s = load_splits("digits")
+    real = labelled_subset(s, 30, 0)
+    cfg = ClassifierConfig(steps=10, eval_every=5, width=8, batch_size=16)
+    fake = Images(torch.zeros(120, 1, 8, 8), torch.arange(120) % 10)
+    logged = {}
+    for name, synth in (("real-only", None), ("ratio 4", fake)):
+        rec = Recorder()
+        res = train_classifier(cfg, real, synth, s.val, 10, seed=0, device=CPU, tracker=rec)
+        logged[name] = [step for step, m in rec.metrics if "clf/loss" in m]
+        assert res.metrics["clf/train_images"] == 30 + (0 if synth is None else 120)
+    assert logged["real-only"] == logged["ratio 4"] == [5, 10]
+
+
+def test_classifier_keeps_the_best_validation_checkpoint() -> None:
+    s = load_splits("digits")
+    rec = Recorder()
+    cfg = ClassifierConfig(steps=60, eval_every=10, width=8, lr=5e-3)
+    res = train_classifier(cfg, labelled_subset(s, 50, 0), None, s.val, 10, seed=0, device=CPU, tracker=rec)
+    curve = {step: m["clf/val_acc"] for step, m in rec.metrics}
+    best_step = max(curve, key=lambda k: (curve[k], -k))
+    assert res.metrics["clf/best_step"] == best_step
+    from ganft.evaluate import accuracy
+
+    assert accuracy(res.model, s.val) == pytest.approx(curve[best_step])
