@@ -41,13 +41,25 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
     val = val.to(device)
     with seeded(derive_seed(seed, "clf-init")):  # same init for every ratio of a (N, seed) pair
         model = build_classifier(cfg.arch, tuple(real.x.shape[1:]), num_classes, cfg.width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     gen = make_generator(derive_seed(seed, "clf-batches"), device)
     B = min(cfg.batch_size, len(train))
-    best_acc, best_step, best_state = -1.0, 0, None
-    loss_sum, since = torch.zeros((), device=device), 0
     t0 = time.perf_counter()
+    with seeded(derive_seed(seed, "clf-dropout")):  # dropout draws from the global RNG
+        best_acc, best_step, best_state = _loop(cfg, model, opt, train, val, gen, B, tracker, device)
+    model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - t0
+    return FinetuneResult(model, {"clf/best_val_acc": best_acc, "clf/best_step": best_step,
+                                  "clf/train_seconds": seconds, "clf/train_images": len(train)})
 
+
+def _loop(cfg: ClassifierConfig, model: nn.Module, opt: torch.optim.Optimizer, train: Images,
+          val: Images, gen: torch.Generator, B: int, tracker: Tracker,
+          device: torch.device) -> tuple[float, int, dict[str, torch.Tensor]]:
+    """cfg.steps optimiser steps; returns (best val accuracy, its step, its weights)."""
+    best_acc, best_step, best_state = -1.0, 0, {}
+    loss_sum, since = torch.zeros((), device=device), 0
     for step in range(1, cfg.steps + 1):
         model.train()
         idx = torch.randint(len(train), (B,), generator=gen, device=device)
@@ -69,9 +81,4 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             loss_sum.zero_()
             since = 0
-
-    model.load_state_dict(best_state)
-    model.eval()
-    seconds = time.perf_counter() - t0
-    return FinetuneResult(model, {"clf/best_val_acc": best_acc, "clf/best_step": best_step,
-                                  "clf/train_seconds": seconds, "clf/train_images": len(train)})
+    return best_acc, best_step, best_state
