@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,9 +51,10 @@ def gan_key(cfg: TrialConfig) -> str:
 
 @dataclass
 class CachedGan:
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor]  # the generator used for sampling (EMA when enabled)
     samples: torch.Tensor  # fixed-noise sample grid images
     metrics: dict[str, float]  # the training run's final gan/... metrics
+    disc_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the trained discriminator
 
 
 class GanCache:
@@ -71,7 +72,8 @@ class GanCache:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if obj.get("key") != key:
                 raise ValueError(f"entry holds key {obj.get('key')!r}")
-            return CachedGan(obj["state_dict"], obj["samples"], dict(obj["metrics"]))
+            return CachedGan(obj["state_dict"], obj["samples"], dict(obj["metrics"]),
+                             obj.get("disc_state", {}))
         except Exception as exc:  # truncated zip, empty file, wrong content: never use it
             log.warning("discarding unreadable GAN cache entry %s (%s)", path.name, exc)
             path.unlink(missing_ok=True)
@@ -82,7 +84,8 @@ class GanCache:
         path = self.path(key)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         payload = {"key": key, "state_dict": {k: v.detach().cpu() for k, v in entry.state_dict.items()},
-                   "samples": entry.samples.cpu(), "metrics": {k: float(v) for k, v in entry.metrics.items()}}
+                   "samples": entry.samples.cpu(), "metrics": {k: float(v) for k, v in entry.metrics.items()},
+                   "disc_state": {k: v.detach().cpu() for k, v in entry.disc_state.items()}}
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()

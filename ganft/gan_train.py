@@ -33,6 +33,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class GanResult:
     generator: Generator  # the EMA generator (or the raw one if ema_decay == 0), in eval mode
+    discriminator: Discriminator  # the trained D (its trunk can initialise a classifier)
     samples: torch.Tensor  # (K * SAMPLES_PER_CLASS, C, H, W) from the fixed noise, on the CPU
     metrics: dict[str, float]
 
@@ -138,4 +139,4 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     G_final.eval()
     samples = sample_grid(G_final, num_classes, device)
     final = {"gan/train_seconds": seconds, "gan/images_per_second": cfg.steps * B / seconds}
-    return GanResult(G_final, samples, {**metrics, **final})
+    return GanResult(G_final, D.eval(), samples, {**metrics, **final})

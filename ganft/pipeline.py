@@ -22,9 +22,9 @@ from ganft.tracking import NULL_TRACKER, Tracker, log_image_tensor
 log = logging.getLogger(__name__)
 
 
-def obtain_generator(cfg: TrialConfig, real: Images, splits: Splits, device: torch.device,
-                     tracker: Tracker, cache: GanCache | None) -> tuple[Generator, bool]:
-    """The trained generator for (dataset, N, seed, GAN config) and whether it was trained now
+def obtain_gan(cfg: TrialConfig, real: Images, splits: Splits, device: torch.device,
+               tracker: Tracker, cache: GanCache | None) -> tuple[CachedGan, bool]:
+    """The trained GAN for (dataset, N, seed, GAN config) and whether it was trained now
     (False: reused from the cache)."""
     key = gan_key(cfg)
 
@@ -32,7 +32,8 @@ def obtain_generator(cfg: TrialConfig, real: Images, splits: Splits, device: tor
         log.info("GAN %s: training (%d steps on %d images)", key, cfg.gan.steps, len(real))
         result = train_gan(cfg.gan, real, splits.num_classes, seed=cfg.seed, device=device,
                            tracker=tracker)
-        return CachedGan(result.generator.state_dict(), result.samples, result.metrics)
+        return CachedGan(result.generator.state_dict(), result.samples, result.metrics,
+                         result.discriminator.state_dict())
 
     if cache is None:
         entry, hit = train(), False
@@ -48,9 +49,13 @@ def obtain_generator(cfg: TrialConfig, real: Images, splits: Splits, device: tor
     tracker.set_tags({"gan.cache": "hit" if hit else "miss", "gan.key": key})
     tracker.log_metrics(entry.metrics)
     log_image_tensor(tracker, entry.samples, "gan_samples.png", nrow=SAMPLES_PER_CLASS)
+    return entry, not hit
+
+
+def load_generator(cfg: TrialConfig, entry: CachedGan, splits: Splits, device: torch.device) -> Generator:
     G = build_generator(cfg.gan, splits.image_shape, splits.num_classes)
     G.load_state_dict(entry.state_dict)
-    return G.to(device).eval(), not hit
+    return G.to(device).eval()
 
 
 def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,
@@ -62,7 +67,8 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     n_synth = synthetic_count(cfg.synth.ratio, len(real))
     synthetic, trained = None, False
     if n_synth:  # ratio 0 is the real-only baseline: no GAN at all
-        G, trained = obtain_generator(cfg, real, splits, device, tracker, cache)
+        gan, trained = obtain_gan(cfg, real, splits, device, tracker, cache)
+        G = load_generator(cfg, gan, splits, device)
         synthetic = sample_synthetic(G, n_synth, splits.num_classes,
                                      seed=derive_seed(cfg.seed, "synth"), device=device)
     clf = train_classifier(cfg.classifier, real, synthetic, splits.val, splits.num_classes,
