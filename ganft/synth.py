@@ -42,4 +42,4 @@ def sample_synthetic(generator: Generator, n: int, num_classes: int, *, seed: in
 
 
 def _image_shape(generator: Generator) -> tuple[int, int, int]:
-    return (generator.to_img.out_channels, generator.size, generator.size)
+    return (generator.channels, generator.size, generator.size)

@@ -3,7 +3,8 @@ with the classifier (so a classifier can start from a trained discriminator's fe
 
 Resolutions are halved from the image size down to a small start size (``layout``):
 8 -> 2 (2 stages), 28 -> 7 (2), 32 -> 4 (3), 64 -> 4 (4). The generator mirrors the
-discriminator: a linear layer to (C0, s0, s0), then one 2x transposed conv per stage.
+discriminator: a linear layer to (C0, s0, s0), then one 2x transposed conv per stage, the last
+straight to image channels. Channels double per stage going down: width, 2*width, ... (max 512).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Generator(nn.Module):
     def __init__(self, *, channels: int, size: int, num_classes: int, z_dim: int = 64,
                  width: int = 64) -> None:
         super().__init__()
-        self.z_dim, self.num_classes, self.size = z_dim, num_classes, size
+        self.z_dim, self.num_classes, self.size, self.channels = z_dim, num_classes, size, channels
         s0, stages = layout(size)
         chans = stage_channels(width, stages)[::-1]  # start resolution first
         self.s0, self.c0 = s0, chans[0]
@@ -85,17 +86,18 @@ class Generator(nn.Module):
         self.fc = nn.Sequential(nn.Linear(2 * z_dim, chans[0] * s0 * s0, bias=False),
                                 nn.BatchNorm1d(chans[0] * s0 * s0), nn.ReLU(inplace=True))
         ups: list[nn.Module] = []
-        for c_in, c_out in zip(chans, chans[1:] + [chans[-1]], strict=True):
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
             ups += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
                     nn.ReLU(inplace=True)]
+        # the last stage goes straight to image channels, as in DCGAN (no full-resolution feature maps)
+        ups.append(nn.ConvTranspose2d(chans[-1], channels, 4, 2, 1))
         self.ups = nn.Sequential(*ups)
-        self.to_img = nn.Conv2d(chans[-1], channels, 3, 1, 1)
         dcgan_init(self)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.fc(torch.cat([z, self.embed(y)], dim=1))  # (B, C0 * s0 * s0)
         h = h.view(-1, self.c0, self.s0, self.s0)  # (B, C0, s0, s0)
-        return torch.tanh(self.to_img(self.ups(h)))  # (B, C, S, S)
+        return torch.tanh(self.ups(h))  # (B, C, S, S)
 
 
 class Discriminator(nn.Module):
