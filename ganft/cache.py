@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,14 +58,21 @@ class CachedGan:
     disc_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the trained discriminator
 
 
-class GanCache:
+class CheckpointCache:
+    """A folder of checkpoints keyed by content hash: ``save(key, payload)`` / ``load(key)``.
+
+    Payloads are dicts of tensors, numbers and strings (what ``weights_only=True`` loads). Writes
+    are atomic (temporary file, fsync, rename); an unreadable or mismatched entry is deleted and
+    reported as missing, so a torn write is never used. GANs and pretrained classifiers both use it.
+    """
+
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.pt"
 
-    def load(self, key: str) -> CachedGan | None:
+    def load(self, key: str) -> dict[str, Any] | None:
         path = self.path(key)
         if not path.is_file():
             return None
@@ -72,22 +80,18 @@ class GanCache:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if obj.get("key") != key:
                 raise ValueError(f"entry holds key {obj.get('key')!r}")
-            return CachedGan(obj["state_dict"], obj["samples"], dict(obj["metrics"]),
-                             obj.get("disc_state", {}))
+            return obj
         except Exception as exc:  # truncated zip, empty file, wrong content: never use it
-            log.warning("discarding unreadable GAN cache entry %s (%s)", path.name, exc)
+            log.warning("discarding unreadable cache entry %s (%s)", path, exc)
             path.unlink(missing_ok=True)
             return None
 
-    def save(self, key: str, entry: CachedGan) -> Path:
+    def save(self, key: str, payload: dict[str, Any]) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        payload = {"key": key, "state_dict": {k: v.detach().cpu() for k, v in entry.state_dict.items()},
-                   "samples": entry.samples.cpu(), "metrics": {k: float(v) for k, v in entry.metrics.items()},
-                   "disc_state": {k: v.detach().cpu() for k, v in entry.disc_state.items()}}
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            torch.save({**payload, "key": key}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: readers see the old state or the whole new file
@@ -103,3 +107,22 @@ class GanCache:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+class GanCache(CheckpointCache):
+    """The GAN cache: entries are ``CachedGan`` (generator, discriminator, samples, metrics)."""
+
+    def load(self, key: str) -> CachedGan | None:  # type: ignore[override]
+        obj = super().load(key)
+        if obj is None:
+            return None
+        return CachedGan(obj["state_dict"], obj["samples"], dict(obj["metrics"]), obj.get("disc_state", {}))
+
+    def save(self, key: str, entry: CachedGan) -> Path:  # type: ignore[override]
+        return super().save(key, {"state_dict": _cpu(entry.state_dict), "samples": entry.samples.cpu(),
+                                  "metrics": {k: float(v) for k, v in entry.metrics.items()},
+                                  "disc_state": _cpu(entry.disc_state)})
