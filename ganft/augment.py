@@ -1,5 +1,6 @@
 """DiffAugment (Zhao et al., 2020): the same differentiable augmentation on real and fake images
-before the discriminator, so D cannot memorise a tiny training set.
+before the discriminator, so D cannot memorise a tiny training set. Policies ``translation``,
+``cutout`` and ``color`` (brightness and contrast; saturation too for RGB), combinable in any order.
 
 Written by hand because torchvision's v2 transforms draw one set of parameters per call (the whole
 batch shifts alike) and are not meant to be differentiated through for G's update; DiffAugment needs
@@ -31,8 +32,40 @@ def translation(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) -> 
     return padded[bidx, iy, ix].permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
 
+def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
+    """Zero a square of ``ratio`` of the side per image, centred anywhere in the image (so it may be
+    cut by the border), as in DiffAugment. Zero is mid-grey for images in [-1, 1]."""
+    b, _, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    y0 = torch.randint(0, h, (b, 1, 1), generator=gen, device=x.device) - ch // 2  # top-left corners
+    x0 = torch.randint(0, w, (b, 1, 1), generator=gen, device=x.device) - cw // 2
+    gy = torch.arange(h, device=x.device).view(1, h, 1)
+    gx = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (gy >= y0) & (gy < y0 + ch) & (gx >= x0) & (gx < x0 + cw)  # (B, H, W)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+def color(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """DiffAugment's colour policy, one draw per image: brightness + U(-0.5, 0.5); saturation, i.e.
+    the spread around the per-pixel channel mean scaled by U(0, 2) (the identity for 1-channel
+    images, whose channel mean is the pixel); contrast, the spread around the image mean scaled by
+    U(0.5, 1.5)."""
+    b = x.shape[0]
+
+    def draw() -> torch.Tensor:
+        return torch.rand(b, 1, 1, 1, generator=gen, device=x.device, dtype=x.dtype)
+
+    x = x + (draw() - 0.5)
+    x_mean = x.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    x = (x - x_mean) * (draw() * 2) + x_mean
+    x_mean = x.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return (x - x_mean) * (draw() + 0.5) + x_mean
+
+
 POLICIES: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "translation": translation,
+    "cutout": cutout,
+    "color": color,
 }
 
 

@@ -1,8 +1,13 @@
-"""train_gan: a class-conditional GAN trained for a step budget on the N labelled images only.
+"""train_gan: a GAN trained for a step budget on the N labelled images only.
 
 The textbook DCGAN step (pytorch/examples): D on real and detached fake, then G against D, with
-DiffAugment on both D inputs and an EMA copy of G for sampling. Losses are summed on the device and
-read back only every ``log_every`` steps, where a non-finite value stops the run with its reason.
+DiffAugment on every D input and an EMA copy of G for sampling. The variants (loss, conditioning,
+regularisers, DiffAugment policies, architecture) are chosen once, before the loop, from the
+literal dicts in losses.py, augment.py and models/gan.py; the loop itself has no branches on them.
+Losses are summed on the device and read back only every ``log_every`` steps, where a non-finite
+value stops the run with its reason. With ``gan.eval_every`` > 0 the sampling generator is scored
+on the validation set every K steps (``scorer``, FCD from quality.py) and the best one is kept:
+DCGANs often get worse with more steps.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,12 +24,14 @@ from torch import nn
 from ganft.augment import diff_augment
 from ganft.config import GanConfig
 from ganft.data import Images
-from ganft.losses import get_loss
-from ganft.models.gan import Discriminator, Generator
+from ganft.losses import AUX_LOSSES, DStep, active_regularisers, get_loss
+from ganft.models import gan as models
+from ganft.models.gan import Discriminator, resize
 from ganft.runtime import derive_seed, make_generator, seeded
 from ganft.tracking import NULL_TRACKER, Tracker
 
 SAMPLES_PER_CLASS = 8  # columns of the fixed-noise sample grid: one row per class
+Scorer = Callable[[torch.Tensor], float]  # generated images (N, C, H, W) -> score, lower is better
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,21 +40,25 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class GanResult:
-    generator: Generator  # the EMA generator (or the raw one if ema_decay == 0), in eval mode
+    # the sampling generator at the data size, eval mode: EMA unless ema_decay == 0, and the best on
+    # validation FCD when gan.eval_every > 0 (else the last)
+    generator: nn.Module
     discriminator: Discriminator  # the trained D (its trunk can initialise a classifier)
     samples: torch.Tensor  # (K * SAMPLES_PER_CLASS, C, H, W) from the fixed noise, on the CPU
     metrics: dict[str, float]
 
 
-def build_generator(cfg: GanConfig, image_shape: tuple[int, int, int], num_classes: int) -> Generator:
+def build_generator(cfg: GanConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     c, h, _ = image_shape
-    return Generator(channels=c, size=h, num_classes=num_classes, z_dim=cfg.z_dim, width=cfg.width)
+    return models.build_generator(cfg.arch, channels=c, size=h, num_classes=num_classes, z_dim=cfg.z_dim,
+                                  width=cfg.width, conditioning=cfg.conditioning)
 
 
 def build_discriminator(cfg: GanConfig, image_shape: tuple[int, int, int],
                         num_classes: int) -> Discriminator:
     c, h, _ = image_shape
-    return Discriminator(channels=c, size=h, num_classes=num_classes, width=cfg.width)
+    return models.build_discriminator(cfg.arch, channels=c, size=h, num_classes=num_classes,
+                                      width=cfg.width, norm=cfg.d_norm, conditioning=cfg.conditioning)
 
 
 class Ema:
@@ -73,7 +85,7 @@ class Ema:
 
 
 @torch.inference_mode()
-def sample_grid(generator: Generator, num_classes: int, device: torch.device) -> torch.Tensor:
+def sample_grid(generator: nn.Module, num_classes: int, device: torch.device) -> torch.Tensor:
     """Images from a fixed noise batch, one row per class, comparable across runs and steps."""
     gen = make_generator(derive_seed("fixed-noise"), device)
     z = torch.randn(num_classes * SAMPLES_PER_CLASS, generator.z_dim, generator=gen, device=device)
@@ -81,62 +93,177 @@ def sample_grid(generator: Generator, num_classes: int, device: torch.device) ->
     return generator.eval()(z, y).float().cpu()
 
 
+# --------------------------------------------------------------------------- best checkpoint
+
+
+class KeepLast:
+    """gan.eval_every == 0: the generator after the last step is the result."""
+
+    def observe(self, step: int, G: nn.Module, tracker: Tracker) -> None:
+        pass
+
+    def restore(self, G: nn.Module) -> dict[str, float]:
+        return {}
+
+
+class KeepBest:
+    """Score the sampling generator every ``every`` steps and after the last one, always on the same
+    noise and class-balanced labels; log the curve as ``gan/val_fcd`` and keep the best weights."""
+
+    def __init__(self, scorer: Scorer, every: int, last: int, n: int, num_classes: int, z_dim: int,
+                 seed: int, device: torch.device) -> None:
+        self.scorer, self.every, self.last = scorer, every, last
+        gen = make_generator(derive_seed(seed, "gan-eval"), device)  # not the training stream
+        self.z = torch.randn(n, z_dim, generator=gen, device=device)  # (n, Z)
+        self.y = torch.arange(n, device=device) % num_classes  # (n,)
+        self.best_score, self.best_step, self.best_state = math.inf, 0, None
+
+    @torch.inference_mode()
+    def observe(self, step: int, G: nn.Module, tracker: Tracker) -> None:
+        if step % self.every and step != self.last:
+            return
+        was_training = G.training
+        G.eval()
+        images = torch.cat([G(z, y) for z, y in zip(self.z.split(500), self.y.split(500), strict=True)])
+        G.train(was_training)
+        score = self.scorer(images)
+        tracker.log_metrics({"gan/val_fcd": score}, step=step)
+        if score < self.best_score:  # a NaN score is never the best
+            self.best_score, self.best_step = score, step
+            self.best_state = {k: v.clone() for k, v in G.state_dict().items()}
+
+    def restore(self, G: nn.Module) -> dict[str, float]:
+        if self.best_state is None:  # no finite score: keep the last generator
+            return {"gan/best_step": float(self.last), "gan/best_val_fcd": math.nan}
+        G.load_state_dict(self.best_state)
+        return {"gan/best_step": float(self.best_step), "gan/best_val_fcd": self.best_score}
+
+
+def make_selector(cfg: GanConfig, scorer: Scorer | None, num_classes: int, seed: int,
+                  device: torch.device) -> KeepLast | KeepBest:
+    if not cfg.eval_every:
+        return KeepLast()
+    if scorer is None:
+        raise ValueError("gan.eval_every > 0 needs a scorer (quality.gan_scorer) to pick the best generator")
+    return KeepBest(scorer, cfg.eval_every, cfg.steps, cfg.eval_samples, num_classes, cfg.z_dim, seed, device)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass
+class StepParts:
+    """The variant functions of one GAN step, chosen from the config before the loop."""
+
+    loss_d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_g: Callable[[torch.Tensor], torch.Tensor]
+    aux: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]  # ACGAN class loss, or zero
+    aux_weight: float
+    regs: list[tuple[float, Callable[[DStep], torch.Tensor]]]  # (weight, regulariser) for D
+    needs_real_grad: bool  # R1 differentiates D(real) with respect to the real images
+    policies: tuple[str, ...]  # DiffAugment
+
+    @classmethod
+    def from_config(cls, cfg: GanConfig) -> StepParts:
+        loss_d, loss_g = get_loss(cfg.loss)
+        gp = cfg.gp_weight if cfg.loss == "wgan-gp" else 0.0  # the penalty is part of the WGAN-GP loss
+        regs = active_regularisers({"gp": gp, "r1": cfg.r1_gamma, "bcr": cfg.bcr_weight})
+        return cls(loss_d, loss_g, AUX_LOSSES[cfg.conditioning], cfg.acgan_weight, regs,
+                   cfg.r1_gamma > 0, cfg.diffaugment)
+
+
+def d_step(D: Discriminator, opt: torch.optim.Optimizer, p: StepParts, x_real: torch.Tensor,
+           fake: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One D update; returns a detached (4,) tensor: loss_d, mean D(real), mean D(fake), regularisers."""
+    xr = diff_augment(x_real, p.policies, gen).requires_grad_(p.needs_real_grad)
+    xf = diff_augment(fake, p.policies, gen)
+    d_real, c_real = D.outputs(xr, y)  # (B,), (B, K) or None
+    d_fake, c_fake = D.outputs(xf, y)
+    s = DStep(D, xr, xf, y, d_real, d_fake, gen)
+    reg = sum((w * fn(s) for w, fn in p.regs), torch.zeros((), device=y.device))
+    loss = p.loss_d(d_real, d_fake) + p.aux_weight * (p.aux(c_real, y) + p.aux(c_fake, y)) + reg
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return torch.stack([loss, d_real.mean(), d_fake.mean(), reg]).detach()
+
+
+def g_step(D: Discriminator, opt: torch.optim.Optimizer, p: StepParts, fake: torch.Tensor,
+           y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    d_fake, c_fake = D.outputs(diff_augment(fake, p.policies, gen), y)
+    loss = p.loss_g(d_fake) + p.aux_weight * p.aux(c_fake, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+# --------------------------------------------------------------------------- training
+
+
 def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
               device: torch.device, tracker: Tracker = NULL_TRACKER,
-              log_every: int = 50) -> GanResult:
-    """Train G and D for ``cfg.steps`` steps on ``real``; return the (EMA) generator and metrics."""
-    x_all, y_all = real.x.to(device), real.y.to(device)  # the whole subset lives on the device
+              log_every: int = 50, scorer: Scorer | None = None) -> GanResult:
+    """Train G and D for ``cfg.steps`` G steps on ``real``; return the sampling generator and metrics.
+    ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0."""
     image_shape = tuple(real.x.shape[1:])
     with seeded(derive_seed(seed, "gan-init")):
         G = build_generator(cfg, image_shape, num_classes).to(device)
         D = build_discriminator(cfg, image_shape, num_classes).to(device)
+    G_core = G.core  # what trains against D, at D's resolution (seed-dcgan: 64x64)
+    x_all = resize(real.x, G_core.size).to(device)  # the whole subset lives on the device
+    y_all = real.y.to(device)
     G_ema = Ema(G, cfg.ema_decay) if cfg.ema_decay else None
+    G_sample = G_ema.module if G_ema is not None else G
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
-    loss_d_fn, loss_g_fn = get_loss(cfg.loss)
+    parts = StepParts.from_config(cfg)
+    selector = make_selector(cfg, scorer, num_classes, seed, device)
     gen = make_generator(derive_seed(seed, "gan-train"), device)
     B = min(cfg.batch_size, len(x_all))
-    sums = torch.zeros(4, device=device)  # running loss_d, loss_g, D(real), D(fake) since last log
-    t0, last = time.perf_counter(), 0
 
+    def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(x_all), (B,), generator=gen, device=device)
+        z = torch.randn(B, cfg.z_dim, generator=gen, device=device)
+        return x_all[idx], y_all[idx], z  # (B, C, H, W), (B,), (B, Z); fakes share the real labels
+
+    sums = torch.zeros(5, device=device)  # running loss_d, D(real), D(fake), reg, loss_g since last log
+    t0, last = time.perf_counter(), 0
     for step in range(1, cfg.steps + 1):
         G.train(), D.train()
-        idx = torch.randint(len(x_all), (B,), generator=gen, device=device)
-        x_real, y = x_all[idx], y_all[idx]  # (B, C, H, W), (B,); fakes share the real labels' mix
-        z = torch.randn(B, cfg.z_dim, generator=gen, device=device)
-        fake = G(z, y)
-
-        d_real = D(diff_augment(x_real, cfg.diffaugment, gen), y)  # (B,) logits
-        d_fake = D(diff_augment(fake.detach(), cfg.diffaugment, gen), y)
-        loss_d = loss_d_fn(d_real, d_fake)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-
-        loss_g = loss_g_fn(D(diff_augment(fake, cfg.diffaugment, gen), y))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        for _ in range(cfg.d_steps - 1):  # extra critic steps: fresh batches, fakes without G's graph
+            x_real, y, z = batch()
+            with torch.no_grad():
+                fake = G_core(z, y)
+            d_step(D, opt_d, parts, x_real, fake, y, gen)
+        x_real, y, z = batch()
+        fake = G_core(z, y)  # (B, C, H, W); one forward serves D's last step and G's step
+        d_parts = d_step(D, opt_d, parts, x_real, fake.detach(), y, gen)
+        loss_g = g_step(D, opt_g, parts, fake, y, gen)
         if G_ema is not None:
             G_ema.update(G)
-
-        sums += torch.stack([loss_d.detach(), loss_g.detach(),
-                             torch.sigmoid(d_real.detach()).mean(), torch.sigmoid(d_fake.detach()).mean()])
+        sums += torch.cat([d_parts, loss_g.view(1)])
         if step % log_every == 0 or step == cfg.steps:
-            means = (sums / (step - last)).tolist()  # the only host sync in the loop
-            metrics = dict(zip(("gan/loss_d", "gan/loss_g", "gan/d_real", "gan/d_fake"), means,
-                               strict=True))
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            if bad:
-                raise NonFiniteLossError(f"non-finite {', '.join(bad)} in GAN training at step "
-                                         f"{step} (lr_d={cfg.lr_d}, lr_g={cfg.lr_g}, loss={cfg.loss})")
+            metrics = _read_metrics(sums / (step - last), step, cfg)  # the only host sync in the loop
             tracker.log_metrics(metrics, step=step)
             sums.zero_()
             last = step
+        selector.observe(step, G_sample, tracker)
 
     seconds = time.perf_counter() - t0
-    G_final = G_ema.module if G_ema is not None else G
-    G_final.eval()
-    samples = sample_grid(G_final, num_classes, device)
-    final = {"gan/train_seconds": seconds, "gan/images_per_second": cfg.steps * B / seconds}
-    return GanResult(G_final, D.eval(), samples, {**metrics, **final})
+    best = selector.restore(G_sample)
+    G_sample.eval()
+    samples = sample_grid(G_sample, num_classes, device)
+    final = {"gan/train_seconds": seconds, "gan/images_per_second": cfg.steps * B * cfg.d_steps / seconds}
+    return GanResult(G_sample, D.eval(), samples, {**metrics, **final, **best})
+
+
+def _read_metrics(means: torch.Tensor, step: int, cfg: GanConfig) -> dict[str, float]:
+    """Mean losses since the last log (D outputs are raw logits / critic values); raises on NaN/inf."""
+    names = ("gan/loss_d", "gan/d_real", "gan/d_fake", "gan/reg", "gan/loss_g")
+    metrics = dict(zip(names, means.tolist(), strict=True))
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(f"non-finite {', '.join(bad)} in GAN training at step {step} "
+                                 f"(lr_d={cfg.lr_d}, lr_g={cfg.lr_g}, loss={cfg.loss})")
+    return metrics

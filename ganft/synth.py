@@ -1,12 +1,33 @@
-"""Sample a labelled synthetic set from a conditional generator: exact count, class balanced."""
+"""Sample a labelled synthetic set from a generator: exact count, class balanced.
+
+A conditional generator labels its images with the class it was asked for (``sample_synthetic``).
+With ``synth.min_confidence`` > 0, or for an unconditional generator, a classifier trained on the
+real subset (the labeller) also sees every image (``sample_labelled``): a conditional image is kept
+only if the labeller gives its conditioning label at least that probability (filtering); an
+unconditional image gets the labeller's most probable class as its label (a pseudo-label, the seed
+article's set-up) and is kept only if that probability reaches the threshold. Images are drawn
+until every class has its quota, so the count and the balance stay exact, and the fraction of drawn
+images that passed is reported.
+"""
 
 from __future__ import annotations
 
-import torch
+import functools
+import logging
+from collections.abc import Callable
 
-from ganft.data import Images
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganft.config import TrialConfig
+from ganft.data import Images, Splits
+from ganft.finetune import helper_recipe, train_classifier
 from ganft.models.gan import Generator
 from ganft.runtime import make_generator
+
+log = logging.getLogger(__name__)
+MAX_DRAWS_PER_IMAGE = 20  # give up on a class quota after drawing 20x the images asked for
 
 
 def synthetic_count(ratio: float, n_real: int) -> int:
@@ -23,7 +44,7 @@ def class_counts(n: int, num_classes: int, gen: torch.Generator) -> torch.Tensor
     return counts
 
 
-def sample_synthetic(generator: Generator, n: int, num_classes: int, *, seed: int,
+def sample_synthetic(generator: Generator | nn.Module, n: int, num_classes: int, *, seed: int,
                      device: torch.device, batch_size: int = 2048) -> Images:
     """n labelled images from ``generator``, class balanced, on ``device``; same seed, same bits."""
     cpu_gen = make_generator(seed)  # counts and labels on the CPU, noise on the device
@@ -41,5 +62,90 @@ def sample_synthetic(generator: Generator, n: int, num_classes: int, *, seed: in
     return Images(x.clone(), labels.clone())
 
 
-def _image_shape(generator: Generator) -> tuple[int, int, int]:
+def _image_shape(generator: nn.Module) -> tuple[int, int, int]:
     return (generator.channels, generator.size, generator.size)
+
+
+# --------------------------------------------------------------------------- labeller, filtering
+
+
+def real_labeller(cfg: TrialConfig, real: Images, splits: Splits,
+                  device: torch.device) -> Callable[[], nn.Module]:
+    """A function that trains, once, on first call, the classifier that labels and filters generated
+    images: the trial's classifier recipe from scratch on the real subset only (the real-only arm,
+    best on validation accuracy)."""
+
+    @functools.cache
+    def train() -> nn.Module:
+        log.info("training the real-subset labeller (%d images)", len(real))
+        res = train_classifier(helper_recipe(cfg.classifier), real, None, splits.val, splits.num_classes,
+                               seed=cfg.seed, device=device)
+        return res.model.eval()
+
+    return train
+
+
+def _conditioning_label(probs: torch.Tensor, y_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return y_cond, probs.gather(1, y_cond[:, None]).squeeze(1)  # label, its probability
+
+
+def _pseudo_label(probs: torch.Tensor, y_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    conf, label = probs.max(dim=1)
+    return label, conf
+
+
+# gan.conditioning -> (how an image gets its label and confidence, the kept-fraction metric name)
+LABEL_RULES = {"projection": (_conditioning_label, "synth/kept_fraction"),
+               "acgan": (_conditioning_label, "synth/kept_fraction"),
+               "none": (_pseudo_label, "synth/pseudo_label_kept_fraction")}
+
+
+def sample_labelled(generator: nn.Module, n: int, num_classes: int, labeller: nn.Module, *,
+                    conditioning: str, min_confidence: float, seed: int, device: torch.device,
+                    batch_size: int = 1024) -> tuple[Images, dict[str, float]]:
+    """n images whose labels the labeller confirms (conditional) or gives (unconditional) with
+    probability >= min_confidence, class balanced; fewer only if a class quota cannot be filled
+    within MAX_DRAWS_PER_IMAGE * n draws (``synth/shortfall`` says how many are missing)."""
+    label_fn, kept_name = LABEL_RULES[conditioning]
+    cpu_gen, noise_gen = make_generator(seed), make_generator(seed, device)
+    need = class_counts(n, num_classes, cpu_gen).to(device)  # (K,) images still wanted per class
+    xs, ys, drawn, passed = [], [], 0, 0
+    generator.eval()
+    labeller.eval()
+    with torch.inference_mode():
+        while int(need.sum()) > 0 and drawn < MAX_DRAWS_PER_IMAGE * n:
+            m = min(batch_size, max(64, 2 * int(need.sum())))
+            classes = torch.arange(num_classes, device=device)
+            wanted = torch.repeat_interleave(classes, need)  # one entry per missing image
+            y_cond = wanted[torch.randint(len(wanted), (m,), generator=cpu_gen).to(device)]  # (m,)
+            x = generator(torch.randn(m, generator.z_dim, generator=noise_gen, device=device), y_cond)
+            label, conf = label_fn(F.softmax(labeller(x), dim=1), y_cond)  # (m,), (m,)
+            ok = conf >= min_confidence
+            # 1-based rank of each passing image among the passing images of its class in this draw
+            counts = (F.one_hot(label, num_classes) * ok[:, None]).cumsum(0)  # (m, K)
+            rank = counts.gather(1, label[:, None]).squeeze(1)
+            take = ok & (rank <= need[label])
+            xs.append(x[take])
+            ys.append(label[take])
+            need -= torch.bincount(label[take], minlength=num_classes)
+            drawn, passed = drawn + m, passed + int(ok.sum())
+        x, y = torch.cat(xs), torch.cat(ys)
+        order = torch.randperm(len(y), generator=cpu_gen).to(device)
+    if len(y) < n:
+        log.warning("synthetic set: %d of %d images after %d draws (min_confidence %.2f)", len(y), n,
+                    drawn, min_confidence)
+    metrics = {kept_name: passed / max(drawn, 1), "synth/count": float(len(y)),
+               "synth/shortfall": float(n - len(y))}
+    return Images(x[order].clone(), y[order].clone()), metrics  # clones: usable outside inference mode
+
+
+def synthesise(cfg: TrialConfig, generator: nn.Module, n: int, num_classes: int,
+               labeller: Callable[[], nn.Module], *, seed: int,
+               device: torch.device) -> tuple[Images, dict[str, float]]:
+    """The trial's synthetic set and its synth/ metrics: plain conditional sampling, or labelled and
+    filtered by the real-subset classifier (``labeller()`` is trained only on this path)."""
+    if cfg.gan.conditioning != "none" and cfg.synth.min_confidence == 0:
+        images = sample_synthetic(generator, n, num_classes, seed=seed, device=device)
+        return images, {"synth/count": float(len(images))}
+    return sample_labelled(generator, n, num_classes, labeller(), conditioning=cfg.gan.conditioning,
+                           min_confidence=cfg.synth.min_confidence, seed=seed, device=device)

@@ -1,0 +1,300 @@
+"""GAN quality in a domain feature space, and how useful the images are (CAS).
+
+Inception features say little about 28x28 greyscale clothes or 8x8 digits, and downloading weights
+at run time is not allowed here, so every score is taken in the feature space of a small classifier
+trained once per dataset on its training pool (never the validation or test split): its 128
+penultimate features. The extractor is cached on disk under a hash of everything that determines
+it (dataset pool, recipe, code); the hash is the run tag ``quality.extractor_hash``, and two scores
+are comparable only when their hashes match.
+
+Scores, logged under ``quality/`` (generated images against the real test split):
+- ``fcd``: Fréchet Classifier Distance, torchmetrics' FID with ``DomainFeatures`` as its feature
+  module; ``fcd_class_{k}`` the same per class, for conditional generators;
+- ``kid``: torchmetrics' KID (unbiased MMD, cubic kernel) in the same space;
+- ``precision``, ``recall``, ``density``, ``coverage`` (Naeem et al., 2020), k nearest neighbours;
+- ``cas``: Classification Accuracy Score (Ravuri & Vinyals, 2019): a classifier trained on generated
+  images only (checkpoint chosen on held-out generated images) tested on the real test split.
+``gan_scorer`` is the validation FCD that picks the best generator during training (gan.eval_every).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from ganft import cache as checkpoints  # a module, not its names: cache.py imports this file
+from ganft.config import TrialConfig
+from ganft.data import Images, Splits
+from ganft.evaluate import accuracy, predict
+from ganft.finetune import helper_recipe, train_classifier
+from ganft.gan_train import Scorer
+from ganft.models.gan import ConvTrunk
+from ganft.runtime import derive_seed, make_generator, project_root, seeded
+from ganft.synth import sample_synthetic
+from ganft.tracking import NULL_TRACKER, Tracker
+
+log = logging.getLogger(__name__)
+CHUNK = 1000  # images per feature-extraction batch
+
+
+@dataclass(frozen=True)
+class ExtractorRecipe:
+    width: int = 32  # ConvTrunk width
+    features: int = 128  # the feature space's dimension
+    steps: int = 2000  # Adam steps on the training pool (Fashion-MNIST: ~4.7 epochs)
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+EXTRACTOR = ExtractorRecipe()  # fixed, so scores are comparable across studies
+
+
+class DomainClassifier(nn.Module):
+    """(B, C, S, S) -> (B, K) logits through ``features`` (B, F): conv trunk, linear + ReLU, linear."""
+
+    def __init__(self, *, channels: int, size: int, num_classes: int, width: int, features: int) -> None:
+        super().__init__()
+        self.trunk = ConvTrunk(channels=channels, size=size, width=width, norm="batch")
+        self.neck = nn.Sequential(nn.Linear(self.trunk.out_features, features), nn.ReLU())
+        self.head = nn.Linear(features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.trunk(x))  # (B, F): what the class head sees
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class DomainFeatures(nn.Module):
+    """torchmetrics' custom feature module: images (B, C, H, W) in [-1, 1] -> (B, F) features, always
+    in eval mode and without autograd (``num_features`` spares torchmetrics a dummy forward pass)."""
+
+    def __init__(self, model: DomainClassifier) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.num_features = model.head.in_features
+
+    def train(self, mode: bool = True) -> DomainFeatures:
+        return super().train(False)  # torchmetrics may call .train(); batch norm must stay frozen
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+@dataclass
+class Extractor:
+    model: DomainClassifier  # eval mode, on the device it was asked for
+    hash: str
+    val_acc: float  # accuracy on the validation split, a sanity check of the feature space
+
+
+# --------------------------------------------------------------------------- the extractor
+
+
+def _build(splits: Splits, recipe: ExtractorRecipe) -> DomainClassifier:
+    c, h, _ = splits.image_shape
+    return DomainClassifier(channels=c, size=h, num_classes=splits.num_classes, width=recipe.width,
+                            features=recipe.features)
+
+
+def train_extractor(splits: Splits, recipe: ExtractorRecipe, device: torch.device) -> DomainClassifier:
+    """Adam on cross-entropy over the training pool (the split N-image subsets come from)."""
+    with seeded(derive_seed(recipe.seed, "extractor-init")):
+        model = _build(splits, recipe).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    gen = make_generator(derive_seed(recipe.seed, "extractor-batches"), device)
+    pool = splits.pool.to(device)
+    model.train()
+    for _ in range(recipe.steps):
+        idx = torch.randint(len(pool), (recipe.batch_size,), generator=gen, device=device)
+        loss = F.cross_entropy(model(pool.x[idx]), pool.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+_HASHES: dict[tuple[int, ExtractorRecipe], tuple[weakref.ref, str]] = {}  # id(pool.x) -> (pool.x, hash)
+_LOADED: dict[tuple[str, str, str], Extractor] = {}
+
+
+def extractor_hash(splits: Splits, recipe: ExtractorRecipe) -> str:
+    """sha256 of the training pool's bytes, the recipe and the extractor's code (first 16 hex)."""
+    memo = (id(splits.pool.x), recipe)
+    ref, digest = _HASHES.get(memo, (None, ""))
+    if ref is None or ref() is not splits.pool.x:  # an id can be reused once a tensor is freed
+        h = hashlib.sha256(json.dumps({"dataset": splits.name, "recipe": asdict(recipe)}).encode())
+        h.update(splits.pool.x.contiguous().numpy().tobytes())
+        h.update(splits.pool.y.contiguous().numpy().tobytes())
+        for obj in (ConvTrunk, DomainClassifier, train_extractor):
+            h.update(inspect.getsource(obj).encode())
+        digest = h.hexdigest()[:16]
+        _HASHES[memo] = (weakref.ref(splits.pool.x), digest)
+    return digest
+
+
+def load_extractor(splits: Splits, device: torch.device, recipe: ExtractorRecipe | None = None) -> Extractor:
+    """The dataset's feature extractor (``EXTRACTOR`` unless another recipe is given): from memory,
+    else from the on-disk cache, else trained now and cached (one worker trains it; others wait on
+    the key's lock, then load it)."""
+    recipe = recipe or EXTRACTOR
+    key = extractor_hash(splits, recipe)
+    cache = checkpoints.CheckpointCache(project_root() / ".ganft-cache" / "quality")
+    memo = (str(cache.dir), key, str(device))
+    if memo in _LOADED:
+        return _LOADED[memo]
+    with cache.lock(key):
+        entry = cache.load(key)
+        if entry is None:
+            log.info("training the %s feature extractor %s (%d images, %d steps)", splits.name, key,
+                     len(splits.pool), recipe.steps)
+            model = train_extractor(splits, recipe, device)
+            val_acc = accuracy(model, splits.val.to(device))
+            cache.save(key, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                             "val_acc": val_acc, "dataset": splits.name})
+        else:
+            model = _build(splits, recipe)
+            model.load_state_dict(entry["state_dict"])
+            model, val_acc = model.to(device).eval(), float(entry["val_acc"])
+    _LOADED[memo] = Extractor(model, key, val_acc)
+    return _LOADED[memo]
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _update(metric: FrechetInceptionDistance | KernelInceptionDistance, x: torch.Tensor, real: bool) -> None:
+    for chunk in x.split(CHUNK):
+        metric.update(chunk, real=real)
+
+
+def fcd(ext: Extractor, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between the domain features of two image sets (N, C, H, W) in [-1, 1]."""
+    metric = FrechetInceptionDistance(feature=DomainFeatures(ext.model)).to(real.device)
+    _update(metric, real, True)
+    _update(metric, fake, False)
+    return float(metric.compute())
+
+
+def kid(ext: Extractor, real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0,
+        subsets: int = 50) -> tuple[float, float]:
+    """KID mean and standard deviation over ``subsets`` random subsets (of up to 1000 per side)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = KernelInceptionDistance(feature=DomainFeatures(ext.model), subsets=subsets,
+                                         subset_size=min(1000, len(real), len(fake))).to(real.device)
+    _update(metric, real, True)
+    _update(metric, fake, False)
+    with seeded(derive_seed(seed, "kid")):  # torchmetrics draws the subsets from the global RNG
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+@torch.inference_mode()
+def features(ext: Extractor, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([ext.model.features(chunk) for chunk in x.split(CHUNK)])  # (N, F)
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage (Naeem et al., 2020) of feature sets (R, F), (G, F).
+
+    A real point's ball has the radius of its k-th nearest real neighbour. Precision: share of fakes
+    inside some real ball; recall: share of reals inside some fake ball (fake radii likewise);
+    density: mean count of real balls holding a fake, / k; coverage: share of real balls holding a
+    fake. Written here in a few lines of torch: torchmetrics has no such metric, and the reference
+    ``prdc`` package (numpy, unmaintained since 2020) would add a dependency for the same formulas.
+    """
+    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+
+    r_real = dist(real, real).kthvalue(k + 1, dim=1).values  # (R,): the 1st nearest is the point itself
+    r_fake = dist(fake, fake).kthvalue(k + 1, dim=1).values  # (G,)
+    d = dist(real, fake)  # (R, G)
+    in_real_ball = d < r_real[:, None]  # (R, G)
+    return {"precision": in_real_ball.any(0).double().mean().item(),
+            "recall": (d < r_fake[None, :]).any(1).double().mean().item(),
+            "density": in_real_ball.sum(0).double().mean().item() / k,
+            "coverage": (d.min(1).values < r_real).double().mean().item()}
+
+
+def generator_quality(ext: Extractor, real: Images, fake: Images, *, k: int = 5, per_class: bool = True,
+                      seed: int = 0) -> dict[str, float]:
+    """``quality/`` scores of labelled generated images against labelled real ones (same device)."""
+    out = {"quality/fcd": fcd(ext, real.x, fake.x)}
+    out["quality/kid"], out["quality/kid_std"] = kid(ext, real.x, fake.x, seed=seed)
+    # precision & co. compare point clouds of equal size: the real side is subsampled to the fake count
+    keep = torch.randperm(len(real), generator=make_generator(derive_seed(seed, "prdc")))[: len(fake)]
+    scores = prdc(features(ext, real.x[keep.to(real.x.device)]), features(ext, fake.x), k)
+    out.update({f"quality/{name}": v for name, v in scores.items()})
+    if per_class:  # conditional generators: each class against the real images of that class
+        for c in range(int(real.y.max()) + 1):
+            out[f"quality/fcd_class_{c}"] = fcd(ext, real.x[real.y == c], fake.x[fake.y == c])
+    return out
+
+
+def cas(cfg: TrialConfig, synthetic: Images, test: Images, num_classes: int, device: torch.device) -> float:
+    """Test accuracy of the trial's classifier recipe trained from scratch on generated images only;
+    its best checkpoint is chosen on a held-out tenth of them, so no real image is seen before the test."""
+    order = torch.randperm(len(synthetic), generator=make_generator(derive_seed(cfg.seed, "cas")))
+    n_hold = max(len(synthetic) // 10, num_classes)
+    hold, train = synthetic.take(order[:n_hold]), synthetic.take(order[n_hold:])
+    res = train_classifier(helper_recipe(cfg.classifier), train, None, hold, num_classes, seed=cfg.seed,
+                           device=device)
+    return accuracy(res.model, test.to(device))
+
+
+# --------------------------------------------------------------------------- trial stages
+
+
+def gan_scorer(cfg: TrialConfig, splits: Splits, device: torch.device,
+               tracker: Tracker = NULL_TRACKER) -> Scorer | None:
+    """The validation FCD for best-checkpoint selection (``gan.eval_every``), or None when off."""
+    if not cfg.gan.eval_every:
+        return None
+    ext = load_extractor(splits, device)
+    tracker.set_tags({"quality.extractor_hash": ext.hash})
+    metric = FrechetInceptionDistance(feature=DomainFeatures(ext.model), reset_real_features=False).to(device)
+    _update(metric, splits.val.x.to(device), True)  # the real side is kept across resets
+
+    def score(images: torch.Tensor) -> float:
+        metric.reset()
+        _update(metric, images, False)
+        return float(metric.compute())
+
+    return score
+
+
+def trial_quality(cfg: TrialConfig, generator: nn.Module, labeller: Callable[[], nn.Module], splits: Splits,
+                  device: torch.device, tracker: Tracker = NULL_TRACKER) -> dict[str, float]:
+    """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
+    Conditional generators are scored with the labels they were asked for (uniform over classes); an
+    unconditional one on its own class mix, with the real-subset labeller's most probable class as the
+    label (no threshold), so its CAS measures generator and labeller together."""
+    if not cfg.quality.enabled:
+        return {}
+    ext = load_extractor(splits, device)
+    tracker.set_tags({"quality.extractor_hash": ext.hash})
+    n, seed, K = cfg.quality.num_samples, derive_seed(cfg.seed, "quality"), splits.num_classes
+    conditional = cfg.gan.conditioning != "none"
+    fake = sample_synthetic(generator, n, K, seed=seed, device=device)  # uniform labels (ignored if uncond.)
+    if not conditional:  # the generator's own class mix, each image labelled by the labeller's argmax
+        fake = Images(fake.x, predict(labeller(), fake.x).to(device))
+    test = splits.test.to(device)
+    out = generator_quality(ext, test, fake, k=cfg.quality.k, per_class=conditional, seed=seed)
+    out["quality/cas"] = cas(cfg, fake, test, K, device)
+    out["quality/extractor_val_acc"] = ext.val_acc
+    return out

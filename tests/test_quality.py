@@ -1,0 +1,136 @@
+"""quality.py: the domain feature extractor and its cache, FCD/KID/PRDC/CAS, and a trial that logs
+them. A small extractor recipe keeps these fast; the metrics do not depend on its size."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganft import quality
+from ganft.config import TrialConfig, with_overrides
+from ganft.data import Images, load_splits
+from ganft.quality import ExtractorRecipe, cas, fcd, generator_quality, kid, load_extractor, prdc
+from ganft.runtime import make_generator
+
+CPU = torch.device("cpu")
+SMALL = ExtractorRecipe(width=8, features=32, steps=150, batch_size=64, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory: pytest.TempPathFactory) -> quality.Extractor:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANFT_HOME", str(tmp_path_factory.mktemp("home")))
+        return load_extractor(load_splits("digits"), CPU, SMALL)
+
+
+def uniform_noise(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=make_generator(seed)) * 2 - 1
+
+
+def test_extractor_is_trained_on_the_pool_and_classifies_well(extractor: quality.Extractor) -> None:
+    assert extractor.val_acc > 0.8  # digits: the features separate the classes
+    assert len(extractor.hash) == 16
+
+
+def test_fcd_and_kid_of_real_validation_images_are_far_below_noise(extractor: quality.Extractor) -> None:
+    s = load_splits("digits")
+    real_fcd, noise_fcd = fcd(extractor, s.pool.x, s.val.x), fcd(extractor, s.pool.x, uniform_noise(300))
+    assert 0 <= real_fcd < noise_fcd / 10
+    real_kid, noise_kid = kid(extractor, s.pool.x, s.val.x), kid(extractor, s.pool.x, uniform_noise(300))
+    assert real_kid[0] < noise_kid[0] / 10
+    assert kid(extractor, s.pool.x, s.val.x) == real_kid  # the subsets are seeded
+
+
+def test_prdc_on_point_clouds() -> None:
+    a = torch.randn(300, 16, generator=make_generator(0))
+    b = torch.randn(300, 16, generator=make_generator(1))
+    same = prdc(a, b, k=5)
+    assert same["precision"] > 0.7 and same["recall"] > 0.7 and same["coverage"] > 0.7
+    assert 0.6 < same["density"] < 1.5  # ~1 for two samples of one distribution
+    far = prdc(a, b + 100, k=5)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    collapsed = prdc(a, a[:1].repeat(300, 1) + 1e-3 * b, k=5)  # mode collapse: precise, no recall
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.05 and collapsed["coverage"] < 0.05
+
+
+def test_generator_quality_has_every_score_and_per_class_fcd(extractor: quality.Extractor) -> None:
+    s = load_splits("digits")
+    out = generator_quality(extractor, s.test, s.val, k=3)
+    assert {"quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
+            "quality/coverage"} <= set(out)
+    assert [k for k in out if "fcd_class" in k] == [f"quality/fcd_class_{c}" for c in range(10)]
+    noise = Images(uniform_noise(300), s.val.y)
+    worse = generator_quality(extractor, s.test, noise, k=3, per_class=False)
+    assert worse["quality/fcd"] > 10 * out["quality/fcd"]
+    assert worse["quality/precision"] < out["quality/precision"]
+    assert not [k for k in worse if "fcd_class" in k]
+
+
+def test_cas_is_high_for_real_looking_images_and_chance_for_wrong_labels() -> None:
+    s = load_splits("digits")
+    cfg = with_overrides(TrialConfig(), {"classifier.steps": 80, "classifier.width": 8,
+                                         "classifier.eval_every": 40})
+    good = cas(cfg, s.pool, s.test, 10, CPU)  # "generated" images that are real digits
+    shuffled = Images(s.pool.x, s.pool.y[torch.randperm(len(s.pool), generator=make_generator(0))])
+    assert good > 0.8 and cas(cfg, shuffled, s.test, 10, CPU) < 0.3
+
+
+def test_extractor_is_cached_on_disk_under_its_hash(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, tiny = load_splits("digits"), ExtractorRecipe(width=4, features=8, steps=3)
+    first = load_extractor(s, CPU, tiny)
+    assert (home / ".ganft-cache" / "quality" / f"{first.hash}.pt").is_file()
+    monkeypatch.setattr(quality, "_LOADED", {})  # a new process: only the disk cache is left
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached extractor must be loaded, not trained again")
+
+    monkeypatch.setattr(quality, "train_extractor", no_training)
+    again = load_extractor(s, CPU, tiny)
+    assert again.hash == first.hash and again.val_acc == first.val_acc
+    x = s.val.x[:20]
+    assert torch.equal(again.model.features(x), first.model.features(x))
+    assert quality.extractor_hash(s, ExtractorRecipe(width=4, features=8, steps=4)) != first.hash
+
+
+def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_fcd_curve(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed article's set-up end to end: unconditional 64x64 DCGAN, pseudo-labels with a
+    threshold, best checkpoint on validation FCD, quality scores and CAS."""
+    from ganft.pipeline import run_trial
+
+    monkeypatch.setattr(quality, "EXTRACTOR", ExtractorRecipe(width=4, features=8, steps=20))
+
+    class Tags:
+        def __init__(self) -> None:
+            self.tags, self.metrics, self.steps = {}, {}, []
+
+        def log_params(self, params): pass
+        def log_metrics(self, metrics, step=None):
+            self.steps += [(step, k) for k in metrics]
+            self.metrics |= metrics
+
+        def set_tags(self, tags): self.tags.update(tags)
+        def log_figure(self, fig, name): pass
+        def log_artifact(self, path): pass
+
+    cfg = with_overrides(TrialConfig(), {
+        "gan.recipe": "seed-dcgan", "gan.steps": 4, "gan.width": 4, "gan.z_dim": 8, "gan.batch_size": 16,
+        "gan.eval_every": 2, "gan.eval_samples": 50, "data.train_size": 30, "synth.ratio": 1,
+        "synth.min_confidence": 0.2, "classifier.steps": 6, "classifier.width": 4, "classifier.eval_every": 3,
+        "quality.enabled": True, "quality.num_samples": 100, "quality.k": 3})
+    rec = Tags()
+    run_trial(cfg, device=CPU, tracker=rec)
+    m = rec.metrics
+    for key in ("quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
+                "quality/coverage", "quality/cas", "synth/pseudo_label_kept_fraction", "gan/best_step"):
+        assert key in m and m[key] == m[key], key  # logged and not NaN
+    assert not [k for k in m if "fcd_class" in k]  # unconditional: no per-class FCD
+    expected_hash = quality.extractor_hash(load_splits("digits"), quality.EXTRACTOR)
+    assert rec.tags["quality.extractor_hash"] == expected_hash
+    assert [s for s, k in rec.steps if k == "gan/val_fcd"] == [2, 4]
+
+
+def test_quality_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quality, "load_extractor", lambda *a, **k: pytest.fail("no extractor when off"))
+    assert quality.trial_quality(TrialConfig(), None, lambda: None, load_splits("digits"), CPU) == {}
+    assert quality.gan_scorer(TrialConfig(), load_splits("digits"), CPU) is None
