@@ -35,10 +35,30 @@ class DataConfig(_Model):
     val_size: int | None = Field(None, ge=10)  # None: the dataset's default validation size
 
 
+# Named GAN recipes (README table): the settings that make one recipe differ from another. A named
+# ``gan.recipe`` sets these fields; ``custom`` leaves them as written. Steps, widths and optimiser
+# settings are not part of a recipe, so one study compares recipes at the same budget.
+GAN_DEFAULT_RECIPE: dict[str, Any] = {"arch": "dcgan", "loss": "ns", "conditioning": "projection",
+                                      "d_norm": "batch", "diffaugment": ("translation",)}
+GAN_RECIPES: dict[str, dict[str, Any]] = {name: {**GAN_DEFAULT_RECIPE, **diff} for name, diff in {
+    "default": {},
+    "hinge-sn": {"loss": "hinge", "d_norm": "spectral"},  # SNGAN (Miyato et al., 2018)
+    "wgan-gp": {"loss": "wgan-gp", "d_norm": "none"},  # Gulrajani et al., 2017: no batch norm in D
+    "no-diffaugment": {"diffaugment": ()},
+    "diffaugment-all": {"diffaugment": ("color", "translation", "cutout")},  # Zhao et al., 2020
+    "acgan": {"conditioning": "acgan"},  # Odena et al., 2017
+    "unconditional": {"conditioning": "none"},  # samples labelled by a real-subset classifier
+    # the seed article's set-up, fixed: its 64x64 DCGAN stack, unconditional, no augmentation
+    "seed-dcgan": {"arch": "seed-dcgan", "conditioning": "none", "diffaugment": ()},
+}.items()}
+
+
 class GanConfig(_Model):
-    arch: Literal["dcgan"] = "dcgan"  # size-aware class-conditional DCGAN
-    loss: Literal["ns"] = "ns"  # non-saturating (BCE with logits)
-    steps: int = Field(600, ge=1)  # generator optimiser steps (one D step each)
+    # dcgan: size-aware DCGAN (models/gan.py); seed-dcgan: the seed article's 64x64 DCGAN layer stack
+    # (pytorch/examples dcgan, ngf = ndf = width), data resized to 64 for training, samples back
+    arch: Literal["dcgan", "seed-dcgan"] = "dcgan"
+    loss: Literal["ns", "hinge", "wgan-gp"] = "ns"  # non-saturating (BCE) | hinge | WGAN + gradient penalty
+    steps: int = Field(600, ge=1)  # generator optimiser steps (d_steps D steps each)
     batch_size: int = Field(64, ge=2)
     z_dim: int = Field(64, ge=1)
     width: int = Field(64, ge=4)  # channels of the widest-resolution G / D layer; others scale from it
@@ -46,23 +66,102 @@ class GanConfig(_Model):
     lr_d: float = Field(2e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    diffaugment: tuple[Literal["translation"], ...] = ("translation",)
+    # DiffAugment policies, applied in the order given to D's real and fake inputs
+    diffaugment: tuple[Literal["translation", "cutout", "color"], ...] = ("translation",)
     ema_decay: float = Field(0.999, ge=0, lt=1)  # 0 disables EMA (sampling uses the raw generator)
+    recipe: Literal["custom", "default", "hinge-sn", "wgan-gp", "no-diffaugment", "diffaugment-all",
+                    "acgan", "unconditional", "seed-dcgan"] = "custom"  # see GAN_RECIPES
+    # projection discriminator | ACGAN auxiliary classifier | none: unconditional G and D, samples
+    # pseudo-labelled by a classifier trained on the real subset (synth.min_confidence)
+    conditioning: Literal["projection", "acgan", "none"] = "projection"
+    # D's normalisation: batch norm (DCGAN) | spectral norm on every D layer, no batch norm | none
+    d_norm: Literal["batch", "spectral", "none"] = "batch"
+    d_steps: int = Field(1, ge=1)  # D steps per G step (n_critic)
+    gp_weight: float = Field(10.0, ge=0)  # loss wgan-gp: lambda of the gradient penalty
+    r1_gamma: float = Field(0.0, ge=0)  # R1 penalty gamma/2 * E|grad D(real)|^2 (Mescheder et al.); 0: off
+    bcr_weight: float = Field(0.0, ge=0)  # balanced consistency regularisation lambda (Zhao et al.); 0: off
+    acgan_weight: float = Field(1.0, ge=0)  # conditioning acgan: weight of the class cross-entropy
+    eval_every: int = Field(0, ge=0)  # validation FCD every K steps, best generator kept; 0: keep the last
+    eval_samples: int = Field(1000, ge=50)  # generated images per validation FCD
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: Any) -> Any:
+        name = data.get("recipe") if isinstance(data, dict) else None
+        if not isinstance(name, str) or name not in GAN_RECIPES:
+            return data  # custom, or a bad value that the Literal reports with the known names
+        recipe = GAN_RECIPES[name]
+        given = {k: _canon(data[k]) for k in recipe if k in data}
+        # A config dumped from another recipe carries that recipe's full set (a grid switching
+        # recipes); anything else next to a named recipe was written by hand and must agree with it.
+        if given and not any(given == {k: _canon(v) for k, v in r.items()} for r in GAN_RECIPES.values()):
+            clash = [f"{k} {given[k]!r}" for k in given if given[k] != _canon(recipe[k])]
+            if clash:
+                raise ValueError(f"recipe {name} sets {', '.join(recipe)}; it conflicts with "
+                                 f"{', '.join(clash)} (use recipe custom to choose them yourself)")
+        return {**data, **recipe}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GanConfig:
+        if len(set(self.diffaugment)) != len(self.diffaugment):
+            raise ValueError(f"diffaugment: a policy is repeated in {list(self.diffaugment)}")
+        if self.loss == "wgan-gp" and self.d_norm == "batch":
+            raise ValueError("loss wgan-gp needs d_norm none or spectral: batch norm mixes the images of "
+                             "a batch, which breaks the per-image gradient penalty (Gulrajani et al.)")
+        return self
+
+
+def _canon(value: Any) -> Any:
+    # YAML gives lists where the config holds tuples
+    return tuple(value) if isinstance(value, list) else value
 
 
 class SynthConfig(_Model):
     ratio: float = Field(0.0, ge=0, le=100)  # synthetic images = round(ratio * N), class balanced
+    # how the classifier uses them (finetune.py): union = batches drawn uniformly from real ∪ synthetic;
+    # weighted = a synthetic image counts `weight` times a real one; pretrain-then-finetune = the first
+    # classifier.synth_fraction of the steps on synthetic images only, the rest on real images only
+    mix: Literal["union", "weighted", "pretrain-then-finetune"] = "union"
+    weight: float = Field(1.0, ge=0, le=100)  # mix weighted only: 0 is real-only, 1 is union
+    # keep a generated image only if a classifier trained on the real subset gives its label at least
+    # this probability (its conditioning label; for gan.conditioning none, its own argmax, i.e. the
+    # pseudo-label); 0 keeps every image (conditional) or every pseudo-label (unconditional)
+    min_confidence: float = Field(0.0, ge=0, lt=1)
+
+
+class QualityConfig(_Model):
+    # GAN quality in a domain feature space (quality.py), logged under quality/: FCD, KID,
+    # precision/recall/density/coverage, per-class FCD and CAS; costs a CAS classifier training
+    enabled: bool = False
+    num_samples: int = Field(2000, ge=100)  # generated images scored against the real test split
+    k: int = Field(5, ge=1)  # nearest neighbours for precision/recall/density/coverage (Naeem et al.)
 
 
 class ClassifierConfig(_Model):
-    arch: Literal["seed-cnn"] = "seed-cnn"  # the seed article's discriminator-shaped CNN, fixed
-    init: Literal["scratch"] = "scratch"
+    # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small-image stem
+    arch: Literal["seed-cnn", "resnet18"] = "seed-cnn"
+    # scratch | discriminator (the trained GAN's D trunk, new head) | pretrained (a `ganft pretrain`
+    # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
+    init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
+    pretrained_source: DatasetName = "digits"  # init pretrained: source dataset, resized to the target size
+    pretrain_steps: int = Field(2000, ge=1)  # init pretrained: optimiser steps of the source training
+    # full | linear-probe (only the head trains; trunk frozen, BatchNorm statistics included) |
+    # head-then-full (head alone for head_fraction of the fine-tuning steps, then all at lr * full_lr_scale)
+    freeze: Literal["full", "linear-probe", "head-then-full"] = "full"
+    head_fraction: float = Field(0.2, gt=0, lt=1)
+    full_lr_scale: float = Field(0.1, gt=0, le=1)
+    synth_fraction: float = Field(0.5, gt=0, lt=1)  # synth.mix pretrain-then-finetune: share on synthetic
     steps: int = Field(400, ge=1)  # optimiser steps, identical whatever the ratio (equal budget)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    width: int = Field(32, ge=4)
+    schedule: Literal["constant", "cosine", "step"] = "constant"  # per phase; step: x step_gamma at 1/2, 3/4
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Literal["none", "classic"] = "none"  # classic: crop+pad, small affine, h-flip if label-safe
+    width: int = Field(32, ge=4)  # seed-cnn's first-stage channels (resnet18's widths are fixed)
     eval_every: int = Field(50, ge=1)  # validation accuracy every K steps; the best checkpoint is kept
+    patience: int = Field(0, ge=0)  # early stop after this many evaluations without a better val acc; 0: off
 
 
 class TrialConfig(_Model):
@@ -71,6 +170,51 @@ class TrialConfig(_Model):
     gan: GanConfig = GanConfig()
     synth: SynthConfig = SynthConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    quality: QualityConfig = QualityConfig()
+
+    @model_validator(mode="after")
+    def _classifier_recipe_fits(self) -> TrialConfig:
+        check_classifier_recipe(self)
+        return self
+
+
+def split_steps(total: int, fraction: float) -> tuple[int, int]:
+    """(first, rest) with first = round(total * fraction): the exact phase lengths of
+    pretrain-then-finetune and head-then-full, which together spend exactly ``total`` steps."""
+    first = round(total * fraction)
+    return first, total - first
+
+
+def check_classifier_recipe(cfg: TrialConfig) -> None:
+    """Rules that join the classifier to the GAN, data and mix sections; the error names both keys."""
+    c = cfg.classifier
+    if c.init == "discriminator" and c.arch != "seed-cnn":
+        raise ValueError(f"classifier.init discriminator needs classifier.arch seed-cnn (the "
+                         f"discriminator's shape), not {c.arch}")
+    if c.init == "discriminator" and cfg.gan.arch != "dcgan":
+        raise ValueError(f"classifier.init discriminator needs gan.arch dcgan: {cfg.gan.arch}'s "
+                         f"discriminator works at 64x64, the classifier at the data's size")
+    if c.init == "discriminator" and c.width != cfg.gan.width:
+        raise ValueError(f"classifier.width ({c.width}) must equal gan.width ({cfg.gan.width}) when "
+                         f"classifier.init is discriminator: the classifier's trunk is the discriminator's")
+    if c.init == "torchvision" and c.arch != "resnet18":
+        raise ValueError(f"classifier.init torchvision needs classifier.arch resnet18 (ImageNet "
+                         f"weights), not {c.arch}")
+    if c.init == "pretrained" and c.pretrained_source == cfg.data.dataset:
+        raise ValueError(f"classifier.pretrained_source must differ from data.dataset "
+                         f"({cfg.data.dataset}): pretraining on the target's whole labelled pool would "
+                         f"use labels the N-image setting does not have")
+    last = c.steps  # steps of the phase on real images that freezing applies to
+    if cfg.synth.mix == "pretrain-then-finetune":
+        first, last = split_steps(c.steps, c.synth_fraction)
+        if min(first, last) < 1:
+            raise ValueError(f"classifier.synth_fraction {c.synth_fraction} of classifier.steps "
+                             f"{c.steps} leaves a phase of 0 steps for synth.mix pretrain-then-finetune")
+    if c.freeze == "head-then-full":
+        for total in {c.steps, last}:  # ratio 0 has no synthetic phase: all steps fine-tune
+            if min(split_steps(total, c.head_fraction)) < 1:
+                raise ValueError(f"classifier.head_fraction {c.head_fraction} of {total} steps leaves "
+                                 f"a phase of 0 steps for classifier.freeze head-then-full")
 
 
 GridValue = int | float | str | bool | None | list[Any]
@@ -227,7 +371,7 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
             lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}")
         elif err["type"] == "value_error":
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(msg if msg.startswith("grid.") else f"{key}: {msg}")
+            lines.append(msg if msg.startswith("grid.") or not loc else f"{key}: {msg}")
         else:
             got = err.get("input")
             got_txt = "" if isinstance(got, dict) else f" (got {got!r})"

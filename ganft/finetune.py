@@ -1,27 +1,45 @@
-"""Train a classifier on real ∪ synthetic images for a fixed number of optimiser steps.
+"""Train a classifier on real and synthetic images for a fixed number of optimiser steps.
 
 Equal budget: every arm of a comparison gets ``cfg.steps`` steps of ``cfg.batch_size`` images,
-whatever the ratio; only the data differs. Validation accuracy every ``eval_every`` steps decides
-which weights are kept (the best, earliest on ties), so no arm is judged on an unlucky last step.
+whatever the ratio, the mixing or the freezing; only the data differs. A run is a list of phases
+(``plan_phases``) whose lengths add up to exactly ``cfg.steps``:
+
+- mixing (``synth.mix``) decides which images a phase draws from: ``union`` draws uniformly from
+  real ∪ synthetic; ``weighted`` makes a synthetic image count ``synth.weight`` times a real one;
+  ``pretrain-then-finetune`` spends the first ``synth_fraction`` of the steps on synthetic images
+  only and the rest on real images only. Without synthetic images every mix is real-only.
+- freezing (``classifier.freeze``) decides what trains in the last phase, the one that ends on
+  real images: ``full`` (everything), ``linear-probe`` (the head only, in every phase; the frozen
+  trunk stays in eval mode so even its BatchNorm statistics do not move), ``head-then-full`` (the
+  head alone for ``head_fraction`` of that phase, then all layers at ``lr * full_lr_scale``).
+
+Each phase gets its own AdamW optimiser and learning-rate schedule over its own steps. Validation
+accuracy every ``eval_every`` steps and at the end of every phase decides which weights are kept
+(the best, earliest on ties). Early stopping (``patience`` > 0) acts in the last phase only: the
+earlier phases are a prescribed part of the recipe, not a training run to cut short.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import lr_scheduler
 
-from ganft.config import ClassifierConfig
+from ganft.config import ClassifierConfig, split_steps
 from ganft.data import Images
 from ganft.evaluate import accuracy
 from ganft.gan_train import NonFiniteLossError
-from ganft.models.classifier import build_classifier
+from ganft.models.classifier import build_classifier, trunk_norm
 from ganft.runtime import derive_seed, make_generator, seeded
 from ganft.tracking import NULL_TRACKER, Tracker
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (B, C, H, W) -> same shape
 
 
 @dataclass
@@ -30,55 +48,244 @@ class FinetuneResult:
     metrics: dict[str, float]
 
 
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "real", "mixed", "synthetic", "real-head", ...: part of an MLflow metric name
+    steps: int
+    real_weight: float  # sampling weight of each real image (0: never drawn in this phase)
+    synth_weight: float  # ... of each synthetic image
+    trunk_trains: bool = True
+    lr_scale: float = 1.0
+
+
+# mixing: (steps, synth.weight, synth_fraction) -> data phases
+def _union(steps: int, weight: float, fraction: float) -> list[Phase]:
+    return [Phase("mixed", steps, 1.0, 1.0)]
+
+
+def _weighted(steps: int, weight: float, fraction: float) -> list[Phase]:
+    return [Phase("mixed", steps, 1.0, weight)]
+
+
+def _pretrain_then_finetune(steps: int, weight: float, fraction: float) -> list[Phase]:
+    first, rest = split_steps(steps, fraction)
+    return [Phase("synthetic", first, 0.0, 1.0), Phase("real", rest, 1.0, 0.0)]
+
+
+MIXES = {"union": _union, "weighted": _weighted, "pretrain-then-finetune": _pretrain_then_finetune}
+
+
+# freezing: the last data phase -> the phases it becomes
+def _full(p: Phase, cfg: ClassifierConfig) -> list[Phase]:
+    return [p]
+
+
+def _linear_probe(p: Phase, cfg: ClassifierConfig) -> list[Phase]:
+    return [replace(p, trunk_trains=False)]
+
+
+def _head_then_full(p: Phase, cfg: ClassifierConfig) -> list[Phase]:
+    head, full = split_steps(p.steps, cfg.head_fraction)
+    return [replace(p, name=f"{p.name}-head", steps=head, trunk_trains=False),
+            replace(p, name=f"{p.name}-full", steps=full, lr_scale=cfg.full_lr_scale)]
+
+
+FREEZES = {"full": _full, "linear-probe": _linear_probe, "head-then-full": _head_then_full}
+
+
+def plan_phases(cfg: ClassifierConfig, mix: str = "union", synth_weight: float = 1.0,
+                has_synthetic: bool = False) -> list[Phase]:
+    """The phases of one run; their steps add up to exactly ``cfg.steps`` (the equal budget)."""
+    if mix not in MIXES:
+        raise ValueError(f"unknown synth.mix {mix!r}; known: {', '.join(MIXES)}")
+    if cfg.freeze not in FREEZES:
+        raise ValueError(f"unknown classifier.freeze {cfg.freeze!r}; known: {', '.join(FREEZES)}")
+    if has_synthetic:
+        data = MIXES[mix](cfg.steps, synth_weight, cfg.synth_fraction)
+    else:
+        data = [Phase("real", cfg.steps, 1.0, 0.0)]  # ratio 0: the real-only baseline, any mix
+    trunk = cfg.freeze != "linear-probe"
+    phases = [replace(p, trunk_trains=trunk) for p in data[:-1]] + FREEZES[cfg.freeze](data[-1], cfg)
+    assert sum(p.steps for p in phases) == cfg.steps and all(p.steps > 0 for p in phases), phases
+    return phases
+
+
+def draw_batches(weights: torch.Tensor, steps: int, batch_size: int,
+                 gen: torch.Generator) -> torch.Tensor:
+    """(steps, batch_size) indices drawn with replacement, with probability proportional to
+    ``weights`` (n,), from a CPU generator.
+
+    Inverse-CDF sampling written out (``torch.multinomial`` would do the same, but without a
+    guarantee): a zero-weight image is never drawn, and the same generator state gives the same
+    indices whatever zero-weight images follow the others, so ``weighted`` with weight 0 draws
+    exactly the batches of the real-only run. float64, because a float32 u * total can round up
+    to total on large sets.
+    """
+    cdf = weights.double().cumsum(0)  # (n,)
+    u = torch.rand(steps, batch_size, generator=gen, dtype=torch.float64)
+    return torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=len(weights) - 1)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _constant(opt: torch.optim.Optimizer, steps: int, cfg: ClassifierConfig) -> lr_scheduler.LRScheduler:
+    return lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _cosine(opt: torch.optim.Optimizer, steps: int, cfg: ClassifierConfig) -> lr_scheduler.LRScheduler:
+    return lr_scheduler.CosineAnnealingLR(opt, T_max=steps)  # to 0 at the phase's last step
+
+
+def _step(opt: torch.optim.Optimizer, steps: int, cfg: ClassifierConfig) -> lr_scheduler.LRScheduler:
+    return lr_scheduler.MultiStepLR(opt, milestones=[steps // 2, 3 * steps // 4], gamma=cfg.step_gamma)
+
+
+SCHEDULES = {"constant": _constant, "cosine": _cosine, "step": _step}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Best:
+    """The best validation accuracy so far, its step and weights; evaluations since it improved."""
+
+    acc: float = -1.0
+    step: int = 0
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    since: int = 0
+
+    def update(self, acc: float, step: int, model: nn.Module) -> None:
+        if acc > self.acc:  # strictly better: the earliest of equal checkpoints is kept
+            self.acc, self.step, self.since = acc, step, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+
+
+@dataclass
+class _Run:
+    """What every phase of one training run shares."""
+
+    cfg: ClassifierConfig
+    model: nn.Module
+    train: Images  # real images first, then synthetic ones, on the device
+    n_real: int
+    val: Images
+    batch_gen: torch.Generator  # CPU: batch indices
+    augment: Augment | None
+    aug_gen: torch.Generator  # on the device: augmentation parameters
+    tracker: Tracker
+    best: _Best = field(default_factory=_Best)
+    step: int = 0  # optimiser steps taken so far, over all phases
+
+
+def helper_recipe(cfg: ClassifierConfig) -> ClassifierConfig:
+    """The trial's classifier recipe for an auxiliary classifier trained from scratch on one set
+    (the real-subset labeller, CAS): every layer trains and no augmentation, whatever the trial's
+    freezing, since there is no starting trunk to freeze."""
+    return cfg.model_copy(update={"freeze": "full", "augment": "none"})
+
+
 def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | None, val: Images,
                      num_classes: int, *, seed: int, device: torch.device,
-                     tracker: Tracker = NULL_TRACKER) -> FinetuneResult:
-    """Union mixing: each batch is drawn uniformly from real ∪ synthetic."""
+                     tracker: Tracker = NULL_TRACKER, mix: str = "union", synth_weight: float = 1.0,
+                     trunk_state: dict[str, torch.Tensor] | None = None,
+                     augment: Augment | None = None) -> FinetuneResult:
+    """Train for ``cfg.steps`` steps (fewer only if early stopping ends the last phase) and return
+    the best-on-validation model. ``trunk_state`` is the starting trunk (``classifier.init``);
+    None trains from scratch. ``augment`` is built from ``cfg.augment`` by the caller, who knows
+    the dataset (a horizontal flip preserves some datasets' labels, not others')."""
+    synthetic = synthetic if synthetic is not None and len(synthetic) else None
     train = real.to(device)
-    if synthetic is not None and len(synthetic):
+    if synthetic is not None:
         synthetic = synthetic.to(device)
         train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
-    val = val.to(device)
-    with seeded(derive_seed(seed, "clf-init")):  # same init for every ratio of a (N, seed) pair
-        model = build_classifier(cfg.arch, tuple(real.x.shape[1:]), num_classes, cfg.width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    gen = make_generator(derive_seed(seed, "clf-batches"), device)
-    B = min(cfg.batch_size, len(train))
+    model = _build(cfg, tuple(real.x.shape[1:]), num_classes, seed, trunk_state).to(device)
+    run = _Run(cfg, model, train, len(real), val.to(device), make_generator(derive_seed(seed, "clf-batches")),
+               augment, make_generator(derive_seed(seed, "clf-augment"), device), tracker)
+    phases = plan_phases(cfg, mix, synth_weight, synthetic is not None)
     t0 = time.perf_counter()
+    phase_steps: dict[str, float] = {}
     with seeded(derive_seed(seed, "clf-dropout")):  # dropout draws from the global RNG
-        best_acc, best_step, best_state = _loop(cfg, model, opt, train, val, gen, B, tracker, device)
-    model.load_state_dict(best_state)
+        for i, phase in enumerate(phases):
+            start = run.step
+            stopped = _run_phase(run, phase, last=i == len(phases) - 1)
+            phase_steps[f"clf/phase_steps/{phase.name}"] = run.step - start
+            if stopped:
+                break
+    model.requires_grad_(True)
+    model.load_state_dict(run.best.state)
     model.eval()
-    seconds = time.perf_counter() - t0
-    return FinetuneResult(model, {"clf/best_val_acc": best_acc, "clf/best_step": best_step,
-                                  "clf/train_seconds": seconds, "clf/train_images": len(train)})
+    return FinetuneResult(model, {"clf/best_val_acc": run.best.acc, "clf/best_step": run.best.step,
+                                  "clf/stopped_step": run.step,
+                                  "clf/stopped_early": float(run.step < cfg.steps),
+                                  "clf/train_seconds": time.perf_counter() - t0,
+                                  "clf/train_images": len(train), **phase_steps})
 
 
-def _loop(cfg: ClassifierConfig, model: nn.Module, opt: torch.optim.Optimizer, train: Images,
-          val: Images, gen: torch.Generator, B: int, tracker: Tracker,
-          device: torch.device) -> tuple[float, int, dict[str, torch.Tensor]]:
-    """cfg.steps optimiser steps; returns (best val accuracy, its step, its weights)."""
-    best_acc, best_step, best_state = -1.0, 0, {}
-    loss_sum, since = torch.zeros((), device=device), 0
-    for step in range(1, cfg.steps + 1):
+def _build(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int, seed: int,
+           trunk_state: dict[str, torch.Tensor] | None) -> nn.Module:
+    norm = trunk_norm(trunk_state) if trunk_state else "batch"  # seed-cnn follows the trunk it loads
+    with seeded(derive_seed(seed, "clf-init")):  # the same head init for every ratio and every init
+        model = build_classifier(cfg.arch, image_shape, num_classes, cfg.width, norm=norm)
+    if trunk_state is not None:
+        try:
+            model.trunk.load_state_dict(trunk_state)
+        except RuntimeError as exc:
+            raise ValueError(f"classifier.init {cfg.init}: the starting weights do not fit a "
+                             f"{cfg.arch} trunk of width {cfg.width}: {exc}") from None
+    return model
+
+
+def _run_phase(run: _Run, phase: Phase, *, last: bool) -> bool:
+    """``phase.steps`` optimiser steps (fewer if early stopping ends the last phase); True if stopped."""
+    cfg, model = run.cfg, run.model
+    model.requires_grad_(True)
+    model.trunk.requires_grad_(phase.trunk_trains)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr * phase.lr_scale, weight_decay=cfg.weight_decay, fused=True)
+    sched = SCHEDULES[cfg.schedule](opt, phase.steps, cfg)
+    n_synth = len(run.train) - run.n_real
+    weights = torch.cat([torch.full((run.n_real,), phase.real_weight),
+                         torch.full((n_synth,), phase.synth_weight)])  # (n_real + n_synth,)
+    batches = draw_batches(weights, phase.steps, cfg.batch_size, run.batch_gen).to(run.train.x.device)
+    loss_sum, since = torch.zeros((), device=run.train.x.device), 0
+    if last:
+        run.best.since = 0  # patience counts evaluations of the last phase only
+    for i in range(phase.steps):
         model.train()
-        idx = torch.randint(len(train), (B,), generator=gen, device=device)
-        loss = F.cross_entropy(model(train.x[idx]), train.y[idx])  # logits in, no Softmax
+        if not phase.trunk_trains:
+            model.trunk.eval()  # a frozen trunk's BatchNorm statistics stay as they were
+        x, y = run.train.x[batches[i]], run.train.y[batches[i]]  # (B, C, H, W), (B,)
+        if run.augment is not None:
+            x = run.augment(x, run.aug_gen)
+        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)  # logits in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        lr = sched.get_last_lr()[0]  # the rate this step used
+        sched.step()
+        run.step += 1
         loss_sum += loss.detach()
         since += 1
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            mean_loss = (loss_sum / since).item()
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLossError(f"non-finite clf/loss in classifier training at step {step} "
-                                         f"(lr={cfg.lr})")
-            val_acc = accuracy(model, val)
-            tracker.log_metrics({"clf/loss": mean_loss, "clf/val_acc": val_acc}, step=step)
-            if val_acc > best_acc:
-                best_acc, best_step = val_acc, step
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if run.step % cfg.eval_every == 0 or i == phase.steps - 1:
+            _evaluate(run, (loss_sum / since).item(), lr)
             loss_sum.zero_()
             since = 0
-    return best_acc, best_step, best_state
+            if last and 0 < cfg.patience <= run.best.since:
+                return True
+    return False
+
+
+def _evaluate(run: _Run, mean_loss: float, lr: float) -> None:
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"non-finite clf/loss in classifier training at step {run.step} "
+                                 f"(lr={run.cfg.lr})")
+    val_acc = accuracy(run.model, run.val)
+    run.tracker.log_metrics({"clf/loss": mean_loss, "clf/val_acc": val_acc, "clf/lr": lr}, step=run.step)
+    run.best.update(val_acc, run.step, run.model)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recorder import Recorder
 
 from ganft.cache import CachedGan, GanCache, gan_key
 from ganft.config import ClassifierConfig, GanConfig, TrialConfig, with_overrides
@@ -13,20 +14,6 @@ from ganft.gan_train import Ema, NonFiniteLossError, train_gan
 
 CPU = torch.device("cpu")
 TINY_GAN = GanConfig(steps=6, width=8, z_dim=8, batch_size=16)
-
-
-class Recorder:
-    """A tracker that keeps what it is given (tests only)."""
-
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-        self.tags: dict[str, str] = {}
-
-    def log_params(self, params): pass
-    def log_metrics(self, metrics, step=None): self.metrics.append((step, dict(metrics)))
-    def set_tags(self, tags): self.tags.update(tags)
-    def log_figure(self, fig, name): pass
-    def log_artifact(self, path): pass
 
 
 def real_subset(n: int = 40) -> Images:
