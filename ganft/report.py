@@ -2,31 +2,41 @@
 
 The question each report answers: for each training-set size N and synthetic ratio, did adding GAN
 images change test accuracy compared with the real-only run of the same N, seed and other factors,
-by how much, and how sure are we? Differences are paired per seed (same labelled subset, same
-classifier initialisation) and summarised with a t-based 95% confidence interval and a paired
-t-test (scipy.stats), which is exact for normally distributed differences and honest about how
-wide the interval is with three seeds.
+by how much, and how sure are we? The statistics live in ``report_stats`` (paired differences,
+95% t-intervals, paired t-tests from scipy.stats), the figures in ``report_figures`` (pure
+functions), the page layout in ``report_page``; this module reads runs and writes the files.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
-from scipy import stats
 
+from ganft import report_figures as figs
 from ganft.config import TrialConfig, config_keys
+from ganft.report_page import Page, Section, render_html, render_md
+from ganft.report_stats import (
+    ACC_COL,
+    CI_TEXT,
+    N_COL,
+    RATIO_COL,
+    SEED_COL,
+    class_cells,
+    class_extremes,
+    paired_cells,
+    paired_runs,
+    summarise,
+    varying_factors,
+)
 
-N_COL, RATIO_COL, SEED_COL, ACC_COL = "data.train_size", "synth.ratio", "seed", "test/acc"
-CI_METHOD = "t"  # the interval in cells.csv: mean ± t(0.975, n-1) * sd / sqrt(n)
+__all__ = ["ReportMeta", "cast_param", "tidy_runs", "write_report", "paired_cells", "summarise",
+           "answer_lines"]
+QUALITY_FIGURES = ("quality/fcd", "quality/cas")  # plotted against the gain when the runs have them
 
 
 # --------------------------------------------------------------------------- tidy runs
@@ -71,10 +81,9 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     runs = runs.sort_values("start_time").drop_duplicates("tags.ganft.grid_point", keep="last")
-    types = _field_types()
     out = pd.DataFrame({"run_id": runs["run_id"].to_numpy(),
                         "grid_point": runs["tags.ganft.grid_point"].to_numpy()})
-    for key, ann in types.items():
+    for key, ann in _field_types().items():
         col = f"params.{key}"
         if col in runs:
             out[key] = [cast_param(v, ann) for v in runs[col]]
@@ -83,91 +92,13 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
             out[col.removeprefix("metrics.")] = runs[col].astype(float).to_numpy()
     out["start_time"] = pd.to_datetime(runs["start_time"].to_numpy(), unit="ms")
     out["end_time"] = pd.to_datetime(runs["end_time"].to_numpy(), unit="ms")
-    if "tags.gan.cache" in runs:
-        out["gan_cache"] = runs["tags.gan.cache"].to_numpy()
+    for tag, name in (("tags.gan.cache", "gan_cache"), ("tags.ganft.device", "device")):
+        if tag in runs:
+            out[name] = runs[tag].to_numpy()
     return out.sort_values([c for c in (N_COL, RATIO_COL, SEED_COL) if c in out]).reset_index(drop=True)
 
 
-def varying_factors(df: pd.DataFrame) -> list[str]:
-    """Config columns (other than N, ratio and seed) whose value differs between runs."""
-    skip = {N_COL, RATIO_COL, SEED_COL}
-    return [k for k in config_keys() if k in df and k not in skip
-            and df[k].astype(str).nunique(dropna=False) > 1]
-
-
-# --------------------------------------------------------------------------- paired statistics
-
-
-def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
-    """Per (N, ratio > 0, other factors): the paired difference of ``metric`` to the ratio-0 run
-    with the same N, seed and other factors. Columns: the cell keys, ``n_pairs``, ``mean_acc``,
-    ``baseline_acc``, ``mean_diff``, ``ci_low``, ``ci_high``, ``p_value``, ``note``."""
-    factors = varying_factors(df)
-    pair_keys = [N_COL, SEED_COL, *factors]
-    df = df.reset_index(drop=True).astype({k: str for k in factors})  # lists/None compare as text
-    base = df[df[RATIO_COL] == 0][[*pair_keys, metric]].rename(columns={metric: "_base"})
-    merged = df[df[RATIO_COL] > 0].merge(base, on=pair_keys, how="inner")
-    rows = []
-    for cell, g in merged.groupby([N_COL, RATIO_COL, *factors], sort=True, dropna=False):
-        diffs = (g[metric] - g["_base"]).to_numpy()
-        rows.append({**dict(zip([N_COL, RATIO_COL, *factors], cell, strict=True)),
-                     **summarise(diffs), "mean_acc": g[metric].mean(), "baseline_acc": g["_base"].mean()})
-    cols = [N_COL, RATIO_COL, *factors, "n_pairs", "mean_acc", "baseline_acc", "mean_diff",
-            "ci_low", "ci_high", "p_value", "note"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def summarise(diffs: np.ndarray) -> dict[str, Any]:
-    """Mean, t-based 95% CI and paired t-test p-value of per-seed differences."""
-    n = len(diffs)
-    mean = float(np.mean(diffs)) if n else float("nan")
-    if n < 2:
-        return {"n_pairs": n, "mean_diff": mean, "ci_low": float("nan"), "ci_high": float("nan"),
-                "p_value": float("nan"), "note": f"{n} pair: no CI"}
-    sd = float(np.std(diffs, ddof=1))
-    if sd == 0.0:  # identical differences: the interval collapses to the point
-        return {"n_pairs": n, "mean_diff": mean, "ci_low": mean, "ci_high": mean,
-                "p_value": 1.0 if mean == 0 else 0.0, "note": "zero variance"}
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
-    return {"n_pairs": n, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half,
-            "p_value": p, "note": ""}
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def t_interval(values: pd.Series) -> tuple[float, float]:
-    """The 95% t-interval of a mean (the same method as the cells table), for seaborn's errorbar."""
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2 or x.std(ddof=1) == 0:
-        return m, m
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return m - half, m + half
-
-
-def fig_accuracy_vs_ratio(df: pd.DataFrame) -> Figure:
-    """Test accuracy against synthetic:real ratio, one line per N (mean and 95% CI over seeds);
-    dashed lines mark each N's real-only (ratio 0) level."""
-    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
-    ax = fig.subplots()
-    data = df.assign(**{"N (real images)": df[N_COL].astype(int), "acc_pct": 100 * df[ACC_COL]})
-    sizes = sorted(data["N (real images)"].unique())
-    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes)), strict=True))
-    sns.lineplot(data=data, x=RATIO_COL, y="acc_pct", hue="N (real images)", palette=palette,
-                 marker="o", errorbar=t_interval, ax=ax)
-    for n, g in data[data[RATIO_COL] == 0].groupby("N (real images)"):
-        ax.axhline(g["acc_pct"].mean(), color=palette[n], ls="--", lw=1, alpha=0.7)
-    ax.set_xticks(sorted(data[RATIO_COL].unique()))
-    ax.set_xlabel("synthetic : real ratio (GAN images per real image)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy with GAN data (mean, 95% CI over seeds; dashed: real only)")
-    ax.grid(alpha=0.3)
-    return fig
-
-
-# --------------------------------------------------------------------------- outputs
+# --------------------------------------------------------------------------- text
 
 
 @dataclass
@@ -175,106 +106,253 @@ class ReportMeta:
     study: str
     command: str = ""
     machine: str = ""
+    wall_seconds: float | None = None  # `ganft study run` invocations (busy_seconds); None: trial span
+    ceiling_study: str = ""
+    class_names: dict[int, str] = field(default_factory=dict)  # class index -> name; default: the index
 
 
-def answer_lines(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
-    """The three-line answer the index opens with."""
+def duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.2f} h"
+
+
+def pp(x: float) -> str:
+    return f"{100 * x:+.1f} pp"
+
+
+def p_text(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def ci_text(row: pd.Series, lo: str = "ci_low", hi: str = "ci_high") -> str:
+    if math.isnan(row[lo]):
+        return "no CI"
+    return f"{100 * row[lo]:+.1f} to {100 * row[hi]:+.1f} pp"
+
+
+def cell_name(row: pd.Series, factors: list[str]) -> str:
+    return ", ".join([f"N={int(row[N_COL]):,}", f"ratio {row[RATIO_COL]:g}",
+                      *[f"{f}={row[f]}" for f in factors]])
+
+
+def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None = None) -> list[str]:
+    """The three-line answer the index opens with: the best cell with its gain and CI, where GAN
+    data hurt, and the study's size and wall time."""
+    factors = varying_factors(df)
     lines = []
     if cells.empty:
-        lines.append("No (N, ratio) cell has both a GAN run and its real-only pair yet.")
+        lines += ["No (N, ratio) cell has both a GAN run and its real-only pair yet.",
+                  "Where GAN data hurt: nothing to compare until GAN runs have real-only partners."]
     else:
-        best = cells.sort_values("mean_diff", ascending=False).iloc[0]
-        lead = "Best cell" if best["mean_diff"] > 0 else "GAN data helped in no cell; the best was"
-        lines.append(f"{lead}: N={int(best[N_COL])}, ratio {best[RATIO_COL]:g}: "
-                     f"{100 * best['mean_diff']:+.1f} pp test accuracy vs real only "
-                     f"({_ci_text(best)}, {int(best['n_pairs'])} pairs).")
-        hurt = cells[cells["ci_high"] < 0]
-        worse = cells[cells["mean_diff"] < 0]
-        if len(hurt):
-            where = ", ".join(f"N={int(r[N_COL])} r={r[RATIO_COL]:g} ({100 * r['mean_diff']:+.1f} pp)"
-                              for _, r in hurt.iterrows())
-            lines.append(f"GAN data hurt (95% CI below 0) in {len(hurt)} of {len(cells)} cells: {where}.")
+        best = cells.sort_values(["mean_diff", "significant"], ascending=False).iloc[0]
+        ci = best["note"] if math.isnan(best["ci_low"]) else \
+            f"95% CI {ci_text(best)}, paired t, p = {best['p_value']:.2g}"
+        stat = f"{pp(best['mean_diff'])} test accuracy vs real only ({ci}, {int(best['n_pairs'])} pairs)"
+        if best["mean_diff"] > 0 and best["significant"]:
+            lines.append(f"Best cell: {cell_name(best, factors)}: {stat}.")
+        elif best["mean_diff"] > 0:
+            lines.append(f"Best cell: {cell_name(best, factors)}: {stat}; its CI includes 0, so no "
+                         f"cell shows a significant gain.")
         else:
+            lines.append(f"GAN data helped in no cell; the best was {cell_name(best, factors)}: {stat}.")
+        hurt = cells[cells["significant"] & (cells["mean_diff"] < 0)].sort_values("mean_diff")
+        if len(hurt):
+            where = "; ".join(f"{cell_name(r, factors)} ({pp(r['mean_diff'])})"
+                              for _, r in hurt.head(4).iterrows())
+            more = f"; and {len(hurt) - 4} more" if len(hurt) > 4 else ""
+            lines.append(f"GAN data hurt (95% t-CI below 0) in {len(hurt)} of {len(cells)} cells: "
+                         f"{where}{more}.")
+        else:
+            worse = int((cells["mean_diff"] < 0).sum())
             lines.append(f"GAN data hurt significantly in no cell; the mean was below real only in "
-                         f"{len(worse)} of {len(cells)} cells.")
-    span = (df["end_time"].max() - df["start_time"].min()).total_seconds() if len(df) else 0.0
-    compute = df["time/trial_seconds"].sum() if "time/trial_seconds" in df else float("nan")
-    lines.append(f"Study size: {len(df)} finished trials; wall time {span / 60:.1f} min "
-                 f"(first trial start to last trial end; {compute / 60:.1f} min of trial compute).")
+                         f"{worse} of {len(cells)} cells.")
+    gans = int(df["gan/trained_here"].sum()) if "gan/trained_here" in df else None
+    seeds = df[SEED_COL].nunique() if SEED_COL in df else 0
+    lines.append(f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, {_n(seeds, 'seed')}"
+                 + (f", {gans} GANs trained" if gans is not None else "") + f"); {study_time(df, meta)}.")
     return lines
 
 
-def _ci_text(row: pd.Series) -> str:
-    if math.isnan(row["ci_low"]):
-        return "no CI: fewer than 2 pairs"
-    return f"95% CI {100 * row['ci_low']:+.1f} to {100 * row['ci_high']:+.1f} pp"
+def busy_seconds(parents: pd.DataFrame) -> float | None:
+    """Wall time of a study: the union of its `ganft study run` invocations (parent runs, with
+    ``start_time`` / ``end_time`` in ms), so resumed runs add up and concurrent ones (several
+    machines) count once. None when no invocation has ended."""
+    if parents.empty or "end_time" not in parents:
+        return None
+    spans = parents.dropna(subset=["start_time", "end_time"]).sort_values("start_time")
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in zip(spans["start_time"], spans["end_time"], strict=True):
+        if cur_end is None or start > cur_end:
+            total += 0.0 if cur_end is None else cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return None if cur_end is None else (total + cur_end - cur_start) / 1000
 
 
-def cells_display(cells: pd.DataFrame) -> pd.DataFrame:
-    """The cells table as people read it: percentages and a CI column."""
-    out = cells.drop(columns=["ci_low", "ci_high", "note", "mean_acc", "baseline_acc"]).copy()
-    out.insert(len(out.columns) - 2, "acc with GAN (%)", (100 * cells["mean_acc"]).round(2))
-    out.insert(len(out.columns) - 2, "real only (%)", (100 * cells["baseline_acc"]).round(2))
-    out["mean diff (pp)"] = (100 * cells["mean_diff"]).round(2)
-    out["95% CI (pp)"] = [_ci_text(r).removeprefix("95% CI ") for _, r in cells.iterrows()]
-    out["p (paired t)"] = cells["p_value"].map(lambda p: "n/a" if math.isnan(p) else f"{p:.3f}")
-    return out.drop(columns=["mean_diff", "p_value"]).rename(
-        columns={N_COL: "N", RATIO_COL: "ratio", "n_pairs": "pairs"})
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _png_b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+def study_time(df: pd.DataFrame, meta: ReportMeta | None) -> str:
+    """Wall time (the `ganft study run` invocations when known, else first trial start to last
+    trial end) and the summed trial compute."""
+    span = (df["end_time"].max() - df["start_time"].min()).total_seconds() if len(df) else math.nan
+    wall = meta.wall_seconds if meta is not None and meta.wall_seconds else span
+    compute = df["time/trial_seconds"].sum() if "time/trial_seconds" in df else math.nan
+    return f"wall time {duration(wall)}, {duration(compute)} of trial compute"
 
 
-def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta) -> Path:
-    """Write results.csv, cells.csv, the figures, index.md and a self-contained index.html."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _cells_table(cells: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The cells table as people read it, and one row class each (gain / loss / none)."""
+    verdict = ["gain" if r.significant and r.mean_diff > 0 else "loss" if r.significant else
+               "no CI" if math.isnan(r.ci_low) else "n.s." for r in cells.itertuples()]
+    table = pd.DataFrame({"N": cells[N_COL].astype(int), "ratio": cells[RATIO_COL],
+                          **{f: cells[f] for f in factors}, "pairs": cells["n_pairs"],
+                          "with GAN (%)": (100 * cells["mean_acc"]).round(2),
+                          "real only (%)": (100 * cells["baseline_acc"]).round(2),
+                          "gain (pp)": (100 * cells["mean_diff"]).round(2),
+                          "95% t-CI (pp)": [ci_text(r) for _, r in cells.iterrows()],
+                          "p (paired t)": cells["p_value"].map(p_text),
+                          "q (BH)": cells["q_value"].map(p_text), "verdict": verdict})
+    return table, [v if v in ("gain", "loss") else "" for v in verdict]
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str) -> str:
+    fig.savefig(out_dir / name)
+    return name
+
+
+# --------------------------------------------------------------------------- one study
+
+
+def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,
+                 history: pd.DataFrame | None = None, importances: pd.DataFrame | None = None) -> Path:
+    """Write results.csv, cells.csv, classes.csv, the PNG figures, index.md and a self-contained
+    index.html. ``ceiling``: tidy runs of a real-only study on the full pool (drawn as a line);
+    ``history`` / ``importances``: Optuna frames from ``ganft.study.optuna_frames``."""
     if df.empty:
         raise ValueError(f"study {meta.study!r} has no finished trials to report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.png"):  # figures of an earlier report that this one may not draw
+        stale.unlink()
+    factors = varying_factors(df)
     cells = paired_cells(df)
+    classes = class_cells(df, meta.class_names)
     df.to_csv(out_dir / "results.csv", index=False)
     cells.to_csv(out_dir / "cells.csv", index=False)
-    figures = {"accuracy_vs_ratio.png": ("Test accuracy against ratio", fig_accuracy_vs_ratio(df))}
-    for name, (_, fig) in figures.items():
-        fig.savefig(out_dir / name)
-    answer = answer_lines(df, cells)
-    table = cells_display(cells)
-    about = [f"Command: `{meta.command}`" if meta.command else "",
-             f"Machine: {meta.machine}" if meta.machine else "",
-             "Paired differences: each GAN run minus the real-only (ratio 0) run with the same N, seed "
-             "and other factors; 95% CI = mean ± t(0.975, n−1)·sd/√n; p from a paired t-test."]
-    about = [a for a in about if a]
+    sections = [_accuracy_section(df, out_dir, ceiling, meta), _gain_section(cells, factors, out_dir)]
+    if len(classes):
+        classes.to_csv(out_dir / "classes.csv", index=False)
+        sections.append(_class_section(classes, factors, out_dir))
+    sections.append(_quality_section(df, out_dir))
+    if importances is not None and len(importances) or history is not None and len(history):
+        sections.append(_optuna_section(history, importances, out_dir))
+    sections.append(_method_section(ceiling is not None))
+    facts = [("Command", f"`{meta.command}`")] if meta.command else []
+    facts.append(("Time", study_time(df, meta).capitalize()))
+    facts += [("Machine", meta.machine)] if meta.machine else []
+    if "device" in df:
+        facts.append(("Trials ran on", ", ".join(sorted(df["device"].dropna().astype(str).unique()))))
+    facts.append(("Data", "[results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one "
+                  "row per cell)" + (", [classes.csv](classes.csv) (per class)" if len(classes) else "")))
+    page = Page(f"ganft report: {meta.study}", answer_lines(df, cells, meta), facts, sections)
+    return write_page(page, out_dir)
 
-    md = [f"# ganft report: {meta.study}", "", *[f"- {line}" for line in answer], "",
-          *about, "", "## Accuracy against ratio", "", "![accuracy vs ratio](accuracy_vs_ratio.png)", "",
-          "## Paired difference to real only, per cell", "", table.to_markdown(index=False), "",
-          "Data: [results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) "
-          "(one row per cell).", ""]
-    (out_dir / "index.md").write_text("\n".join(md))
 
-    imgs = "".join(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
-                   f'{_png_b64(out_dir / name)}"><figcaption>{html.escape(title)}</figcaption></figure>'
-                   for name, (title, _) in figures.items())
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ganft report: {html.escape(meta.study)}</title>
-<style>
-body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 1000px; margin: 2rem auto;
-       padding: 0 1rem; color: #222; }}
-.answer {{ background: #f3f6fa; border-left: 4px solid #3b6ea5; padding: .6rem 1rem; }}
-.answer p {{ margin: .3rem 0; }}
-table {{ border-collapse: collapse; font-size: 14px; }}
-th, td {{ border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }}
-th {{ background: #eef1f5; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 14px; }}
-</style></head><body>
-<h1>ganft report: {html.escape(meta.study)}</h1>
-<div class="answer">{"".join(f'<p class="answer-line">{html.escape(line)}</p>' for line in answer)}</div>
-{"".join(f"<p>{html.escape(a)}</p>" for a in about)}
-<h2>Accuracy against ratio</h2>{imgs}
-<h2>Paired difference to real only, per cell</h2>
-{table.to_html(index=False, border=0, na_rep="n/a")}
-<p>Data: <a href="results.csv">results.csv</a> (one row per trial),
-<a href="cells.csv">cells.csv</a> (one row per cell).</p>
-</body></html>
-"""
-    (out_dir / "index.html").write_text(page)
+def write_page(page: Page, out_dir: Path) -> Path:
+    (out_dir / "index.md").write_text(render_md(page))
+    (out_dir / "index.html").write_text(render_html(page, out_dir))
     return out_dir / "index.html"
+
+
+def _accuracy_section(df: pd.DataFrame, out_dir: Path, ceiling: pd.DataFrame | None,
+                      meta: ReportMeta) -> Section:
+    name = save_figure(figs.fig_accuracy_vs_ratio(df, ceiling), out_dir, "accuracy_vs_ratio.png")
+    text = ["Mean test accuracy over seeds at each synthetic:real ratio; ratio 0 is real only."]
+    if ceiling is not None and len(ceiling):
+        steps = f", {int(ceiling['classifier.steps'].iloc[0]):,} classifier steps" \
+            if "classifier.steps" in ceiling else ""
+        text.append(f"The dotted line is the ceiling: real-only training on the whole training pool "
+                    f"(N={int(ceiling[N_COL].iloc[0]):,}, study `{meta.ceiling_study}`, {len(ceiling)} "
+                    f"run(s){steps}): {100 * ceiling[ACC_COL].mean():.2f}% test accuracy.")
+    return Section("Accuracy against ratio", text, [(name, "Test accuracy against ratio, per N (band: "
+                                                     "95% t-interval over seeds; dashed: real only).")])
+
+
+def _gain_section(cells: pd.DataFrame, factors: list[str], out_dir: Path) -> Section:
+    table, classes = _cells_table(cells, factors)
+    figures = []
+    if len(cells):
+        figures.append((save_figure(figs.fig_gain_heatmap(cells), out_dir, "gain_heatmap.png"),
+                        "Mean paired difference per (N, ratio); faded and hatched: the 95% t-interval "
+                        "contains 0."))
+    return Section("Gain over real only, per cell", [
+        f"Each GAN run minus the real-only run with the same N, seed and other factors; {CI_TEXT}; "
+        "p from the paired t-test, q: Benjamini-Hochberg across the cells. Green rows: significant "
+        "gain; red rows: significant loss; `no CI`: fewer than 2 pairs or all differences equal."],
+        figures, table, classes)
+
+
+def _class_section(classes: pd.DataFrame, factors: list[str], out_dir: Path) -> Section:
+    gains, losses = class_extremes(classes)
+    rows = [{"": kind, "class": r["class_name"], "cell": cell_name(r, factors),
+             "gain (pp)": round(100 * r["mean_diff"], 2), "95% t-CI (pp)": ci_text(r),
+             "p (paired t)": p_text(r["p_value"]), "pairs": r["n_pairs"]}
+            for kind, part in (("gains most", gains), ("loses most", losses)) for _, r in part.iterrows()]
+    name = save_figure(figs.fig_class_gains(classes), out_dir, "class_gains.png")
+    return Section("Classes that gain or lose most from GAN data", [
+        "Per-class test accuracy (`test/acc_class_k`), paired the same way as the cells above."],
+        [(name, "Per-class paired difference (pp) in every cell; black frame: 95% t-interval excludes 0.")],
+        pd.DataFrame(rows), ["" if not r["significant"] else "gain" if r["mean_diff"] > 0 else "loss"
+                             for part in (gains, losses) for _, r in part.iterrows()])
+
+
+def _quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
+    present = [m for m in QUALITY_FIGURES if m in df and df[m].notna().any()]
+    section = Section("GAN quality against gain")
+    if not present:
+        section.paragraphs.append("These runs log no GAN quality metrics (`quality/fcd`, `quality/cas`); "
+                                  "this figure appears for studies that do.")
+        return section
+    pairs = paired_runs(df)
+    for m in present:
+        name = save_figure(figs.fig_quality_vs_gain(pairs, m), out_dir,
+                           f"quality_{m.split('/')[1]}_vs_gain.png")
+        section.figures.append((name, f"One point per GAN run: `{m}` against its paired gain."))
+    return section
+
+
+def _optuna_section(history: pd.DataFrame | None, importances: pd.DataFrame | None,
+                    out_dir: Path) -> Section:
+    section = Section("What Optuna sees", ["The Optuna objective is validation accuracy (test accuracy "
+                                           "is never optimised)."])
+    if importances is not None and len(importances):
+        importances.to_csv(out_dir / "importances.csv", index=False)
+        section.figures.append((save_figure(figs.fig_param_importances(importances), out_dir,
+                                      "param_importances.png"), "fANOVA parameter importances (Optuna)."))
+    if history is not None and len(history) and not history["from_grid"].all():
+        section.figures.append((save_figure(figs.fig_optimization_history(history), out_dir,
+                                      "optimization_history.png"), "Optimisation history (Optuna)."))
+    elif history is not None and len(history):
+        section.paragraphs.append("This study is a grid (every point runs once), so it has no "
+                                  "optimisation history; a TPE search would show one here.")
+    return section
+
+
+def _method_section(has_ceiling: bool) -> Section:
+    bullets = [
+        "Pairs: a GAN run (ratio > 0) and the real-only run (ratio 0) with the same N, seed and every "
+        "other varying setting share the labelled subset and the classifier's initialisation; runs "
+        "without a partner are left out.",
+        f"Intervals: {CI_TEXT}, from `scipy.stats.ttest_1samp`; with 2-3 seeds they are wide by "
+        "construction. Cells with fewer than 2 pairs (or identical differences) show no CI.",
+        "Equal budget: every arm trains the classifier for the same number of optimiser steps and keeps "
+        "the weights with the best validation accuracy; test accuracy is measured once, at the end.",
+    ]
+    if has_ceiling:
+        bullets.append("Ceiling: the same classifier trained on every labelled image of the training "
+                       "pool (real only), as the upper reference.")
+    return Section("Method", bullets=bullets)

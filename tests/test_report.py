@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ganft.report import ReportMeta, cast_param, paired_cells, tidy_runs, write_report
+from ganft.config import load_study
+from ganft.report import ReportMeta, busy_seconds, cast_param, paired_cells, tidy_runs, write_report
+from ganft.report_stats import class_cells, class_extremes, compare_cells, paired_runs, summarise
 
 
 def frame(effects: dict[tuple[int, float], float], seeds=(0, 1, 2, 3, 4), noise=0.01,
-          extra: dict | None = None) -> pd.DataFrame:
+          extra: dict | None = None, rng_seed: int = 0) -> pd.DataFrame:
     """Tidy runs: baseline accuracy 0.8 per (N, seed) plus seed noise; ratio r adds effects[(N, r)]."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(rng_seed)
     rows = []
     sizes = sorted({n for n, _ in effects})
     for n in sizes:
@@ -33,8 +35,21 @@ def test_planted_gain_is_found_and_zero_effect_is_not() -> None:
     cells = paired_cells(df).set_index("synth.ratio")
     gain, null = cells.loc[1.0], cells.loc[4.0]
     assert gain.n_pairs == 5 and gain.mean_diff == pytest.approx(0.05, abs=0.015)
-    assert gain.ci_low > 0 and gain.p_value < 0.01
-    assert null.ci_low < 0 < null.ci_high and null.p_value > 0.05
+    assert gain.ci_low > 0 and gain.p_value < 0.01 and gain.significant and gain.ci_method == "t"
+    assert null.ci_low < 0 < null.ci_high and null.p_value > 0.05 and not null.significant
+
+
+def test_interval_is_the_scipy_t_interval() -> None:
+    d = np.array([0.01, 0.04, 0.02])
+    s = summarise(d)
+    half = 2 * 4.302653 * d.std(ddof=1) / np.sqrt(3) / 2  # t(0.975, 2) = 4.3027
+    assert s["ci_low"] == pytest.approx(d.mean() - half) and s["ci_high"] == pytest.approx(d.mean() + half)
+
+
+def test_identical_differences_give_no_interval_rather_than_certainty() -> None:
+    s = summarise(np.array([-0.0556, -0.0556]))  # 2 seeds, same number of test images flipped
+    assert np.isnan(s["ci_low"]) and np.isnan(s["p_value"]) and not s["significant"]
+    assert "equal" in s["note"] and s["mean_diff"] == pytest.approx(-0.0556)
 
 
 def test_unpaired_runs_are_not_paired() -> None:
@@ -58,7 +73,52 @@ def test_other_factors_pair_within_their_own_level() -> None:
 def test_a_single_pair_has_no_ci_and_says_so() -> None:
     cells = paired_cells(frame({(50, 2.0): 0.02}, seeds=(0,)))
     row = cells.iloc[0]
-    assert row.n_pairs == 1 and np.isnan(row.ci_low) and "no CI" in row.note
+    assert row.n_pairs == 1 and np.isnan(row.ci_low) and "no CI" in row.note and not row.significant
+
+
+def test_runs_pair_only_with_the_same_seed_and_factor_level() -> None:
+    df = pd.concat([frame({(100, 1.0): 0.05}, seeds=(0, 1), extra={"gan.loss": "ns"}),
+                    frame({(100, 1.0): 0.05}, seeds=(1, 2), extra={"gan.loss": "hinge"})])
+    df = df[~((df["gan.loss"] == "ns") & (df["seed"] == 1) & (df["synth.ratio"] == 0))]
+    pairs = paired_runs(df)
+    got = sorted(zip(pairs["gan.loss"], pairs["seed"], strict=True))
+    assert got == [("hinge", 1), ("hinge", 2), ("ns", 0)]
+    assert (pairs["test/acc:diff"] == pairs["test/acc"] - pairs["test/acc:base"]).all()
+
+
+def test_a_planted_class_gain_tops_the_class_table() -> None:
+    df = frame({(100, 1.0): 0.0, (100, 2.0): 0.0})
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        df[f"test/acc_class_{k}"] = df["test/acc"] + rng.normal(0, 0.01, len(df))
+    gain = (df["synth.ratio"] == 2.0).to_numpy()
+    df.loc[gain, "test/acc_class_2"] += 0.10  # class 2 gains 10 pp at ratio 2
+    df.loc[gain, "test/acc_class_0"] -= 0.08  # class 0 loses 8 pp there
+    classes = class_cells(df, {0: "zero", 1: "one", 2: "two", 3: "three"})
+    assert len(classes) == 4 * 2 and set(classes["class_name"]) == {"zero", "one", "two", "three"}
+    gains, losses = class_extremes(classes, k=1)
+    assert gains.iloc[0]["class_name"] == "two" and gains.iloc[0]["synth.ratio"] == 2.0
+    assert gains.iloc[0]["mean_diff"] == pytest.approx(0.10, abs=0.02) and gains.iloc[0]["ci_low"] > 0
+    assert losses.iloc[0]["class_name"] == "zero" and losses.iloc[0]["ci_high"] < 0
+
+
+def test_compare_pairs_common_seeds_and_finds_a_planted_difference_of_gains() -> None:
+    a = frame({(100, 1.0): 0.01, (100, 4.0): 0.0})
+    b = frame({(100, 1.0): 0.04, (100, 4.0): 0.0, (500, 1.0): 0.02}, rng_seed=1)  # same seeds as a
+    comp = compare_cells(a, b).set_index(["data.train_size", "synth.ratio"])
+    planted = comp.loc[(100, 1.0)]
+    assert planted["method"].startswith("paired t (5 common seeds)")
+    assert planted["diff"] == pytest.approx(0.03, abs=0.015) and planted["ci_low"] > 0
+    assert comp.loc[(100, 4.0)]["ci_low"] < 0 < comp.loc[(100, 4.0)]["ci_high"]
+    only_b = comp.loc[(500, 1.0)]
+    assert only_b["n_a"] == 0 and only_b["note"] == "only in B" and np.isnan(only_b["diff"])
+
+
+def test_compare_without_common_seeds_uses_welch() -> None:
+    a = frame({(100, 1.0): 0.0}, seeds=(0, 1, 2, 3, 4))
+    b = frame({(100, 1.0): 0.06}, seeds=(5, 6, 7, 8, 9), rng_seed=1)
+    row = compare_cells(a, b).iloc[0]
+    assert row["method"] == "Welch t" and row["ci_low"] > 0 and row["n_a"] == row["n_b"] == 5
 
 
 @pytest.mark.parametrize("value,ann,expected", [("50", int, 50), ("1.0", float, 1.0), ("4", float, 4.0),
@@ -90,13 +150,56 @@ def test_tidy_runs_casts_params_and_keeps_the_latest_finished_run_per_point() ->
 
 def test_report_files_from_a_synthetic_frame(tmp_path: Path) -> None:
     df = frame({(100, 1.0): 0.05, (100, 4.0): -0.06, (500, 1.0): 0.0, (500, 4.0): 0.01})
-    index = write_report(df, tmp_path, ReportMeta("synthetic", command="ganft report synthetic"))
+    for k in range(3):
+        df[f"test/acc_class_{k}"] = df["test/acc"]
+    index = write_report(df, tmp_path, ReportMeta("synthetic", command="ganft report synthetic",
+                                                  machine="a test machine"))
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"index.html", "index.md", "results.csv", "cells.csv", "accuracy_vs_ratio.png"} <= files
+    figures = {"accuracy_vs_ratio.png", "gain_heatmap.png", "class_gains.png"}
+    assert {"index.html", "index.md", "results.csv", "cells.csv", "classes.csv"} | figures <= files
     page = index.read_text()
-    assert page.count('src="data:image/png;base64,') == 1  # self-contained: no external images
+    assert page.count('src="data:image/png;base64,') == len(figures)  # every figure embedded
+    assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing to fetch
     md = (tmp_path / "index.md").read_text()
-    assert "Best cell: N=100, ratio 1: +5" in md
-    assert "GAN data hurt (95% CI below 0) in 1 of 4 cells: N=100 r=4" in md
-    assert "Study size: 30 finished trials" in md
-    assert len(pd.read_csv(tmp_path / "cells.csv")) == 4 and len(pd.read_csv(tmp_path / "results.csv")) == 30
+    assert all(f"]({name})" in md for name in figures)
+    assert "Best cell: N=100, ratio 1: +5" in md and "95% CI +" in md
+    assert "GAN data hurt (95% t-CI below 0) in 1 of 4 cells: N=100, ratio 4 (-" in md
+    assert "Study size: 30 finished trials (4 cells, 5 seeds)" in md
+    assert "`ganft report synthetic`" in md and "a test machine" in md and "GAN quality" in md
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert len(cells) == 4 and len(pd.read_csv(tmp_path / "results.csv")) == 30
+    assert set(cells["ci_method"]) == {"t"}
+    assert {"p_value", "q_value", "n_pairs", "note", "significant"} <= set(cells.columns)
+    assert len(pd.read_csv(tmp_path / "classes.csv")) == 3 * 4
+
+
+def test_no_significant_gain_is_said_plainly(tmp_path: Path) -> None:
+    df = frame({(100, 1.0): 0.0, (100, 2.0): -0.002}, noise=0.02)
+    md = (write_report(df, tmp_path, ReportMeta("null")).parent / "index.md").read_text()
+    assert "no cell shows a significant gain" in md or "GAN data helped in no cell" in md
+    assert "GAN data hurt significantly in no cell" in md
+
+
+def test_the_canonical_study_and_its_ceiling_share_the_classifier_recipe() -> None:
+    from ganft.data import pool_size
+    from ganft.study import check_config_sizes
+
+    studies = Path(__file__).parents[1] / "studies"
+    grid, ceiling = load_study(studies / "fashion_grid.yaml"), load_study(studies / "fashion_ceiling.yaml")
+    for cfg in (grid, ceiling):
+        check_config_sizes(cfg)
+    assert grid.grid == {"data.train_size": [100, 500, 1000, 5000], "synth.ratio": [0, 0.5, 1, 2, 4],
+                         "seed": [0, 1, 2]} and len(grid.points()) == 60
+    assert ceiling.points() == [{}] and ceiling.base.synth.ratio == 0
+    assert ceiling.base.data.train_size == pool_size(ceiling.base.data) == 55000
+    assert ceiling.base.data.dataset == grid.base.data.dataset == "fashion-mnist"
+    same = {"arch", "init", "batch_size", "lr", "width", "schedule"}
+    assert {k: getattr(ceiling.base.classifier, k) for k in same} == \
+        {k: getattr(grid.base.classifier, k) for k in same}
+
+
+def test_wall_time_counts_resumed_invocations_and_overlapping_workers_once() -> None:
+    parents = pd.DataFrame({"start_time": [0, 10_000, 100_000, 500_000],
+                            "end_time": [60_000, 50_000, 160_000, None]})  # the last is still running
+    assert busy_seconds(parents) == 120.0  # [0, 60 s] with a concurrent worker inside, then [100, 160 s]
+    assert busy_seconds(pd.DataFrame()) is None

@@ -1,0 +1,319 @@
+"""Report figures: one pure function per figure (DataFrame in, ``matplotlib.figure.Figure`` out).
+
+No pyplot state: each function builds its own Figure inside a seaborn style context, so figures
+can be made in any thread and saved anywhere. Accuracies are plotted in percent and differences
+in percentage points (pp); every interval is the 95% t-interval of ``report_stats``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from scipy import stats
+
+from ganft.config import config_keys
+from ganft.report_stats import ACC_COL, N_COL, RATIO_COL, SEED_COL, varying_factors
+
+DPI = 110
+HATCH = "///"
+QUALITY_LABELS = {  # metric -> (axis label, scale to display units)
+    "quality/fcd": ("FCD: Fréchet distance in classifier features (lower is better)", 1.0),
+    "quality/cas": ("CAS: test accuracy of a classifier trained on GAN images only (%)", 100.0),
+    "quality/kid": ("KID in classifier features (lower is better)", 1.0),
+}
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """Whitegrid axes and notebook-size fonts for the figures built inside; restored after."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=1.0), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)  # seaborn's cmap.set_bad
+        yield
+
+
+def _factor_cols(frame: pd.DataFrame) -> list[str]:
+    """The other-factor columns of a cells table (config keys besides N, ratio and seed)."""
+    keys = set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}
+    return [c for c in frame.columns if c in keys]
+
+
+def _facet_label(keys: tuple, factors: list[str]) -> str:
+    return ", ".join(f"{f}={v}" for f, v in zip(factors, keys, strict=True))
+
+
+def _facets(df: pd.DataFrame, factors: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per combination of the other factors (a single unnamed panel when there are none)."""
+    if not factors:
+        return [("", df)]
+    return [(_facet_label(k if isinstance(k, tuple) else (k,), factors), g)
+            for k, g in df.astype({f: str for f in factors}).groupby(factors, sort=True)]
+
+
+def _grid(fig: Figure, n: int, max_cols: int = 2) -> list:
+    cols = min(n, max_cols)
+    axes = fig.subplots(math.ceil(n / cols), cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return list(axes[:n])
+
+
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """95% t-interval of a mean (scipy.stats), for seaborn's ``errorbar``; a point if undefined."""
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2 or np.ptp(x) == 0:
+        return m, m
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=m, scale=stats.sem(x))
+    return float(lo), float(hi)
+
+
+def _ratio_ticks(ratios: list[float]) -> list[str]:
+    return [f"{r:g}" + ("\n(real only)" if r == 0 else "") for r in ratios]
+
+
+# --------------------------------------------------------------------------- accuracy vs ratio
+
+
+def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None) -> Figure:
+    """Test accuracy against the synthetic:real ratio, one line per N (mean over seeds, band: 95%
+    t-interval), a dashed line at each N's real-only level, and, when ``ceiling`` (tidy runs of a
+    real-only study on the full pool) is given, a dotted black line at its mean accuracy. Ratios
+    are evenly spaced (the grid's values, not a linear axis). One panel per level of other factors."""
+    factors = varying_factors(df)
+    ratios = sorted(df[RATIO_COL].unique())
+    pos = {r: i for i, r in enumerate(ratios)}
+    data = df.assign(N=df[N_COL].astype(int), acc_pct=100 * df[ACC_COL], x=df[RATIO_COL].map(pos))
+    sizes = sorted(data["N"].unique())
+    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes)), strict=True))
+    panels = _facets(data, factors)
+    ceil_acc = 100 * float(ceiling[ACC_COL].mean()) if ceiling is not None and len(ceiling) else None
+    values = [*data["acc_pct"], *([ceil_acc] if ceil_acc is not None else [])]
+    lo, hi = max(0.0, min(values) - 4), min(100.0, max(values) + 3)
+    with _style():
+        cols = min(len(panels), 2)
+        fig = Figure(figsize=(8.5 if cols == 1 else 13, 5.2 * math.ceil(len(panels) / cols)), dpi=DPI,
+                     layout="constrained")
+        for ax, (label, g) in zip(_grid(fig, len(panels)), panels, strict=True):
+            sns.lineplot(data=g, x="x", y="acc_pct", hue="N", palette=palette, marker="o", markersize=7,
+                         errorbar=t_interval, err_kws={"alpha": 0.15}, ax=ax, legend=False)
+            for n, gb in g[g[RATIO_COL] == 0].groupby("N"):
+                ax.axhline(gb["acc_pct"].mean(), color=palette[n], ls="--", lw=1.2, alpha=0.8)
+            if ceil_acc is not None:
+                ax.axhline(ceil_acc, color="black", ls=":", lw=2)
+            ax.set_xticks(range(len(ratios)), _ratio_ticks(ratios))
+            ax.set_xlim(-0.2, len(ratios) - 0.8)
+            ax.set_ylim(lo, hi)
+            ax.set_xlabel("synthetic : real ratio (GAN images per real image)")
+            ax.set_ylabel("test accuracy (%)")
+            if label:
+                ax.set_title(label)
+        handles = [Line2D([], [], color=palette[n], marker="o", label=f"N = {n:,} real") for n in sizes]
+        handles += [Line2D([], [], color="grey", ls="--", label="real-only level of that N"),
+                    Patch(color="grey", alpha=0.25, label="95% t-interval over seeds")]
+        if ceil_acc is not None:
+            n_ceil = int(ceiling[N_COL].iloc[0]) if N_COL in ceiling else 0
+            handles.append(Line2D([], [], color="black", ls=":", lw=2,
+                                  label=f"ceiling: all {n_ceil:,} real, {ceil_acc:.1f}%"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=9.5,
+                   frameon=False)
+        fig.suptitle("Test accuracy with GAN images, per training-set size N")
+    return fig
+
+
+# --------------------------------------------------------------------------- heatmaps
+
+
+def _cell_text_color(value: float, lim: float) -> str:
+    return "white" if abs(value) > 0.6 * lim else "black"
+
+
+def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
+    """Mean paired difference to real only (pp) over (N, ratio), one panel per level of other
+    factors. Each cell shows the mean and its 95% t-interval; cells whose interval contains 0 (or
+    that have none) are hatched and their text is grey."""
+    factors = _factor_cols(cells)
+    panels = _facets(cells, factors)
+    lim = max(1.0, float(np.nanmax(np.abs(100 * cells["mean_diff"].to_numpy(float)))))
+    with _style():
+        cols = min(len(panels), 2)
+        n_ratio = cells[RATIO_COL].nunique()
+        n_size = cells[N_COL].nunique()
+        fig = Figure(figsize=(max(7.5, cols * (2.6 + 1.5 * n_ratio)),
+                              (1.9 + 0.85 * n_size) * math.ceil(len(panels) / cols)),
+                     dpi=DPI, layout="constrained")
+        axes = _grid(fig, len(panels))
+        for ax, (label, g) in zip(axes, panels, strict=True):
+            pivot = g.pivot_table(index=N_COL, columns=RATIO_COL, values="mean_diff", aggfunc="first") * 100
+            sns.heatmap(pivot, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, cbar=ax is axes[-1],
+                        cbar_kws={"label": "GAN minus real only (pp)"}, linewidths=1, linecolor="white")
+            for i, n in enumerate(pivot.index):
+                for j, r in enumerate(pivot.columns):
+                    row = g[(g[N_COL] == n) & (g[RATIO_COL] == r)]
+                    if row.empty:
+                        continue
+                    row = row.iloc[0]
+                    m = 100 * row["mean_diff"]
+                    if row["significant"]:
+                        ci = f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+                        color, weight = _cell_text_color(m, lim), "bold"
+                    else:
+                        ci = ("no CI" if math.isnan(row["ci_low"])
+                              else f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]")
+                        color, weight = "#333333", "normal"  # on the faded cell below: always dark
+                        ax.add_patch(Rectangle((j, i), 1, 1, facecolor=(1, 1, 1, 0.6), hatch=HATCH,
+                                               edgecolor="#9a9a9a", lw=0))
+                    ax.text(j + 0.5, i + 0.42, f"{m:+.1f}", ha="center", va="center", color=color,
+                            fontsize=12, fontweight=weight)
+                    ax.text(j + 0.5, i + 0.72, ci, ha="center", va="center", color=color, fontsize=8.5)
+            ax.set_xlabel("synthetic : real ratio")
+            ax.set_ylabel("N (real labelled images)")
+            ax.set_yticklabels([f"{int(n):,}" for n in pivot.index], rotation=0)
+            ax.set_xticklabels([f"{r:g}" for r in pivot.columns])
+            if label:
+                ax.set_title(label)
+        fig.legend(handles=[Patch(facecolor="white", edgecolor="#9a9a9a", hatch=HATCH,
+                                  label="faded and hatched: 95% CI contains 0, or no CI (not significant)")],
+                   loc="outside lower center", fontsize=9, frameon=False)
+        fig.suptitle("Gain in test accuracy from GAN images, pp\n(mean paired difference to real only; "
+                     "[95% t-interval])", fontsize=12)
+    return fig
+
+
+def fig_class_gains(classes: pd.DataFrame) -> Figure:
+    """Per-class mean paired difference (pp): one row per (N, ratio, other factors) cell, one column
+    per class; a black frame marks a difference whose 95% t-interval excludes 0."""
+    factors = _factor_cols(classes)
+    keys = [N_COL, RATIO_COL, *factors]
+    data = classes.assign(cell=[", ".join([f"N={int(r[N_COL]):,}", f"r={r[RATIO_COL]:g}",
+                                           *[f"{f}={r[f]}" for f in factors]])
+                                for _, r in classes.iterrows()],
+                          pp=100 * classes["mean_diff"])
+    order = data.sort_values(keys)["cell"].drop_duplicates().tolist()
+    names = data.sort_values("class")["class_name"].drop_duplicates().tolist()
+    pivot = data.pivot_table(index="cell", columns="class_name", values="pp", aggfunc="first")
+    pivot = pivot.reindex(index=order, columns=names)
+    sig = data.pivot_table(index="cell", columns="class_name", values="significant",
+                           aggfunc="first").reindex(index=order, columns=names)
+    lim = max(1.0, float(np.nanmax(np.abs(pivot.to_numpy(float)))))
+    with _style():
+        fig = Figure(figsize=(3.0 + 0.85 * len(names), 2.4 + 0.42 * len(order)), dpi=DPI,
+                     layout="constrained")
+        ax = fig.subplots()
+        sns.heatmap(pivot, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=True, fmt="+.1f",
+                    annot_kws={"fontsize": 8.5}, cbar_kws={"label": "GAN minus real only (pp)"},
+                    linewidths=0.5, linecolor="white")
+        for i, cell in enumerate(order):
+            for j, name in enumerate(names):
+                if sig.loc[cell, name] is True or sig.loc[cell, name] == 1:
+                    ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="black", lw=2))
+        ax.set_xlabel("class")
+        ax.set_ylabel("cell (N, ratio r)")
+        ax.tick_params(axis="x", labelrotation=35)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+        ax.set_title("Per-class test accuracy gain from GAN images (pp; black frame: 95% t-interval "
+                     "excludes 0)", fontsize=11)
+    return fig
+
+
+# --------------------------------------------------------------------------- GAN quality
+
+
+def fig_quality_vs_gain(pairs: pd.DataFrame, metric: str) -> Figure:
+    """One point per GAN run: its GAN quality ``metric`` against its paired gain in test accuracy
+    (pp), coloured by N, marker by ratio; the title gives Spearman's rank correlation."""
+    label, scale = QUALITY_LABELS.get(metric, (metric, 1.0))
+    data = pairs.dropna(subset=[metric]).assign(
+        **{"N": lambda d: d[N_COL].astype(int), "ratio": lambda d: d[RATIO_COL].map("{:g}".format),
+           "q": lambda d: scale * d[metric], "gain": lambda d: 100 * d[f"{ACC_COL}:diff"]})
+    with _style():
+        fig = Figure(figsize=(8, 5), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        sns.scatterplot(data=data, x="q", y="gain", hue="N", style="ratio", palette="viridis", s=70,
+                        ax=ax, legend="full")
+        ax.axhline(0, color="black", lw=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("gain in test accuracy vs real only (pp)")
+        title = f"GAN quality against gain ({len(data)} runs)"
+        if len(data) >= 3 and data["q"].nunique() > 1 and data["gain"].nunique() > 1:
+            rho = stats.spearmanr(data["q"], data["gain"])
+            title += f"; Spearman ρ = {rho.statistic:+.2f} (p = {rho.pvalue:.2g})"
+        ax.set_title(title)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title="N / ratio", fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------- Optuna
+
+
+def fig_param_importances(importances: pd.DataFrame) -> Figure:
+    """Optuna's fANOVA importance of each parameter for the objective (columns param, importance)."""
+    data = importances.sort_values("importance", ascending=False)
+    with _style():
+        fig = Figure(figsize=(8, 1.6 + 0.45 * len(data)), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        sns.barplot(data=data, x="importance", y="param", color="#3b6ea5", ax=ax)
+        for i, v in enumerate(data["importance"]):
+            ax.text(v, i, f" {v:.2f}", va="center", fontsize=10)
+        ax.set_xlim(0, min(1.0, data["importance"].max() * 1.2 + 0.02))
+        ax.set_xlabel("fANOVA importance for validation accuracy (share of variance, sums to 1)")
+        ax.set_ylabel("parameter")
+        ax.set_title("Which settings matter (Optuna parameter importances)")
+    return fig
+
+
+def fig_optimization_history(history: pd.DataFrame) -> Figure:
+    """Objective (validation accuracy) of each complete trial in order, and the best so far."""
+    data = history.assign(value_pct=100 * history["value"], best_pct=100 * history["best_so_far"])
+    with _style():
+        fig = Figure(figsize=(8, 4.6), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        sns.scatterplot(data=data, x="number", y="value_pct", color="#3b6ea5", s=40, ax=ax,
+                        label="trial")
+        ax.step(data["number"], data["best_pct"], where="post", color="#c0392b", lw=2, label="best so far")
+        ax.set_xlabel("trial number")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title("Optimisation history (the objective is validation accuracy, never test)")
+        ax.legend(loc="lower right")
+    return fig
+
+
+# --------------------------------------------------------------------------- two studies
+
+
+def fig_compare_gains(comp: pd.DataFrame, name_a: str, name_b: str) -> Figure:
+    """Gain over real only (pp, 95% t-interval) of the same cells in two studies, side by side."""
+    factors = _factor_cols(comp)
+    labels = [", ".join([f"N={int(r[N_COL]):,}", f"r={r[RATIO_COL]:g}",
+                         *[f"{f}={r[f]}" for f in factors if isinstance(r[f], str)]])
+              for _, r in comp.iterrows()]
+    colors = sns.color_palette("colorblind", 2)
+    with _style():
+        fig = Figure(figsize=(9, 1.8 + 0.45 * len(comp)), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        y = np.arange(len(comp))
+        for off, side, name, color in ((-0.15, "a", name_a, colors[0]), (0.15, "b", name_b, colors[1])):
+            m = 100 * comp[f"gain_{side}"].to_numpy(float)
+            lo = 100 * comp[f"ci_low_{side}"].to_numpy(float)
+            hi = 100 * comp[f"ci_high_{side}"].to_numpy(float)
+            err = np.vstack([np.where(np.isnan(lo), 0, m - lo), np.where(np.isnan(hi), 0, hi - m)])
+            ax.errorbar(m, y + off, xerr=err, fmt="o", color=color, capsize=3,
+                        label=f"{side.upper()}: {name}")
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("gain in test accuracy vs real only (pp; bar: 95% t-interval)")
+        ax.set_ylabel("cell")
+        ax.set_title(f"Same cells, two studies: {name_a} vs {name_b}")
+        ax.legend(loc="best", fontsize=9)
+    return fig

@@ -1,0 +1,199 @@
+"""Paired statistics for reports: tidy runs (one row per trial) in, one row per cell out.
+
+A *pair* is a GAN run (ratio > 0) and the real-only run (ratio 0) with the same N, seed and every
+other varying config value: same labelled subset, same classifier initialisation and batch order
+seed, so the difference isolates the synthetic images. Runs without a partner are left out.
+Every interval here is a 95% **t-interval** (Student's t with n-1 degrees of freedom, from
+``scipy.stats.ttest_1samp(...).confidence_interval``): with three seeds a bootstrap has only ten
+distinct resamples and would be far too narrow. p-values come from the same paired t-test;
+``q_value`` is the Benjamini-Hochberg adjustment over the cells of one table.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ganft.config import config_keys
+
+N_COL, RATIO_COL, SEED_COL, ACC_COL = "data.train_size", "synth.ratio", "seed", "test/acc"
+CI_METHOD = "t"  # written into cells.csv and every caption
+CI_TEXT = "95% t-interval (paired t, n-1 df)"
+CLASS_PREFIX = "test/acc_class_"
+STAT_COLS = ["n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "significant", "ci_method", "note"]
+
+
+def varying_factors(df: pd.DataFrame) -> list[str]:
+    """Config columns (other than N, ratio and seed) whose value differs between runs."""
+    skip = {N_COL, RATIO_COL, SEED_COL}
+    return [k for k in config_keys() if k in df and k not in skip
+            and df[k].astype(str).nunique(dropna=False) > 1]
+
+
+def cell_keys(df: pd.DataFrame) -> list[str]:
+    return [N_COL, RATIO_COL, *varying_factors(df)]
+
+
+def summarise(diffs: np.ndarray) -> dict[str, Any]:
+    """Mean, 95% t-interval and paired t-test p-value of per-seed differences.
+
+    Fewer than 2 pairs, or differences that are all equal (common with 2-3 seeds and a small test
+    set), give no interval and no p-value: the t-test is undefined there, and a zero-width interval
+    would claim a certainty the data do not have. ``note`` says why."""
+    diffs = np.asarray(diffs, dtype=float)
+    n = len(diffs)
+    out: dict[str, Any] = {"n_pairs": n, "mean_diff": float(np.mean(diffs)) if n else math.nan,
+                           "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
+                           "significant": False, "ci_method": CI_METHOD, "note": ""}
+    if n < 2:
+        out["note"] = f"{n} pair: no CI (needs 2)"
+    elif np.ptp(diffs) == 0:
+        out["note"] = f"all {n} differences equal: no CI"
+    else:
+        with warnings.catch_warnings():  # near-identical values: scipy warns, the result stands
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = stats.ttest_1samp(diffs, 0.0)
+        ci = res.confidence_interval(0.95)
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue),
+                   significant=bool(ci.low > 0 or ci.high < 0))
+    return out
+
+
+def paired_runs(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """One row per GAN run that has a real-only partner: the cell keys (other factors as text),
+    ``seed``, ``run_id``, each metric and its partner's value (``<metric>:base``) and difference
+    (``<metric>:diff``), plus any ``quality/*`` columns of the GAN run."""
+    metrics = metrics or [ACC_COL]
+    factors = varying_factors(df)
+    pair_keys = [N_COL, SEED_COL, *factors]
+    df = df.reset_index(drop=True).astype({k: str for k in factors})  # lists/None compare as text
+    base = df[df[RATIO_COL] == 0].drop_duplicates(pair_keys, keep="last")
+    base = base[[*pair_keys, *metrics]].rename(columns={m: f"{m}:base" for m in metrics})
+    quality = [c for c in df.columns if c.startswith("quality/")]
+    keep = [c for c in [*pair_keys, RATIO_COL, "run_id", *metrics, *quality] if c in df]
+    merged = df[df[RATIO_COL] > 0][keep].merge(base, on=pair_keys, how="inner")
+    for m in metrics:
+        merged[f"{m}:diff"] = merged[m] - merged[f"{m}:base"]
+    return merged.sort_values([N_COL, RATIO_COL, *factors, SEED_COL]).reset_index(drop=True)
+
+
+def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
+    """Per (N, ratio > 0, other factors): the paired difference of ``metric`` to real only.
+    Columns: the cell keys, ``mean_acc``, ``baseline_acc``, then STAT_COLS and ``q_value``."""
+    keys = cell_keys(df)
+    cols = [*keys, "mean_acc", "baseline_acc", *STAT_COLS, "q_value"]
+    if df.empty or metric not in df:
+        return pd.DataFrame(columns=cols)
+    pairs = paired_runs(df, [metric]).dropna(subset=[f"{metric}:diff"])
+    rows = []
+    for cell, g in pairs.groupby(keys, sort=True, dropna=False):
+        rows.append({**dict(zip(keys, cell, strict=True)), "mean_acc": g[metric].mean(),
+                     "baseline_acc": g[f"{metric}:base"].mean(), **summarise(g[f"{metric}:diff"])})
+    out = pd.DataFrame(rows, columns=cols)
+    return add_q_values(out)
+
+
+def add_q_values(cells: pd.DataFrame) -> pd.DataFrame:
+    """Benjamini-Hochberg adjusted p-values over the cells that have one (scipy.stats)."""
+    cells = cells.copy()
+    cells["q_value"] = math.nan
+    ok = cells["p_value"].notna()
+    if ok.any():
+        cells.loc[ok, "q_value"] = stats.false_discovery_control(cells.loc[ok, "p_value"].to_numpy(float))
+    return cells
+
+
+def class_cells(df: pd.DataFrame, class_names: dict[int, str] | None = None) -> pd.DataFrame:
+    """Per-class paired differences (from ``test/acc_class_k``) for every cell: the cell keys,
+    ``class``, ``class_name`` and the statistics of :func:`paired_cells`."""
+    ks = sorted(int(c.removeprefix(CLASS_PREFIX)) for c in df.columns if c.startswith(CLASS_PREFIX))
+    parts = []
+    for k in ks:
+        cells = paired_cells(df, f"{CLASS_PREFIX}{k}")
+        if len(cells):
+            name = (class_names or {}).get(k, str(k))
+            parts.append(cells.assign(**{"class": k, "class_name": name}))
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    return out.drop(columns=["q_value"]).pipe(add_q_values)
+
+
+def class_extremes(classes: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The k (class, cell) rows that gain most and the k that lose most (by mean paired difference;
+    a row with a CI that excludes 0 ranks before one without at equal mean)."""
+    if classes.empty:
+        return classes, classes
+    ranked = classes.sort_values(["mean_diff", "significant"], ascending=[False, False])
+    gains = ranked[ranked["mean_diff"] > 0].head(k)
+    losses = classes.sort_values(["mean_diff", "significant"], ascending=[True, False])
+    return gains, losses[losses["mean_diff"] < 0].head(k)
+
+
+# --------------------------------------------------------------------------- two studies
+
+
+def compare_cells(df_a: pd.DataFrame, df_b: pd.DataFrame) -> pd.DataFrame:
+    """The same (N, ratio, shared factors) cells of two studies side by side, with the difference
+    of gains (B minus A) and its 95% t-interval.
+
+    Both studies draw the labelled subset and the classifier seed from (N, seed) alone, so where
+    at least 2 seeds are in both, the difference is paired per seed (``paired t``); otherwise the
+    two samples of per-seed gains are compared with Welch's t (``Welch t``). Cells present in only
+    one study are kept, with the other side empty and a note."""
+    ca, cb = paired_cells(df_a), paired_cells(df_b)
+    fa, fb = varying_factors(df_a), varying_factors(df_b)
+    common = [N_COL, RATIO_COL, *[f for f in fa if f in fb]]
+    pa, pb = paired_runs(df_a), paired_runs(df_b)
+    ca = ca.astype({f: str for f in fa})
+    cb = cb.astype({f: str for f in fb})
+    merged = ca.merge(cb, on=common, how="outer", suffixes=(":a", ":b"))
+    diff = f"{ACC_COL}:diff"
+    rows = []
+    for _, row in merged.iterrows():
+        da = _select(pa, row, [N_COL, RATIO_COL, *fa]).set_index(SEED_COL)[diff]
+        db = _select(pb, row, [N_COL, RATIO_COL, *fb]).set_index(SEED_COL)[diff]
+        out = {k: row[k] for k in dict.fromkeys([*common, *fa, *fb])}
+        for side, d in (("a", da), ("b", db)):
+            out.update({f"gain_{side}": d.mean() if len(d) else math.nan, f"n_{side}": len(d),
+                        f"ci_low_{side}": row[f"ci_low:{side}"], f"ci_high_{side}": row[f"ci_high:{side}"]})
+        out.update(_diff_of_gains(da, db))
+        rows.append(out)
+    cols = [*dict.fromkeys([*common, *fa, *fb]), "gain_a", "n_a", "ci_low_a", "ci_high_a", "gain_b", "n_b",
+            "ci_low_b", "ci_high_b", "diff", "ci_low",
+            "ci_high", "p_value", "significant", "method", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _select(pairs: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.DataFrame:
+    mask = np.ones(len(pairs), dtype=bool)
+    for k in keys:
+        mask &= (pairs[k].astype(str) == str(row[k])).to_numpy() if k not in (N_COL, RATIO_COL) \
+            else (pairs[k] == row[k]).to_numpy()
+    return pairs[mask]
+
+
+def _diff_of_gains(da: pd.Series, db: pd.Series) -> dict[str, Any]:
+    base = {"diff": db.mean() - da.mean() if len(da) and len(db) else math.nan, "ci_low": math.nan,
+            "ci_high": math.nan, "p_value": math.nan, "significant": False, "method": "", "note": ""}
+    if not len(da) or not len(db):
+        return {**base, "note": f"only in {'B' if len(db) else 'A'}"}
+    common = da.index.intersection(db.index)
+    if len(common) >= 2:
+        s = summarise((db.loc[common] - da.loc[common]).to_numpy())
+        return {**base, "diff": s["mean_diff"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                "p_value": s["p_value"], "significant": s["significant"],
+                "method": f"paired t ({len(common)} common seeds)", "note": s["note"]}
+    if len(da) < 2 or len(db) < 2:
+        return {**base, "method": "Welch t", "note": "fewer than 2 pairs on a side: no CI"}
+    if np.ptp(da) == 0 and np.ptp(db) == 0:
+        return {**base, "method": "Welch t", "note": "no spread on either side: no CI"}
+    res = stats.ttest_ind(db.to_numpy(), da.to_numpy(), equal_var=False)
+    ci = res.confidence_interval(0.95)
+    return {**base, "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(res.pvalue),
+            "significant": bool(ci.low > 0 or ci.high < 0), "method": "Welch t"}

@@ -1,0 +1,97 @@
+"""`ganft report` end to end on runs written into a temporary MLflow store the way the study
+runner writes them (params as strings, parent and child runs), without training anything:
+string params come back with their config types, the ceiling study is drawn, `--compare` works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ganft.cli import main
+from ganft.config import TrialConfig, flatten, with_overrides
+from ganft.report import tidy_runs
+from ganft.tracking import PARENT_TAG, MlflowStore, default_tracking_uri
+
+
+def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0, 1.0, 2.0),
+              seeds=(0, 1, 2), rng_seed: int = 0) -> MlflowStore:
+    """Write a parent run and one child run per point, as study.run_study does."""
+    store = MlflowStore.prepare(default_tracking_uri(home), name, home / "mlartifacts")
+    parent = store.start_run(name, {PARENT_TAG: "parent", "ganft.study": name})
+    rng = np.random.default_rng(rng_seed)
+    base = TrialConfig()
+    for n in sizes:
+        for s in seeds:
+            level = 0.7 + 0.05 * np.log10(n) + rng.normal(0, 0.01)
+            for r in ratios:
+                cfg = with_overrides(base, {"data.train_size": n, "synth.ratio": r, "seed": s,
+                                            "data.dataset": "fashion-mnist"})
+                point = f"n{n}-r{r}-s{s}"
+                run = store.start_run(point, {PARENT_TAG: "trial", "ganft.grid_point": point,
+                                              "ganft.device": "cpu"}, parent_id=parent)
+                t = store.tracker(run)
+                t.log_params(flatten(cfg))
+                acc = level + (gain if r > 0 else 0.0) + rng.normal(0, 0.002)
+                t.log_metrics({"test/acc": acc, "time/trial_seconds": 2.0, "gan/trained_here": 0.0,
+                               **{f"test/acc_class_{k}": acc + rng.normal(0, 0.01) for k in range(10)}})
+                store.end_run(run, "FINISHED")
+    start = store.client.get_run(parent).info.start_time  # the invocation lasted 72 min (4321 s)
+    store.client.set_terminated(parent, "FINISHED", end_time=start + 4_321_000)
+    return store
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store for this module (creating it is the slow part): three small studies."""
+    home = tmp_path_factory.mktemp("home")
+    log_study(home, "grid_a", gain=0.0, sizes=(100,))
+    log_study(home, "grid_b", gain=0.03, sizes=(100,), rng_seed=1)
+    log_study(home, "full", gain=0.0, sizes=(55000,), ratios=(0.0,), seeds=(0,))
+    return home
+
+
+@pytest.fixture
+def home(stores: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("GANFT_HOME", str(stores))
+    return stores
+
+
+def test_string_params_from_mlflow_come_back_typed(home: Path) -> None:
+    raw = MlflowStore(default_tracking_uri(home), "grid_a", create=False).runs_frame()
+    assert raw["params.data.train_size"].map(type).eq(str).all()  # MLflow stores strings
+    df = tidy_runs(raw)
+    row = df.iloc[-1]
+    assert isinstance(row["data.train_size"], int | np.integer) and row["data.train_size"] == 100
+    assert isinstance(row["synth.ratio"], float) and sorted(set(df["synth.ratio"])) == [0.0, 1.0, 2.0]
+    assert sorted(set(df["seed"])) == [0, 1, 2] and len(df) == 9
+    assert row["gan.diffaugment"] == "translation" and row["data.val_size"] is None
+    assert row["data.dataset"] == "fashion-mnist" and row["device"] == "cpu"
+    assert df["test/acc"].dtype == float
+
+
+def test_report_cli_with_ceiling_and_compare(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "grid_b", "--ceiling", "full"]) == 0
+    out = home / "reports" / "grid_b"
+    md = (out / "index.md").read_text()
+    assert "ganft study run studies/grid_b.yaml && ganft study run studies/full.yaml && " \
+           "ganft report grid_b --ceiling full" in md
+    assert "wall time 72.0 min" in md  # the `ganft study run` invocation, not the trials' span
+    assert "N=55,000, study `full`" in md and "T-shirt/top" in (out / "classes.csv").read_text()
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == 2 and (cells["ci_low"] > 0).all()  # +3 pp planted in every cell
+
+    assert main(["report", "--compare", "grid_a", "grid_b"]) == 0
+    comp = pd.read_csv(home / "reports" / "compare-grid_a-vs-grid_b" / "compare.csv")
+    assert len(comp) == 2 and (comp["ci_low"] > 0).all()
+    assert comp["diff"].mean() == pytest.approx(0.03, abs=0.01)
+    assert comp["method"].str.startswith("paired t (3 common seeds)").all()
+    page = (home / "reports" / "compare-grid_a-vs-grid_b" / "index.html").read_text()
+    assert "grid_b gains significantly more than grid_a in 2 of 2 shared cells" in page
+
+    assert main(["report", "nope"]) == 1
+    assert main(["report", "grid_a", "--ceiling", "nope"]) == 1
+    assert main(["report"]) == 2
+    assert "run `ganft study run studies/nope.yaml` first" in capsys.readouterr().err
