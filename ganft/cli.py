@@ -2,8 +2,11 @@
 
   ganft study run FILE      run every grid point of a study file not yet complete
   ganft study status STUDY  complete / failed / missing grid points, with reasons
+  ganft study repair STUDY  fix a torn journal, fail trials of dead workers, end their MLflow runs
   ganft report STUDY        write reports/<study>/ from the MLflow runs
+  ganft report --compare A B  the same cells of two studies side by side
   ganft ui                  the MLflow UI on the default store (127.0.0.1 unless --host says otherwise)
+  ganft pretrain FILE       train the source classifiers a study's `classifier.init: pretrained` needs
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ganft.config import ConfigError, StudyConfig, load_study
 
@@ -23,10 +27,17 @@ log = logging.getLogger("ganft")
 
 def _store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Optuna storage: a journal file path or an RDB URL such as "
-                   "postgresql+psycopg2://user:pass@host/db (default: optuna-journal.log at the "
-                   "project root)")
+                   "postgresql+psycopg2://user@host/db, password from PGPASSWORD or ~/.pgpass "
+                   "(default: optuna-journal.log at the project root)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db at the "
                    "project root; http://host:5000 for a tracking server)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,15 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto",
                      help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--workers", type=_positive, default=1, metavar="N",
+                     help="worker processes on this machine, each with cores/N torch threads (default: 1)")
+    run.add_argument("--heartbeat", type=_positive, default=30, metavar="SECONDS",
+                     help="RDB storage: seconds between a trial's heartbeats; a trial with three missed "
+                     "is failed and its point queued again (default: 30)")
     status = ssub.add_parser("status", help="complete / failed / missing grid points with reasons")
     status.add_argument("study", help="study YAML file or name (studies/<name>.yaml)")
     _store_flags(status)
+    repair = ssub.add_parser("repair", help="make a torn journal readable, fail the trials of dead "
+                             "workers and end their MLflow runs (study run does this by itself)")
+    repair.add_argument("study", help="study YAML file or name (studies/<name>.yaml)")
+    _store_flags(repair)
 
     report = sub.add_parser("report", help="write reports/<study>/ (index.html, index.md, CSVs, figures)")
-    report.add_argument("study", help="study YAML file or name, e.g. quick")
-    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db "
-                        "at the project root)")
+    report.add_argument("study", nargs="?", help="study YAML file or name, e.g. quick")
+    report.add_argument("--compare", nargs=2, metavar=("A", "B"), help="instead: the same cells of two "
+                        "studies side by side with the difference of gains (B minus A) and its CI; "
+                        "written to reports/compare-A-vs-B/")
+    report.add_argument("--ceiling", metavar="STUDY", help="a real-only study on the full training pool "
+                        "(e.g. fashion_ceiling), drawn as the ceiling line")
+    _store_flags(report)
     report.add_argument("--out", type=Path, help="output folder (default: reports/<study>/)")
+
+    pre = sub.add_parser("pretrain", help="train (once, cached) the source-dataset classifiers that "
+                         "a study's classifier.init: pretrained trials start from")
+    pre.add_argument("file", help="study YAML file, e.g. studies/finetune_inits.yaml")
+    pre.add_argument("--device", default="auto",
+                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the default store")
     ui.add_argument("--tracking-uri", help="MLflow backend store (default: sqlite:///mlflow.db)")
@@ -77,26 +107,31 @@ def resolve_study(arg: str) -> StudyConfig:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from ganft.study import Stores, check_config_sizes, run_study
+    from ganft.study import Stores, check_config_sizes
+    from ganft.study_run import run_study
 
     cfg = load_study(args.file)
     check_config_sizes(cfg)
-    stores = Stores.resolve(args.storage, args.tracking_uri)
+    stores = Stores.resolve(args.storage, args.tracking_uri, heartbeat=args.heartbeat)
     from ganft.tracking import redact
 
-    log.info("study %s: %d grid points; Optuna storage %s; MLflow %s", cfg.name, len(cfg.points()),
-             redact(stores.storage), redact(stores.tracking_uri))
-    summary = run_study(cfg, stores, device=args.device, progress=not args.no_progress)
+    log.info("study %s: %d grid points; Optuna storage %s; MLflow %s; %d worker(s)", cfg.name,
+             len(cfg.points()), redact(stores.storage), redact(stores.tracking_uri), args.workers)
+    summary = run_study(cfg, stores, device=args.device, progress=not args.no_progress,
+                        workers_n=args.workers)
     if summary.ran == 0 and summary.complete == summary.total:
         print(f"study {cfg.name} is complete: {summary.complete} of {summary.total} grid points done; "
               f"nothing to run.")
     else:
+        elsewhere = f"{summary.running} running in other workers, " if summary.running else ""
         print(f"study {cfg.name}: {summary.complete} of {summary.total} grid points complete, "
-              f"{len(summary.failed)} failed; this run: {summary.ran} trials, "
+              f"{elsewhere}{len(summary.failed)} failed; this run: {summary.ran} trials, "
               f"{summary.gans_trained} GANs trained, {summary.seconds:.1f} s.")
     for ps in summary.failed:
         print(f"  failed {ps.name} ({ps.attempts} attempt(s), max_retries {cfg.max_retries}): {ps.reason}")
-    return 0 if summary.complete == summary.total else 1
+    if summary.workers_lost:
+        print(f"  {summary.workers_lost} worker process(es) died; rerun the same command to finish")
+    return 0 if summary.ok else 1
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
@@ -108,6 +143,8 @@ def cmd_study_status(args: argparse.Namespace) -> int:
     stores = Stores.resolve(args.storage, args.tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        if "://" not in stores.storage and not Path(stores.storage).is_file():
+            raise KeyError(cfg.name)  # no journal yet (opening one would create the file)
         study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     except KeyError:
         print(f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)")
@@ -118,34 +155,99 @@ def cmd_study_status(args: argparse.Namespace) -> int:
     print(f"study {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(states)}")
     for ps in states:
         extra = f"  ({ps.attempts} attempt(s)) {ps.reason}" if ps.state == "failed" else ""
+        if ps.state == "running" and ps.owner:
+            extra = f"  (pid {ps.owner.get('pid')} on {ps.owner.get('host')})"
         print(f"  {ps.state:9s} {ps.name}{extra}")
     return 0 if counts["complete"] == len(states) else 1
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from ganft.report import ReportMeta, tidy_runs, write_report
-    from ganft.runtime import project_root
-    from ganft.tracking import MlflowStore, default_tracking_uri
+def cmd_study_repair(args: argparse.Namespace) -> int:
+    from ganft.study import Stores
+    from ganft.study_run import repair_study
 
-    name = args.study
-    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
-        name = load_study(name).name
-    uri = args.tracking_uri or default_tracking_uri(project_root())
+    cfg = resolve_study(args.study)
+    notes = repair_study(cfg, Stores.resolve(args.storage, args.tracking_uri))
+    for note in notes or [f"study {cfg.name}: nothing to repair"]:
+        print(note)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ganft.data import CLASS_NAMES
+    from ganft.report import ReportMeta, write_report
+    from ganft.report_compare import write_compare_report
+    from ganft.runtime import project_root
+    from ganft.study import Stores
+
+    if bool(args.study) == bool(args.compare):
+        print("ganft report: give a study, or --compare A B", file=sys.stderr)
+        return 2
+    stores = Stores.resolve(args.storage, args.tracking_uri)
+    if args.compare:
+        (a, df_a), (b, df_b) = (_report_runs(s, stores.tracking_uri) for s in args.compare)
+        if df_a is None or df_b is None:
+            return 1
+        out = args.out or project_root() / "reports" / f"compare-{a}-vs-{b}"
+        meta = ReportMeta(study=f"{a} vs {b}", command=f"ganft report --compare {a} {b}",
+                          machine=machine_description())
+        print(f"report: {write_compare_report(df_a, df_b, out, a, b, meta)}")
+        return 0
+    name, df = _report_runs(args.study, stores.tracking_uri)
+    if df is None:
+        return 1
+    ceiling, ceiling_name = None, ""
+    command = f"ganft study run studies/{name}.yaml"
+    if args.ceiling:
+        ceiling_name, ceiling = _report_runs(args.ceiling, stores.tracking_uri)
+        if ceiling is None:
+            return 1
+        command += f" && ganft study run studies/{ceiling_name}.yaml"
+    command += f" && ganft report {name}" + (f" --ceiling {ceiling_name}" if args.ceiling else "")
+    history, importances = _optuna_frames(name, stores.storage)
+    datasets = df["data.dataset"].unique() if "data.dataset" in df else []
+    names = CLASS_NAMES.get(datasets[0], ()) if len(datasets) == 1 else ()
+    meta = ReportMeta(study=name, command=command, machine=machine_description(),
+                      wall_seconds=_wall_seconds(name, stores.tracking_uri),
+                      ceiling_study=ceiling_name, class_names=dict(enumerate(names)))
+    out = args.out or project_root() / "reports" / name
+    index = write_report(df, out, meta, ceiling=ceiling, history=history, importances=importances)
+    print(f"report: {index}")
+    return 0
+
+
+def _report_runs(study: str, uri: str) -> tuple[str, Any]:
+    """(study name, tidy runs), or (name, None) after saying why there is nothing to report."""
+    from ganft.report import tidy_runs
+    from ganft.tracking import MlflowStore
+
+    name = load_study(study).name if study.endswith((".yaml", ".yml")) or Path(study).is_file() else study
     try:
         store = MlflowStore(uri, name, create=False)
     except LookupError as exc:
         print(f"ganft report: {exc}; run `ganft study run studies/{name}.yaml` first", file=sys.stderr)
-        return 1
+        return name, None
     df = tidy_runs(store.runs_frame())
     if df.empty:
         print(f"ganft report: study {name} has no finished trials yet", file=sys.stderr)
-        return 1
-    out = args.out or project_root() / "reports" / name
-    meta = ReportMeta(study=name, command=f"ganft study run studies/{name}.yaml && ganft report {name}",
-                      machine=machine_description())
-    index = write_report(df, out, meta)
-    print(f"report: {index}")
-    return 0
+        return name, None
+    return name, df
+
+
+def _wall_seconds(name: str, uri: str) -> float | None:
+    """Wall time of the study's `ganft study run` invocations (their parent runs, overlaps once)."""
+    from ganft.report import busy_seconds
+    from ganft.tracking import MlflowStore
+
+    return busy_seconds(MlflowStore(uri, name, create=False).runs_frame(role="parent"))
+
+
+def _optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
+    """Optuna history and importances, or (None, None) where the storage has no such study."""
+    from ganft.study import optuna_frames
+
+    if "://" not in storage and not Path(storage).is_file():
+        return None, None
+    return optuna_frames(name, storage)
 
 
 def machine_description() -> str:
@@ -154,6 +256,30 @@ def machine_description() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; "
             f"torch {torch.__version__}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ganft.data import splits_for
+    from ganft.pretrain import ensure_pretrained, pretrain_key
+    from ganft.runtime import pick_device
+
+    cfg = load_study(args.file)
+    device = pick_device(args.device)
+    needed = {}  # key -> (a trial config that needs it, the target image shape)
+    for point in cfg.points() or [{}]:
+        trial = cfg.trial_config(point)
+        if trial.classifier.init == "pretrained":
+            shape = splits_for(trial.data).image_shape
+            needed.setdefault(pretrain_key(trial, shape), (trial, shape))
+    if not needed:
+        print(f"study {cfg.name}: no grid point uses classifier.init pretrained; nothing to pretrain")
+    for key, (trial, shape) in needed.items():
+        _, metrics, trained = ensure_pretrained(trial, shape, device)
+        c = trial.classifier
+        print(f"{'trained' if trained else 'cached'} {key}: {c.arch} (width {c.width}) on "
+              f"{c.pretrained_source} at {'x'.join(map(str, shape))}, {c.pretrain_steps} steps, "
+              f"source val acc {metrics['pretrain/val_acc']:.3f}")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -172,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     handlers = {("study", "run"): cmd_study_run, ("study", "status"): cmd_study_status,
-                ("report", None): cmd_report, ("ui", None): cmd_ui}
+                ("study", "repair"): cmd_study_repair,
+                ("report", None): cmd_report, ("ui", None): cmd_ui, ("pretrain", None): cmd_pretrain}
     handler = handlers[(args.command, getattr(args, "study_command", None))]
     try:
         return handler(args)

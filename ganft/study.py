@@ -1,24 +1,26 @@
-"""Study runner: the only module (with cli) that imports optuna.
+"""Study state: the only modules that import optuna are this one, study_run.py (running trials
+and workers), study_storage.py (storages and their locks) and cli.py.
 
 A grid study is enumerated here and its points are handed out through Optuna's queue
-(``enqueue_trial``), which gives each point to exactly one worker on a journal or RDB storage
+(``enqueue_trial``), which gives each point to one worker on a journal or RDB storage
 (GridSampler counts failed cells as visited and runs extra trials on resume; see DESIGN.md).
-Rerunning the same command surveys the storage, reaps trials whose worker died, re-queues what is
-missing (failed points up to ``max_retries`` times) and runs only that.
+Before a trial runs, its worker checks that no other trial holds the point (COMPLETE, or an
+earlier one running or queued), so a point queued twice by two machines still completes once.
 
-MLflow: one experiment per study, one parent run per invocation that has work to do, one nested
-child run per trial named after its grid point.
+Resume: rerunning the same command surveys the storage, reaps trials whose worker died (a dead pid
+on this machine; on RDB also Optuna's heartbeats), re-queues what is missing (failed points up to
+``max_retries`` times) and runs only that. Workers also reap each other's trials between trials, so
+the points of a worker killed mid-study run again in the same study run.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
-import os
-import socket
-import sys
-import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,21 +32,41 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from ganft.cache import GanCache
+from ganft import workers
+from ganft.cache import CheckpointCache, GanCache
 from ganft.config import StudyConfig, TrialConfig, config_keys
-from ganft.pipeline import run_trial
-from ganft.runtime import pick_device, project_root
-from ganft.tracking import PARENT_TAG, MlflowStore, default_tracking_uri, redact
+from ganft.runtime import project_root
+from ganft.study_storage import StaleTrialCallback, StudyError, is_journal, open_storage
+from ganft.tracking import (
+    PARENT_TAG,
+    MlflowCheckpointStore,
+    MlflowStore,
+    default_tracking_uri,
+    is_remote,
+    sqlite_path,
+)
 
 log = logging.getLogger(__name__)
 GRID_KEY_ATTR = "ganft.grid_key"  # user attr: canonical JSON of the trial's grid point
+OWNER_ATTR = "ganft.owner"  # user attr: {host, pid, pid_start, trial} of the worker running it
 SHORT_NAMES = {"data.train_size": "n", "synth.ratio": "r", "seed": "s"}
+KILLED_RETRIES = 3  # a point whose worker dies is queued again at most this often (then on rerun)
+UNCLAIMED_AFTER_S = 600  # a RUNNING trial that never named its worker (who does so at once) is dead
+
+__all__ = ["Stores", "StudyError", "survey", "config_keys", "check_config_sizes", "open_storage",
+           "optuna_frames"]
 
 
-class StudyError(RuntimeError):
-    """The storage holds a study that this file cannot continue (e.g. a changed base config)."""
+def __getattr__(name: str) -> Any:
+    """``run_study`` and the rest of running a study live in study_run.py (which imports this
+    module); they stay importable from here."""
+    if name in ("run_study", "repair_study", "Summary", "FAULT_ENV"):
+        from ganft import study_run
+
+        return getattr(study_run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- storage & names
@@ -55,27 +77,45 @@ class Stores:
     storage: str  # Optuna: a journal file path, or an RDB URL (postgresql://, sqlite://)
     tracking_uri: str  # MLflow
     root: Path  # where the default stores, artifacts and the GAN cache live
+    heartbeat: int = 30  # RDB storage: seconds between a trial's heartbeats (stale after 3 missed)
 
     @classmethod
     def resolve(cls, storage: str | None = None, tracking_uri: str | None = None,
-                root: Path | None = None) -> Stores:
+                root: Path | None = None, heartbeat: int = 30) -> Stores:
         root = root or project_root()
         return cls(storage or str(root / "optuna-journal.log"),
-                   tracking_uri or default_tracking_uri(root), root)
+                   tracking_uri or default_tracking_uri(root), root, heartbeat)
 
     @property
     def cache(self) -> GanCache:
-        return GanCache(self.root / ".ganft-cache" / "gan")
+        return GanCache(self.root / ".ganft-cache" / "gan", remote=self.shared_store("gan"))
 
+    def checkpoint_cache(self, kind: str) -> CheckpointCache:
+        """``.ganft-cache/<kind>/``, shared through the tracking server when it is remote."""
+        return CheckpointCache(self.root / ".ganft-cache" / kind, remote=self.shared_store(kind))
 
-def open_storage(spec: str) -> optuna.storages.BaseStorage:
-    """A path is a journal file (safe for several local workers); a URL is an RDB storage."""
-    if "://" in spec:
-        return optuna.storages.RDBStorage(spec)
-    from optuna.storages.journal import JournalFileBackend
+    def shared_store(self, kind: str) -> MlflowCheckpointStore | None:
+        """Where ``kind`` checkpoints are shared between machines: the tracking server's artifact
+        store when the tracking URI is remote, else nowhere (None)."""
+        return MlflowCheckpointStore(self.tracking_uri, kind) if is_remote(self.tracking_uri) else None
 
-    Path(spec).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+    def open(self, store: MlflowStore | None = None) -> optuna.storages.BaseStorage:
+        """The Optuna storage; on RDB with heartbeats whose stale trials end their MLflow runs."""
+        on_stale = None
+        if store is not None:
+            on_stale = StaleTrialCallback(lambda run_id, why: store.end_run(
+                run_id, "KILLED", why, only_if_running=True), KILLED_RETRIES)
+        return open_storage(self.storage, heartbeat=self.heartbeat, on_stale=on_stale)
+
+    def local_paths(self) -> list[Path]:
+        """Files on this machine that grow while a study runs (for the free-space check)."""
+        paths = [self.root / ".ganft-cache"]
+        if is_journal(self.storage):
+            paths.append(Path(self.storage))
+        db = sqlite_path(self.tracking_uri)
+        if db:
+            paths.append(Path(db))
+        return paths
 
 
 def grid_key(point: dict[str, Any]) -> str:
@@ -96,7 +136,7 @@ def point_name(point: dict[str, Any]) -> str:
     return "-".join(parts) or "base"
 
 
-def _distribution(key: str, values: list[Any]) -> BaseDistribution:
+def distribution(key: str, values: list[Any]) -> BaseDistribution:
     """Int/float grid keys get numeric distributions (their range may grow when a grid is extended,
     and the dashboard plots them as numbers); anything else is categorical."""
     kind = _field_type(key)
@@ -104,10 +144,10 @@ def _distribution(key: str, values: list[Any]) -> BaseDistribution:
         return IntDistribution(min(values), max(values))
     if kind is float:
         return FloatDistribution(float(min(values)), float(max(values)))
-    return CategoricalDistribution([_encode(v) for v in values])
+    return CategoricalDistribution([encode(v) for v in values])
 
 
-def _suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:
+def suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, IntDistribution):
         return trial.suggest_int(key, dist.low, dist.high)
     if isinstance(dist, FloatDistribution):
@@ -124,7 +164,7 @@ def _field_type(key: str) -> type | None:
     return ann if ann in (int, float) else None
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list | tuple | dict) else value
 
 
@@ -143,6 +183,7 @@ class PointState:
     attempts: int = 0  # finished FAIL trials that count against max_retries
     reason: str = ""
     trials: list[int] = field(default_factory=list)
+    owner: dict[str, Any] | None = None  # running: the worker running it
 
 
 def survey(study: optuna.Study, cfg: StudyConfig) -> list[PointState]:
@@ -161,57 +202,65 @@ def survey(study: optuna.Study, cfg: StudyConfig) -> list[PointState]:
             reason = t.user_attrs.get("ganft.fail_reason")
             ps.attempts += reason is not None
             ps.reason = reason or "interrupted (its worker stopped before the trial ended)"
+        if t.state == TrialState.RUNNING:
+            ps.owner = trial_owner(t)
         if rank[state] > rank[ps.state]:
             ps.state = state
     return list(points.values())
 
 
-def _alive(host: str | None, pid: int | None) -> bool:
-    """Whether a worker process is still running; unknown hosts are assumed alive."""
-    if host != socket.gethostname() or not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def trial_owner(t: FrozenTrial) -> dict[str, Any] | None:
+    """The worker running ``t``, as it recorded itself. Attrs copied from another trial (Optuna's
+    retry callback copies them) name that trial's number and do not count."""
+    owner = t.user_attrs.get(OWNER_ATTR)
+    return owner if isinstance(owner, dict) and owner.get("trial") == t.number else None
 
 
-def reap_dead_trials(study: optuna.Study, store: MlflowStore | None) -> int:
-    """Trials left RUNNING by a worker on this machine that no longer exists (kill -9, power
-    loss) become FAIL (without a fail reason, so they do not count as attempts); their MLflow runs
-    end as KILLED. Returns how many were reaped."""
-    reaped = 0
+def owner_dead(t: FrozenTrial) -> bool:
+    owner = trial_owner(t)
+    if owner is None:  # its worker died between taking the trial and naming itself (milliseconds)
+        started = t.datetime_start
+        return started is not None and (datetime.datetime.now() - started).total_seconds() > UNCLAIMED_AFTER_S
+    return not workers.alive(owner)
+
+
+def reap_dead_trials(study: optuna.Study, store: MlflowStore | None) -> list[FrozenTrial]:
+    """Trials left RUNNING by a worker on this machine that no longer exists (kill -9, power loss,
+    out of memory) become FAIL without a fail reason, so they do not count as attempts; their MLflow
+    runs end as KILLED. Returns the reaped trials."""
+    reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _alive(t.user_attrs.get("ganft.host"), t.user_attrs.get("ganft.pid")):
+        if not owner_dead(t):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        run_id = t.user_attrs.get("ganft.mlflow_run_id")
+        reaped.append(t)
+        run_id = t.user_attrs.get("ganft.mlflow_run_id") if trial_owner(t) else None
         if store is not None and run_id:
-            store.end_run(run_id, "KILLED", "worker process died (reaped on resume)")
-        reaped += 1
-    if store is not None:  # runs of dead workers that never got a trial attr, and dead parents
-        for run in store.running_runs():
-            tags = run.data.tags
-            if not _alive(tags.get("ganft.host"), int(tags.get("ganft.pid", 0) or 0)):
-                store.end_run(run.info.run_id, "KILLED", "process died (reaped on resume)")
+            store.end_run(run_id, "KILLED", "its worker process died (reaped)", only_if_running=True)
     return reaped
 
 
-# --------------------------------------------------------------------------- running
+def close_orphan_runs(study: optuna.Study, store: MlflowStore, storage_tag: str) -> int:
+    """End MLflow runs left RUNNING whose trial has ended (a worker killed between Optuna's record
+    and the run's end, or a trial failed by heartbeat) or whose process died on this machine."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in store.running_runs():
+        tags = run.data.tags
+        t = trials.get(int(tags.get("ganft.trial_number", -1)))
+        if tags.get(PARENT_TAG) == "trial" and tags.get("ganft.storage") == storage_tag and t is not None:
+            if t.state == TrialState.COMPLETE:  # everything was logged before Optuna recorded COMPLETE
+                closed += store.end_run(run.info.run_id, "FINISHED", only_if_running=True)
+            elif t.state.is_finished():
+                why = t.user_attrs.get("ganft.fail_reason") or "its trial ended without it (worker died)"
+                closed += store.end_run(run.info.run_id, "KILLED", why, only_if_running=True)
+        elif not workers.alive(tags, prefix="ganft."):
+            closed += store.end_run(run.info.run_id, "KILLED", "its process died (reaped)",
+                                    only_if_running=True)
+    return closed
 
 
-@dataclass
-class Summary:
-    total: int
-    complete: int
-    failed: list[PointState]
-    ran: int = 0
-    gans_trained: int = 0
-    seconds: float = 0.0
-    parent_run_id: str | None = None
+# --------------------------------------------------------------------------- queue
 
 
 def load_or_create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -228,150 +277,62 @@ def load_or_create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage)
     old_grid = study.user_attrs.get("ganft.grid", {})
     for key, values in cfg.grid.items():
         old = old_grid.get(key)
-        if old is not None and isinstance(_distribution(key, values), CategoricalDistribution) \
-                and [_encode(v) for v in old] != [_encode(v) for v in values]:
+        if old is not None and isinstance(distribution(key, values), CategoricalDistribution) \
+                and [encode(v) for v in old] != [encode(v) for v in values]:
             raise StudyError(f"grid.{key}: the values changed from {old} to {values}; Optuna cannot "
                              f"change a categorical parameter's choices within a study. Use a new name.")
-    study.set_user_attr("ganft.grid", {**old_grid, **cfg.grid})
+    if {**old_grid, **cfg.grid} != old_grid:
+        study.set_user_attr("ganft.grid", {**old_grid, **cfg.grid})
     return study
+
+
+def enqueue_point(study: optuna.Study, ps: PointState) -> None:
+    params = {k: encode(v) for k, v in ps.point.items()}
+    study.enqueue_trial(params, user_attrs={GRID_KEY_ATTR: grid_key(ps.point), "ganft.grid_point": ps.name})
 
 
 def enqueue_missing(study: optuna.Study, states: list[PointState], max_retries: int) -> int:
     n = 0
     for ps in states:
         if ps.state == "missing" or (ps.state == "failed" and ps.attempts <= max_retries):
-            params = {k: _encode(v) for k, v in ps.point.items()}
-            study.enqueue_trial(params, user_attrs={GRID_KEY_ATTR: grid_key(ps.point),
-                                                    "ganft.grid_point": ps.name})
+            enqueue_point(study, ps)
             n += 1
     return n
 
 
-def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_id: str,
-                   device_name: str):
-    device = pick_device(device_name)
-    dists = {k: _distribution(k, v) for k, v in cfg.grid.items()}
-    by_key = {grid_key(p): p for p in cfg.points()}
-
-    def objective(trial: optuna.Trial) -> float:
-        key = trial.user_attrs.get(GRID_KEY_ATTR)
-        if key not in by_key:  # a spare trial: another worker popped the last queued point
-            trial.set_user_attr("ganft.spare", True)
-            raise optuna.TrialPruned("no grid point left for this worker")
-        point = by_key[key]
-        for k, dist in dists.items():  # record the point as Optuna params (fixed by the queue)
-            _suggest(trial, k, dist)
-        name = point_name(point)
-        tags = {PARENT_TAG: "trial", "ganft.study": cfg.name, "ganft.grid_point": name,
-                "ganft.trial_number": trial.number, "ganft.host": socket.gethostname(),
-                "ganft.pid": os.getpid(), "ganft.device": str(device),
-                **{f"grid.{k}": _encode(v) for k, v in point.items()}}
-        run_id = store.start_run(name, tags, parent_id=parent_id)
-        for attr, value in (("ganft.mlflow_run_id", run_id), ("ganft.host", socket.gethostname()),
-                            ("ganft.pid", os.getpid())):
-            trial.set_user_attr(attr, value)
-        try:
-            metrics = run_trial(cfg.trial_config(point), device=device, tracker=store.tracker(run_id),
-                                cache=stores.cache)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("ganft.fail_reason", reason[:1000])
-            store.end_run(run_id, "FAILED", reason)
-            raise
-        except BaseException:  # Ctrl-C, SystemExit: not the point's fault, not an attempt
-            store.end_run(run_id, "KILLED", "interrupted")
-            raise
-        trial.set_user_attr("test_acc", metrics["test/acc"])
-        trial.set_user_attr("gan_trained", bool(metrics.get("gan/trained_here", 0.0)))
-        store.end_run(run_id, "FINISHED")
-        return metrics["clf/best_val_acc"]  # the objective is validation accuracy, never test
-
-    return objective
-
-
-def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
-         on_trial_done: Any = None) -> None:
-    """One worker: take queued grid points until the queue is empty."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
-    store = MlflowStore(stores.tracking_uri, cfg.name)
-    objective = make_objective(cfg, store, stores, parent_id, device)
-
-    def queue_empty() -> bool:
-        return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if on_trial_done is not None:
-            on_trial_done(trial)
-        if queue_empty():
-            study.stop()
-
-    if not queue_empty():
-        study.optimize(objective, callbacks=[callback], catch=(Exception,), gc_after_trial=False)
-
-
-def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto",
-              progress: bool = True) -> Summary:
-    """Run every grid point of ``cfg`` that is not yet COMPLETE, exactly once each."""
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    t0 = time.perf_counter()
-    pick_device(device)  # fail on a bad --device before anything is written
-    study = load_or_create_study(cfg, open_storage(stores.storage))
-    store = MlflowStore.prepare(stores.tracking_uri, cfg.name, stores.root / "mlartifacts")
+def reclaim(study: optuna.Study, cfg: StudyConfig, store: MlflowStore) -> int:
+    """Between trials: fail the trials of dead workers and queue their points again (each at most
+    KILLED_RETRIES times). Journal: dead pids on this machine; RDB: also Optuna's heartbeats, whose
+    retry callback does the queueing. Returns how many points were queued."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # no-op without heartbeats (journal)
     reaped = reap_dead_trials(study, store)
-    if reaped:
-        log.warning("reaped %d trial(s) whose worker had died; their points run again", reaped)
-    states = survey(study, cfg)
-    queued = enqueue_missing(study, states, cfg.max_retries)
-    states = survey(study, cfg)
-    todo = sum(ps.state == "queued" for ps in states)
-    done = sum(ps.state == "complete" for ps in states)
-    if todo == 0:
-        return Summary(len(states), done, [ps for ps in states if ps.state == "failed"],
-                       seconds=time.perf_counter() - t0)
+    if not reaped:
+        return 0
+    states = {grid_key(ps.point): ps for ps in survey(study, cfg)}
+    kills = Counter(t.user_attrs.get(GRID_KEY_ATTR, "") for t in study.get_trials(
+        deepcopy=False, states=(TrialState.FAIL,)) if "ganft.fail_reason" not in t.user_attrs)
+    queued = 0
+    for t in reaped:
+        ps = states.get(t.user_attrs.get(GRID_KEY_ATTR, ""))
+        if ps is not None and ps.state == "failed" and kills[grid_key(ps.point)] <= KILLED_RETRIES:
+            log.warning("trial %d (%s): its worker died; queued again", t.number, ps.name)
+            enqueue_point(study, ps)
+            ps.state = "queued"
+            queued += 1
+    return queued
 
-    parent_id = store.start_run(
-        f"{cfg.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})",
-        {PARENT_TAG: "parent", "ganft.study": cfg.name, "ganft.host": socket.gethostname(),
-         "ganft.pid": os.getpid(), "ganft.storage": redact(stores.storage),
-         "ganft.grid_points": len(states), "ganft.queued": queued, "ganft.argv": " ".join(sys.argv)})
-    bar = tqdm(total=len(states), initial=done, desc=f"study {cfg.name}", unit="trial",
-               disable=not progress, dynamic_ncols=True)
-    ran, gans = 0, 0
 
-    def on_trial_done(trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal ran, gans
-        ran += 1
-        gans += bool(trial.user_attrs.get("gan_trained"))
-        if trial.state == TrialState.COMPLETE:
-            bar.update(1)
-        bar.set_postfix_str(f"{trial.user_attrs.get('ganft.grid_point', '')} "
-                            f"{trial.state.name.lower()}")
-
-    status = "FINISHED"
-    try:
-        with logging_redirect_tqdm():  # log lines print above the bar, not through it
-            work(cfg, stores, parent_id, device, on_trial_done)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        bar.close()
-        states = survey(study, cfg)
-        failed = [ps for ps in states if ps.state == "failed"]
-        done = sum(ps.state == "complete" for ps in states)
-        seconds = time.perf_counter() - t0
-        store.tracker(parent_id).log_metrics({"study/complete": done, "study/failed": len(failed),
-                                              "study/trials_run": ran, "study/gans_trained": gans,
-                                              "study/seconds": seconds})
-        store.end_run(parent_id, status)
-    return Summary(len(states), done, failed, ran, gans, seconds, parent_id)
+def superseded(study: optuna.Study, number: int, key: str) -> str | None:
+    """Another trial holds this grid point: one is COMPLETE, or an earlier one is running or queued.
+    Two workers that take two copies of a point at once both see each other; the earlier wins."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                      TrialState.WAITING)):
+        if t.number != number and t.user_attrs.get(GRID_KEY_ATTR) == key \
+                and (t.state == TrialState.COMPLETE or t.number < number):
+            return f"trial {t.number} holds this grid point"
+    return None
 
 
 def check_config_sizes(cfg: StudyConfig) -> None:
@@ -382,4 +343,32 @@ def check_config_sizes(cfg: StudyConfig) -> None:
         check_sizes(cfg.trial_config(point).data)
 
 
-__all__ = ["Stores", "run_study", "survey", "config_keys", "check_config_sizes"]
+def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
+    """A stored study's optimisation history and parameter importances as plain DataFrames, for
+    the report (which never imports optuna).
+
+    history: one row per COMPLETE trial in order: ``number``, ``value`` (validation accuracy),
+    ``best_so_far``, ``from_grid`` (True for enqueued grid points, False for sampled ones).
+    importances: ``param``, ``importance`` (fANOVA, seeded; empty with fewer than 4 complete trials
+    or fewer than 2 parameters that vary). Both empty when the study is not in the storage."""
+    import pandas as pd
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    empty = (pd.DataFrame(columns=["number", "value", "best_so_far", "from_grid"]),
+             pd.DataFrame(columns=["param", "importance"]))
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        return empty
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return empty
+    history = pd.DataFrame({"number": [t.number for t in done], "value": [t.value for t in done],
+                            "from_grid": [GRID_KEY_ATTR in t.user_attrs for t in done]})
+    history["best_so_far"] = history["value"].cummax()
+    varying = {k for k in done[0].params if len({repr(t.params.get(k)) for t in done}) > 1}
+    if len(done) < 4 or len(varying) < 2:
+        return history, empty[1]
+    imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=sorted(varying))
+    return history, pd.DataFrame({"param": list(imp), "importance": [float(v) for v in imp.values()]})

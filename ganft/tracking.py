@@ -16,6 +16,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -64,6 +65,22 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def redact_argv(argv: list[str]) -> str:
+    """A command line with the password of every URI in it (``--storage URL``, ``--storage=URL``)
+    replaced by ***."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        out.append(f"{flag}{eq}{redact(value)}" if "://" in value else arg)
+    return " ".join(out)
+
+
+def is_remote(uri: str) -> bool:
+    """A tracking server (http/https), as opposed to a local file store: the GAN cache is then
+    shared through its artifact store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
@@ -90,7 +107,7 @@ class MlflowStore:
         if exp is None:
             # A SQLite store would otherwise fix <cwd>/mlruns as the artifact place: pin it to the root
             location = (artifact_root / experiment).as_uri() if artifact_root and _is_local(uri) else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = _create_experiment(self.client, experiment, location)
         else:
             self.experiment_id = exp.experiment_id
 
@@ -116,11 +133,17 @@ class MlflowStore:
     def tracker(self, run_id: str) -> MlflowTracker:
         return MlflowTracker(self.client, run_id)
 
-    def end_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
-        """End a run as FINISHED, FAILED or KILLED; a reason is kept as tag ``ganft.failure``."""
+    def end_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None,
+                only_if_running: bool = False) -> bool:
+        """End a run as FINISHED, FAILED or KILLED; a reason is kept as tag ``ganft.failure``.
+        With ``only_if_running``, a run that already ended is left as it is. Returns whether it
+        was ended here."""
+        if only_if_running and self.client.get_run(run_id).info.status != "RUNNING":
+            return False
         if reason:
             self.client.set_tag(run_id, "ganft.failure", reason[:4000])
         self.client.set_terminated(run_id, status)
+        return True
 
     def running_runs(self) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
@@ -180,6 +203,90 @@ class MlflowTracker:
 
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
+
+
+def _create_experiment(client: Any, name: str, location: str | None) -> str:
+    """Create an experiment; if another worker or machine created it a moment earlier, use theirs."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --------------------------------------------------------------------------- shared checkpoints
+
+CACHE_EXPERIMENT = "ganft-cache"  # one experiment for all studies: entries are content-addressed
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One MLflow run holding (or about to hold) a checkpoint file."""
+
+    run_id: str
+    status: str  # RUNNING: claimed, its owner is producing it; FINISHED: published; KILLED/FAILED: given up
+    start_time: int
+    beat: str  # the owner's heartbeat counter; a value that stops changing means the owner is gone
+    sha256: str  # of the published file ("" until published)
+
+
+class MlflowCheckpointStore:
+    """Checkpoint files shared through a tracking server's artifact store, so that a GAN trained on
+    one machine is reused on another (cache.CheckpointCache uses it when the tracking URI is remote).
+
+    Each entry is one run in experiment ``ganft-cache`` named ``<kind>/<key>``, tagged with the key;
+    the file is its artifact ``checkpoint/<key>.pt``. A run is created RUNNING when a worker claims
+    the key (others then wait instead of training the same GAN), and ends FINISHED only after the
+    file is uploaded with its sha256 as a tag: an upload cut short is never FINISHED, never used.
+    """
+
+    def __init__(self, uri: str, kind: str) -> None:
+        from mlflow import MlflowClient
+
+        _quiet()
+        self.uri, self.kind = uri, kind
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(CACHE_EXPERIMENT)
+        self.experiment_id = (exp.experiment_id if exp
+                              else _create_experiment(self.client, CACHE_EXPERIMENT, None))
+
+    def entries(self, key: str) -> list[RemoteEntry]:
+        runs = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
+            f"tags.`ganft.cache_key` = '{key}' and tags.`ganft.cache_kind` = '{self.kind}'"))
+        return sorted((RemoteEntry(r.info.run_id, r.info.status, r.info.start_time,
+                                   r.data.tags.get("ganft.beat", ""), r.data.tags.get("ganft.sha256", ""))
+                        for r in runs), key=lambda e: (e.start_time, e.run_id))
+
+    def claim(self, key: str, owner: dict[str, Any]) -> str:
+        tags = {"ganft.cache_key": key, "ganft.cache_kind": self.kind, "ganft.beat": "0",
+                **{f"ganft.{k}": str(v) for k, v in owner.items()}}
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.kind}/{key}", tags=tags)
+        return run.info.run_id
+
+    def running_claims(self) -> list[tuple[str, dict[str, str]]]:
+        """(run id, tags) of every claim still RUNNING, of any kind."""
+        runs = self.client.search_runs([self.experiment_id], max_results=10000,
+                                       filter_string="attributes.status = 'RUNNING'")
+        return [(r.info.run_id, r.data.tags) for r in runs]
+
+    def beat(self, run_id: str, count: int) -> None:
+        self.client.set_tag(run_id, "ganft.beat", str(count))
+
+    def publish(self, run_id: str, path: Path, sha256: str) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path="checkpoint")
+        self.client.set_tag(run_id, "ganft.sha256", sha256)
+        self.client.set_terminated(run_id, "FINISHED")  # last: FINISHED means the upload is whole
+
+    def abandon(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "ganft.failure", reason)
+        self.client.set_terminated(run_id, "KILLED")
+
+    def fetch(self, entry: RemoteEntry, key: str, dst: Path) -> Path:
+        return Path(self.client.download_artifacts(entry.run_id, f"checkpoint/{key}.pt", str(dst)))
 
 
 def sqlite_path(uri: str) -> str | None:

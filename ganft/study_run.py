@@ -1,0 +1,382 @@
+"""Running a study: the objective of one trial, the worker loop, ``--workers N`` and the study run
+that prepares the stores, starts the workers and sums up. Study state (names, survey, reaping, the
+queue) is in study.py; storages in study_storage.py.
+
+MLflow: one experiment per study, one parent run per invocation that has work to do, one nested
+child run per trial named after its grid point. A child run ends FINISHED only after Optuna has
+recorded its trial COMPLETE, and the runs of dead workers end KILLED, so every point has exactly
+one FINISHED run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ganft import workers
+from ganft.config import StudyConfig
+from ganft.pipeline import run_trial
+from ganft.runtime import pick_device
+from ganft.study import (
+    GRID_KEY_ATTR,
+    OWNER_ATTR,
+    PointState,
+    Stores,
+    close_orphan_runs,
+    distribution,
+    encode,
+    enqueue_missing,
+    grid_key,
+    load_or_create_study,
+    owner_dead,
+    point_name,
+    reap_dead_trials,
+    reclaim,
+    suggest,
+    superseded,
+    survey,
+    trial_owner,
+)
+from ganft.study_storage import StudyError, check_disk, coordination, is_journal, repair_journal
+from ganft.tracking import PARENT_TAG, MlflowStore, redact, redact_argv
+
+log = logging.getLogger(__name__)
+# Test hook, read only in _injected_fault: grid point names (comma-separated) whose trials get a
+# non-finite loss. It exists so a test can make a trial diverge inside a worker subprocess.
+FAULT_ENV = "GANFT_TEST_NONFINITE"
+
+# --------------------------------------------------------------------------- one trial
+
+
+@contextlib.contextmanager
+def _injected_fault(name: str) -> Iterator[None]:
+    """Test hook: when ``$GANFT_TEST_NONFINITE`` names this grid point, every module output in its
+    trial becomes NaN, so training meets a real non-finite loss and its own guard (gan_train,
+    finetune) fails the trial. Never set it outside tests."""
+    if name not in {p.strip() for p in os.environ.get(FAULT_ENV, "").split(",")}:
+        yield
+        return
+    import torch
+
+    def poison(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return output * float("nan")
+        return output
+
+    log.warning("%s: %s is set; this trial's losses will be non-finite", name, FAULT_ENV)
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_id: str,
+                   device_name: str) -> Callable[[optuna.Trial], float]:
+    device = pick_device(device_name)
+    dists = {k: distribution(k, v) for k, v in cfg.grid.items()}
+    by_key = {grid_key(p): p for p in cfg.points()}
+
+    def objective(trial: optuna.Trial) -> float:
+        me = workers.identity()
+        trial.set_user_attr(OWNER_ATTR, {**me, "trial": trial.number})  # first: reapers look for it
+        trial.set_user_attr("ganft.parent_run_id", parent_id)
+        point = _take_point(trial, by_key)
+        for k, dist in dists.items():  # record the point as Optuna params (fixed by the queue)
+            suggest(trial, k, dist)
+        name = point_name(point)
+        tags = {PARENT_TAG: "trial", "ganft.study": cfg.name, "ganft.grid_point": name,
+                "ganft.trial_number": trial.number, "ganft.storage": redact(stores.storage),
+                "ganft.device": str(device), **{f"ganft.{k}": v for k, v in me.items()},
+                **{f"grid.{k}": encode(v) for k, v in point.items()}}
+        with _trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):
+            metrics = run_trial(cfg.trial_config(point), device=device, tracker=store.tracker(run_id),
+                                cache=stores.cache)
+        trial.set_user_attr("test_acc", metrics["test/acc"])
+        trial.set_user_attr("gan_trained", bool(metrics.get("gan/trained_here", 0.0)))
+        return metrics["clf/best_val_acc"]  # the objective is validation accuracy, never test
+
+    return objective
+
+
+def _take_point(trial: optuna.Trial, by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The grid point the queue gave this trial; prunes the trial as spare when another trial holds
+    the point (a queue race) or the queue ran dry before this worker popped it."""
+    key = trial.user_attrs.get(GRID_KEY_ATTR)
+    spare = superseded(trial.study, trial.number, key) if key in by_key else "no grid point left"
+    if spare:
+        trial.set_user_attr("ganft.spare", spare)
+        raise optuna.TrialPruned(spare)
+    return by_key[key]
+
+
+@contextlib.contextmanager
+def _trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str, Any],
+               parent_id: str) -> Iterator[str]:
+    """The trial's MLflow child run. An error ends it FAILED with the reason (also the trial's
+    ``ganft.fail_reason``: an attempt against max_retries); Ctrl-C ends it KILLED (not an attempt).
+    On success it stays RUNNING: end_trial_run ends it once Optuna has stored COMPLETE."""
+    run_id = None
+    try:
+        run_id = store.start_run(name, tags, parent_id=parent_id)
+        trial.set_user_attr("ganft.mlflow_run_id", run_id)
+        yield run_id
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        trial.set_user_attr("ganft.fail_reason", reason[:1000])
+        if run_id:
+            store.end_run(run_id, "FAILED", reason)
+        raise
+    except BaseException:  # Ctrl-C, SystemExit: not the point's fault
+        if run_id:
+            store.end_run(run_id, "KILLED", "interrupted")
+        raise
+
+
+def end_trial_run(store: MlflowStore) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna callback, called after the trial's state is stored: its MLflow run ends FINISHED only
+    once the trial is COMPLETE (a worker killed in between leaves the trial RUNNING and the run
+    RUNNING; the point runs again and the run ends KILLED, so a point never has two FINISHED runs)."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("ganft.mlflow_run_id")
+        if not run_id or trial_owner(trial) is None:
+            return
+        if trial.state == TrialState.COMPLETE:
+            store.end_run(run_id, "FINISHED")
+        elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
+            store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
+
+    return callback
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
+         on_trial_done: Callable[[FrozenTrial], None] | None = None,
+         should_stop: Callable[[], bool] = lambda: False) -> None:
+    """One worker: take queued grid points, one trial at a time, until the queue is empty."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = MlflowStore(stores.tracking_uri, cfg.name)
+    study = optuna.load_study(study_name=cfg.name, storage=stores.open(store))
+    objective = make_objective(cfg, store, stores, parent_id, device)
+    callbacks = [end_trial_run(store)]
+    if on_trial_done is not None:
+        callbacks.append(lambda _study, trial: on_trial_done(trial))
+    while not should_stop():
+        with coordination(stores.storage):
+            reclaim(study, cfg, store)
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        check_disk(stores.local_paths())
+        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=(Exception,),
+                       gc_after_trial=False)
+    log.warning("the process that started this worker is gone; stopping after the trial")
+
+
+def _worker_main(index: int, n: int, cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
+                 log_level: int) -> None:
+    """Entry point of a spawned worker process (``--workers N``)."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s w{index} %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    workers.interrupt_once()
+    workers.pin_threads(workers.threads_per_worker(n))
+    watch = workers.ParentWatch()
+    try:
+        work(cfg, stores, parent_id, device, should_stop=watch.gone)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except StudyError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- a study run
+
+
+@dataclass
+class Summary:
+    total: int
+    complete: int
+    failed: list[PointState]
+    ran: int = 0
+    gans_trained: int = 0
+    seconds: float = 0.0
+    parent_run_id: str | None = None
+    workers_lost: int = 0  # worker processes that died (their points run again on the next run)
+    running: int = 0  # points still running in other invocations (other machines) when this one ended
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed or left undone: every point is complete or running elsewhere."""
+        return self.complete + self.running == self.total
+
+
+def _summary(states: list[PointState], **kw: Any) -> Summary:
+    return Summary(len(states), sum(ps.state == "complete" for ps in states),
+                   [ps for ps in states if ps.state == "failed"],
+                   running=sum(ps.state == "running" for ps in states), **kw)
+
+
+def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.Study, MlflowStore, int]:
+    """Create the stores once, before any worker starts (concurrent first use of a fresh SQLite
+    store breaks its schema migration), reap what dead workers left, queue what is missing.
+    Returns (study, MLflow store, points queued)."""
+    if workers_n > 1 and stores.storage.startswith("sqlite"):
+        raise StudyError("--storage sqlite:// is not safe for several workers (SQLite has no row "
+                         "locks; two workers can take the same trial). Use the default journal file "
+                         "or PostgreSQL.")
+    store = MlflowStore.prepare(stores.tracking_uri, cfg.name, stores.root / "mlartifacts")
+    study = load_or_create_study(cfg, stores.open(store))
+    with coordination(stores.storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        reaped = reap_dead_trials(study, store)
+        if reaped:
+            log.warning("reaped %d trial(s) whose worker had died; their points run again", len(reaped))
+        closed = close_orphan_runs(study, store, redact(stores.storage))
+        if closed:
+            log.warning("closed %d MLflow run(s) left RUNNING by a dead worker", closed)
+        queued = enqueue_missing(study, survey(study, cfg), cfg.max_retries)
+    _close_dead_claims(stores)
+    return study, store, queued
+
+
+def _close_dead_claims(stores: Stores) -> None:
+    """Shared GAN cache: give up the claims of dead processes on this machine at once (other
+    machines would take them over only after their heartbeat has been still for a minute)."""
+    remote = stores.shared_store("gan")
+    for run_id, tags in remote.running_claims() if remote is not None else []:
+        if not workers.alive(tags, prefix="ganft."):
+            remote.abandon(run_id, "its process died")
+
+
+def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progress: bool = True,
+              workers_n: int = 1) -> Summary:
+    """Run every grid point of ``cfg`` that is not yet COMPLETE, exactly once each, in this process
+    (``workers_n`` 1) or in ``workers_n`` worker processes."""
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.perf_counter()
+    pick_device(device)  # fail on a bad --device before anything is written
+    study, store, queued = preflight(cfg, stores, workers_n)
+    states = survey(study, cfg)
+    todo = sum(ps.state == "queued" for ps in states)
+    done = sum(ps.state == "complete" for ps in states)
+    if todo == 0:
+        return _summary(states, seconds=time.perf_counter() - t0)
+
+    n = max(1, min(workers_n, todo))
+    parent_id = store.start_run(
+        f"{cfg.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        {PARENT_TAG: "parent", "ganft.study": cfg.name,
+         **{f"ganft.{k}": v for k, v in workers.identity().items()},
+         "ganft.storage": redact(stores.storage), "ganft.tracking_uri": redact(stores.tracking_uri),
+         "ganft.grid_points": len(states), "ganft.queued": queued, "ganft.workers": n,
+         "ganft.argv": redact_argv(sys.argv)})
+    bar = tqdm(total=len(states), initial=done, desc=f"study {cfg.name}", unit="trial",
+               disable=not progress, dynamic_ncols=True)
+
+    def refresh(trial: FrozenTrial | None = None) -> None:
+        bar.n = sum(ps.state == "complete" for ps in survey(study, cfg))
+        if trial is not None:
+            bar.set_postfix_str(f"{trial.user_attrs.get('ganft.grid_point', '')} {trial.state.name.lower()}")
+        bar.refresh()
+
+    status, lost = "FINISHED", 0
+    try:
+        with logging_redirect_tqdm():  # log lines print above the bar, not through it
+            if n == 1:
+                work(cfg, stores, parent_id, device, on_trial_done=refresh)
+            else:
+                codes = workers.run_pool(n, _worker_main, (n, cfg, stores, parent_id, device,
+                                                           logging.getLogger().getEffectiveLevel()),
+                                         on_tick=refresh)
+                lost = _report_lost_workers(codes)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        bar.close()
+        summary = _finish(study, cfg, store, stores, parent_id, status, t0)
+        summary.workers_lost = lost
+    return summary
+
+
+def _report_lost_workers(codes: list[int]) -> int:
+    lost = [(i, c) for i, c in enumerate(codes) if c not in (0, 130)]
+    for i, code in lost:
+        log.error("worker %d ended with %s; rerun the same command to finish its point", i,
+                  workers.describe_exit(code))
+    return len(lost)
+
+
+def _finish(study: optuna.Study, cfg: StudyConfig, store: MlflowStore, stores: Stores,
+            parent_id: str, status: str, t0: float) -> Summary:
+    """After the workers: fail what dead workers left RUNNING, sum up, end the parent run."""
+    with coordination(stores.storage):
+        reap_dead_trials(study, store)
+    states = survey(study, cfg)
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if t.user_attrs.get("ganft.parent_run_id") == parent_id and trial_owner(t)]
+    summary = _summary(states, ran=len(mine), parent_run_id=parent_id,
+                       gans_trained=sum(bool(t.user_attrs.get("gan_trained")) for t in mine),
+                       seconds=time.perf_counter() - t0)
+    store.tracker(parent_id).log_metrics({"study/complete": summary.complete,
+                                          "study/failed": len(summary.failed),
+                                          "study/trials_run": summary.ran,
+                                          "study/gans_trained": summary.gans_trained,
+                                          "study/seconds": summary.seconds})
+    store.end_run(parent_id, status)
+    return summary
+
+
+def repair_study(cfg: StudyConfig, stores: Stores) -> list[str]:
+    """``ganft study repair``: make an unreadable journal readable again, fail trials of dead
+    workers, end their MLflow runs. Refuses while a worker on this machine runs the study."""
+    if is_journal(stores.storage) and not Path(stores.storage).is_file():
+        return [f"study {cfg.name}: no journal at {stores.storage}; nothing to repair"]
+    store = MlflowStore(stores.tracking_uri, cfg.name)
+    notes: list[str] = []
+    if is_journal(stores.storage):
+        with contextlib.suppress(ValueError, KeyError):  # unreadable: nothing can be running on it
+            _refuse_if_running(optuna.load_study(study_name=cfg.name, storage=stores.open()))
+        notes = repair_journal(stores.storage)
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=stores.open(store))
+    except KeyError:
+        return [*notes, f"study {cfg.name} is not in {redact(stores.storage)}"]
+    with coordination(stores.storage):
+        reaped = reap_dead_trials(study, store)
+        closed = close_orphan_runs(study, store, redact(stores.storage))
+    notes += [f"trial {t.number} ({t.user_attrs.get('ganft.grid_point', '?')}): its worker died; "
+              f"marked FAIL (it runs again on the next study run)" for t in reaped]
+    if closed:
+        notes.append(f"ended {closed} MLflow run(s) left RUNNING by dead workers")
+    return notes
+
+
+def _refuse_if_running(study: optuna.Study) -> None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not owner_dead(t):
+            owner = trial_owner(t) or {}
+            raise StudyError(f"trial {t.number} is running (pid {owner.get('pid', '?')} on "
+                             f"{owner.get('host', '?')}); stop the study's workers before repairing")

@@ -1,0 +1,251 @@
+"""Optuna storages for the study runner (part of study.py, split off for size; the two are the only
+ganft modules that import optuna, with cli.py).
+
+- A path is a journal file (``JournalStorage(JournalFileBackend)``), the local default: unlike
+  SQLite it is safe for several workers on one study. ganft locks it with ``flock``, which the
+  kernel releases when a worker dies (Optuna's default symlink lock stays behind after ``kill -9``
+  and makes everyone wait out a grace period), and whoever takes the lock first truncates a torn
+  last line left by a writer that died mid-write (optuna #5138: a torn line followed by another
+  makes every later load fail).
+- A URL is an RDB storage (PostgreSQL for several machines) with Optuna's heartbeats: a trial whose
+  worker stops beating is failed by ``fail_stale_trials`` and queued again by
+  ``RetryHeartbeatStaleTrialCallback``; ganft's callback first ends its MLflow run as KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from ganft.tracking import redact
+
+log = logging.getLogger(__name__)
+MIN_FREE_BYTES = 256 * 2**20  # below this, a worker stops before its next trial rather than tear a file
+
+
+class StudyError(RuntimeError):
+    """The storage holds a study that this file cannot continue (e.g. a changed base config), or
+    the study cannot run as asked (no disk space, an unsafe storage for several workers)."""
+
+
+def is_journal(spec: str) -> bool:
+    return "://" not in spec
+
+
+# --------------------------------------------------------------------------- journal file
+
+
+class FlockJournalLock:
+    """The journal's write lock (``JournalFileBackend(lock_obj=...)``: acquire / release, like
+    Optuna's own locks) as an ``flock`` on ``<journal>.ganft.lock``: released by the kernel when its
+    holder dies. On acquiring it, a torn last line is repaired before anyone appends. Local
+    filesystems only (flock is unreliable on NFS: use PostgreSQL across machines)."""
+
+    def __init__(self, journal: str) -> None:
+        self.journal = journal
+        self._path = journal + ".ganft.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        try:
+            fixed = fix_torn_tail(self.journal)
+        except BaseException:
+            self.release()
+            raise
+        if fixed:
+            log.warning("journal %s: %s (a writer died mid-write)", self.journal, fixed)
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def fix_torn_tail(path: str) -> str | None:
+    """Make the journal end with a whole line. Bytes after the last newline are a write cut short:
+    kept (a newline appended) when they are one whole JSON operation, else cut off. Call with the
+    journal lock held. Returns what was done, or None."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        start = _last_newline(f, size) + 1
+        f.seek(start)
+        tail = f.read()
+        if _is_op(tail):
+            f.seek(size)
+            f.write(b"\n")
+            action = "completed a last line that lacked its newline"
+        else:
+            f.truncate(start)
+            action = f"cut off a torn last line ({size - start} bytes)"
+        f.flush()
+        os.fsync(f.fileno())
+    return action
+
+
+def _last_newline(f: Any, size: int, block: int = 1 << 16) -> int:
+    """Offset of the last b"\\n" before ``size``, or -1."""
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        f.seek(start)
+        i = f.read(end - start).rfind(b"\n")
+        if i >= 0:
+            return start + i
+        end = start
+    return -1
+
+
+def _is_op(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def repair_journal(path: str) -> list[str]:
+    """Rewrite a journal whose lines cannot all be read (``ganft study repair``): a line that is a
+    torn write followed by a whole one keeps the whole one; an unreadable line is dropped. The old
+    file is kept as ``<journal>.bak-<time>``. Run only while no worker uses the journal: readers
+    keep byte offsets into it. Returns what was done (empty: nothing to repair)."""
+    lock = FlockJournalLock(path)
+    lock.acquire()  # also repairs a torn tail
+    try:
+        lines = Path(path).read_bytes().splitlines(keepends=True)
+        kept, notes = [], []
+        for number, line in enumerate(lines, start=1):
+            if _is_op(line):
+                kept.append(line)
+                continue
+            whole = line[line.rfind(b'{"op_code"'):] if b'{"op_code"' in line else b""
+            if whole and _is_op(whole):
+                kept.append(whole)
+                notes.append(f"line {number}: kept the whole operation after a torn write")
+            else:
+                notes.append(f"line {number}: dropped an unreadable line ({len(line)} bytes)")
+        if notes:
+            backup = f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.copy2(path, backup)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            notes.append(f"the old journal is kept as {backup}")
+        return notes
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def coordination(spec: str) -> Iterator[None]:
+    """Serialises survey / reap / enqueue among the processes of this machine that share a journal,
+    so they do not queue the same point twice (the objective's own check keeps points exactly-once
+    without it; this only spares the wasted trials). Nothing for an RDB storage."""
+    if not is_journal(spec):
+        yield
+        return
+    Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    with open(spec + ".ganft-coord.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_storage(spec: str, *, heartbeat: int | None = None,
+                 on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+                 ) -> optuna.storages.BaseStorage:
+    """A path is a journal file (safe for several local workers); a URL is an RDB storage, with
+    heartbeats every ``heartbeat`` seconds (stale after three missed) when given."""
+    if is_journal(spec):
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(spec, lock_obj=FlockJournalLock(spec))  # type: ignore[arg-type]
+        return optuna.storages.JournalStorage(backend)
+    return _rdb(spec, heartbeat, on_stale)
+
+
+def _rdb(url: str, heartbeat: int | None, on_stale: Any) -> optuna.storages.RDBStorage:
+    import sqlalchemy.exc
+
+    beat = ({"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
+             "heartbeat_stale_trial_callback": on_stale} if heartbeat else {})
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
+        except ImportError:
+            raise StudyError(f"{redact(url)}: its database driver is not installed; for PostgreSQL: "
+                             f"pip install 'ganft[postgres]'") from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # several machines creating the tables of a fresh database at once: one wins, retry
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
+class StaleTrialCallback:
+    """Optuna calls this (RDB storage) for a trial whose worker stopped sending heartbeats: its MLflow
+    run ends as KILLED, then ``RetryHeartbeatStaleTrialCallback`` queues the point again, at most
+    ``max_retry`` times (a point that kills its worker every time, e.g. out of memory, stops)."""
+
+    def __init__(self, end_run: Callable[[str, str], None], max_retry: int) -> None:
+        self.end_run = end_run
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        owner = trial.user_attrs.get("ganft.owner") or {}
+        run_id = trial.user_attrs.get("ganft.mlflow_run_id")
+        if run_id and owner.get("trial") == trial.number:
+            try:
+                self.end_run(run_id, f"no heartbeat from its worker on {owner.get('host')} "
+                                     f"(pid {owner.get('pid')}); the point runs again")
+            except Exception as exc:  # the retry matters more than the run's status
+                log.warning("trial %d: could not end its MLflow run (%s)", trial.number, exc)
+        log.warning("trial %d (%s) went stale: its worker stopped; queued again", trial.number,
+                    trial.user_attrs.get("ganft.grid_point", "?"))
+        self.retry(study, trial)
+
+
+def check_disk(paths: list[Path], min_free: int = MIN_FREE_BYTES) -> None:
+    """Stop before a trial when a store's filesystem is nearly full: a full disk is what tears a
+    journal line or a checkpoint."""
+    for path in paths:
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None:
+            continue
+        free = shutil.disk_usage(existing).free
+        if free < min_free:
+            raise StudyError(f"only {free / 2**20:.0f} MiB free on {existing}; a trial needs at least "
+                             f"{min_free / 2**20:.0f} MiB for its journal entries, runs and checkpoints")

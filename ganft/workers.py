@@ -1,0 +1,202 @@
+"""Worker processes for ``ganft study run --workers N``: start, pin, watch, stop. No scheduling.
+
+The work itself is handed out by Optuna's queue (study.py); this module only starts N identical
+processes, gives each ``cores / N`` torch threads so they do not oversubscribe the CPU, forwards
+Ctrl-C, and tells the study runner which processes are alive. Processes are started with
+``spawn`` (a fresh interpreter): forking a process that already initialised torch's thread pools
+or a database connection is not safe.
+
+Process identity (host, pid, start time) is how trials left RUNNING by a dead worker are found
+on this machine: a pid alone can be reused by a later process, its start time cannot.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- process identity
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (Linux), or None where unknown. The command name (field 2)
+    may hold spaces, so the fields are counted from its closing parenthesis."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22), or None where unknown."""
+    stat = _stat(pid)
+    return int(stat[19]) if stat else None
+
+
+@functools.cache
+def _boot_id() -> str:
+    """Changes at every boot (Linux): processes recorded under another boot are all gone."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+@functools.cache
+def _pid_namespace() -> str:
+    """Containers on one host can share its hostname but not its pids."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def identity() -> dict[str, Any]:
+    """This process as stored on trials and runs: host, pid, pid_start, boot, pidns."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid) or 0,
+            "boot": _boot_id(), "pidns": _pid_namespace()}
+
+
+def alive(record: Mapping[str, Any], prefix: str = "") -> bool:
+    """Whether the process an ``identity()`` record names (keys with ``prefix``, e.g. MLflow tags
+    ``ganft.pid``; values may be strings) still runs. Only this machine, booted once and in the
+    same pid namespace, can tell; a process elsewhere is assumed alive, since a wrong "dead" would
+    run its point twice. A record from an earlier boot of this machine is dead."""
+    def get(key: str) -> str:
+        return str(record.get(prefix + key) or "")
+
+    if get("host") != socket.gethostname() or not get("pid").isdigit():
+        return True
+    if get("boot") and get("boot") != _boot_id():
+        return False  # this machine rebooted since (power loss)
+    if get("pidns") and get("pidns") != _pid_namespace():
+        return True
+    start = get("pid_start")
+    return is_alive(get("host"), int(get("pid")), int(start) if start.isdigit() else None)
+
+
+def is_alive(host: str | None, pid: int | None, pid_start: int | None = None) -> bool:
+    """Whether a process on this host (``pid``, started at ``pid_start`` if known) still runs; a
+    zombie does not, nor a later process that got the same pid."""
+    if host != socket.gethostname() or not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _stat(pid)
+    if stat is None:
+        return True
+    if stat[0] in ("Z", "X"):  # killed, not yet reaped by its parent (or by init): it runs no more
+        return False
+    return not (pid_start and int(stat[19]) != pid_start)  # a reused pid is another process
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (respects taskset / cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(n_workers: int) -> int:
+    return max(1, cpu_count() // n_workers)
+
+
+def pin_threads(n_threads: int) -> None:
+    """Give this (fresh) worker process ``n_threads`` intra-op torch threads and one inter-op thread."""
+    import torch
+
+    torch.set_num_threads(n_threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first parallel op; harmless if too late
+        pass
+
+
+def interrupt_once() -> None:
+    """In a worker: the first SIGINT or SIGTERM raises KeyboardInterrupt (the trial ends as
+    interrupted and its MLflow run as KILLED); later ones are ignored, so a second Ctrl-C, or the
+    parent passing the first one on, cannot cut that clean-up short."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+class ParentWatch:
+    """In a worker: whether the process that started it has died (its ppid changes)."""
+
+    def __init__(self) -> None:
+        self.ppid = os.getppid()
+
+    def gone(self) -> bool:
+        return os.getppid() != self.ppid
+
+
+def run_pool(n: int, target: Callable[..., None], args: tuple[Any, ...],
+             on_tick: Callable[[], None] | None = None, tick_s: float = 2.0) -> list[int]:
+    """Run ``target(index, *args)`` in ``n`` spawned processes and wait for all of them; call
+    ``on_tick`` every ``tick_s`` seconds meanwhile (progress). Returns the exit codes (negative:
+    killed by that signal). Ctrl-C is passed on to the workers, which end their trials as
+    interrupted; the parent waits for them before re-raising."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(i, *args), name=f"ganft-worker-{i}") for i in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=tick_s / n)
+            if on_tick is not None:
+                on_tick()
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    return [p.exitcode if p.exitcode is not None else -1 for p in procs]
+
+
+def _stop(procs: list[Any], grace_s: float = 60.0) -> None:
+    """Interrupt the workers (a terminal's Ctrl-C reaches them already; a `kill -INT` of the parent
+    does not), give them time to end their runs, then terminate what is left."""
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            log.warning("worker %s did not stop within %.0f s; terminating it", p.name, grace_s)
+            p.terminate()
+            p.join()
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
