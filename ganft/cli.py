@@ -40,6 +40,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere; bf16 also "
+                   "speeds up CPUs with AVX512-BF16/AMX (see bench/README.md) (default: auto)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="NHWC memory format for conv models; auto: on CUDA only, where it is faster "
+                   "(default: auto)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the models (slow to start, pays off on long runs)")
+
+
+def _configure_speed(args: argparse.Namespace) -> None:
+    from ganft.runtime import Speed, configure_speed
+
+    configure_speed(Speed(precision=args.precision, compile=args.compile,
+                          channels_last={"auto": None, "on": True, "off": False}[args.channels_last]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganft", description="Does GAN data make a small-data "
                                      "classifier better? Run studies, then read their reports.")
@@ -51,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = ssub.add_parser("run", help="run every grid point not yet complete (rerun to resume)")
     run.add_argument("file", help="study YAML file, e.g. studies/quick.yaml")
     _store_flags(run)
-    run.add_argument("--device", default="auto",
-                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
+    _device_flags(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--workers", type=_positive, default=1, metavar="N",
                      help="worker processes on this machine, each with cores/N torch threads (default: 1)")
@@ -80,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="train (once, cached) the source-dataset classifiers that "
                          "a study's classifier.init: pretrained trials start from")
     pre.add_argument("file", help="study YAML file, e.g. studies/finetune_inits.yaml")
-    pre.add_argument("--device", default="auto",
-                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
+    _device_flags(pre)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the default store")
     ui.add_argument("--tracking-uri", help="MLflow backend store (default: sqlite:///mlflow.db)")
@@ -112,6 +130,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
     cfg = load_study(args.file)
     check_config_sizes(cfg)
+    _configure_speed(args)
     stores = Stores.resolve(args.storage, args.tracking_uri, heartbeat=args.heartbeat)
     from ganft.tracking import redact
 
@@ -264,6 +283,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from ganft.runtime import pick_device
 
     cfg = load_study(args.file)
+    _configure_speed(args)
     device = pick_device(args.device)
     needed = {}  # key -> (a trial config that needs it, the target image shape)
     for point in cfg.points() or [{}]:

@@ -9,13 +9,16 @@ from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_ma
 from torch import nn
 
 from ganft.data import Images
+from ganft.runtime import autocast, eval_batch_size
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Predicted class indices (N,) on the CPU; large batches, no autograd bookkeeping."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted class indices (N,) on the CPU, in large batches with no autograd bookkeeping."""
     model.eval()
-    return torch.cat([model(chunk).argmax(dim=1).cpu() for chunk in x.split(batch_size)])
+    batch_size = batch_size or eval_batch_size(x.device)
+    with autocast(x.device):
+        return torch.cat([model(chunk).argmax(dim=1).cpu() for chunk in x.split(batch_size)])
 
 
 def accuracy(model: nn.Module, images: Images) -> float:

@@ -36,7 +36,7 @@ from ganft.data import Images
 from ganft.evaluate import accuracy
 from ganft.gan_train import NonFiniteLossError
 from ganft.models.classifier import build_classifier, trunk_norm
-from ganft.runtime import derive_seed, make_generator, seeded
+from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
 from ganft.tracking import NULL_TRACKER, Tracker
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (B, C, H, W) -> same shape
@@ -205,7 +205,7 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
     if synthetic is not None:
         synthetic = synthetic.to(device)
         train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
-    model = _build(cfg, tuple(real.x.shape[1:]), num_classes, seed, trunk_state).to(device)
+    model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, trunk_state), device)
     run = _Run(cfg, model, train, len(real), val.to(device), make_generator(derive_seed(seed, "clf-batches")),
                augment, make_generator(derive_seed(seed, "clf-augment"), device), tracker)
     phases = plan_phases(cfg, mix, synth_weight, synthetic is not None)
@@ -264,7 +264,9 @@ def _run_phase(run: _Run, phase: Phase, *, last: bool) -> bool:
         x, y = run.train.x[batches[i]], run.train.y[batches[i]]  # (B, C, H, W), (B,)
         if run.augment is not None:
             x = run.augment(x, run.aug_gen)
-        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)  # logits in
+        with autocast(x.device):  # bf16 forward where configured; the loss from fp32 logits
+            logits = model(x).float()  # (B, K)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)  # logits in, no Softmax
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -27,7 +27,7 @@ from ganft.data import Images
 from ganft.losses import AUX_LOSSES, DStep, active_regularisers, get_loss
 from ganft.models import gan as models
 from ganft.models.gan import Discriminator, resize
-from ganft.runtime import derive_seed, make_generator, seeded
+from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
 from ganft.tracking import NULL_TRACKER, Tracker
 
 SAMPLES_PER_CLASS = 8  # columns of the fixed-noise sample grid: one row per class
@@ -175,13 +175,14 @@ class StepParts:
 def d_step(D: Discriminator, opt: torch.optim.Optimizer, p: StepParts, x_real: torch.Tensor,
            fake: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One D update; returns a detached (4,) tensor: loss_d, mean D(real), mean D(fake), regularisers."""
-    xr = diff_augment(x_real, p.policies, gen).requires_grad_(p.needs_real_grad)
-    xf = diff_augment(fake, p.policies, gen)
-    d_real, c_real = D.outputs(xr, y)  # (B,), (B, K) or None
-    d_fake, c_fake = D.outputs(xf, y)
-    s = DStep(D, xr, xf, y, d_real, d_fake, gen)
-    reg = sum((w * fn(s) for w, fn in p.regs), torch.zeros((), device=y.device))
-    loss = p.loss_d(d_real, d_fake) + p.aux_weight * (p.aux(c_real, y) + p.aux(c_fake, y)) + reg
+    with autocast(y.device):  # bf16 forward where configured; losses from fp32 logits
+        xr = diff_augment(x_real, p.policies, gen).requires_grad_(p.needs_real_grad)
+        xf = diff_augment(fake, p.policies, gen)
+        d_real, c_real = _fp32(D.outputs(xr, y))  # (B,), (B, K) or None
+        d_fake, c_fake = _fp32(D.outputs(xf, y))
+        s = DStep(D, xr, xf, y, d_real, d_fake, gen)
+        reg = sum((w * fn(s) for w, fn in p.regs), torch.zeros((), device=y.device))
+        loss = p.loss_d(d_real, d_fake) + p.aux_weight * (p.aux(c_real, y) + p.aux(c_fake, y)) + reg
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -190,12 +191,18 @@ def d_step(D: Discriminator, opt: torch.optim.Optimizer, p: StepParts, x_real: t
 
 def g_step(D: Discriminator, opt: torch.optim.Optimizer, p: StepParts, fake: torch.Tensor,
            y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    d_fake, c_fake = D.outputs(diff_augment(fake, p.policies, gen), y)
-    loss = p.loss_g(d_fake) + p.aux_weight * p.aux(c_fake, y)
+    with autocast(y.device):
+        d_fake, c_fake = _fp32(D.outputs(diff_augment(fake, p.policies, gen), y))
+        loss = p.loss_g(d_fake) + p.aux_weight * p.aux(c_fake, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+def _fp32(outputs: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    logits, classes = outputs
+    return logits.float(), None if classes is None else classes.float()
 
 
 # --------------------------------------------------------------------------- training
@@ -208,8 +215,8 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0."""
     image_shape = tuple(real.x.shape[1:])
     with seeded(derive_seed(seed, "gan-init")):
-        G = build_generator(cfg, image_shape, num_classes).to(device)
-        D = build_discriminator(cfg, image_shape, num_classes).to(device)
+        G = prepare_model(build_generator(cfg, image_shape, num_classes), device)
+        D = prepare_model(build_discriminator(cfg, image_shape, num_classes), device)
     G_core = G.core  # what trains against D, at D's resolution (seed-dcgan: 64x64)
     x_all = resize(real.x, G_core.size).to(device)  # the whole subset lives on the device
     y_all = real.y.to(device)
@@ -233,11 +240,12 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
         G.train(), D.train()
         for _ in range(cfg.d_steps - 1):  # extra critic steps: fresh batches, fakes without G's graph
             x_real, y, z = batch()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device):
                 fake = G_core(z, y)
             d_step(D, opt_d, parts, x_real, fake, y, gen)
         x_real, y, z = batch()
-        fake = G_core(z, y)  # (B, C, H, W); one forward serves D's last step and G's step
+        with autocast(device):
+            fake = G_core(z, y)  # (B, C, H, W); one forward serves D's last step and G's step
         d_parts = d_step(D, opt_d, parts, x_real, fake.detach(), y, gen)
         loss_g = g_step(D, opt_g, parts, fake, y, gen)
         if G_ema is not None:

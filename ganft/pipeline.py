@@ -16,7 +16,7 @@ from ganft.evaluate import test_metrics
 from ganft.finetune import train_classifier
 from ganft.gan_train import SAMPLES_PER_CLASS, build_generator, train_gan
 from ganft.pretrain import initial_trunk_state
-from ganft.runtime import derive_seed
+from ganft.runtime import derive_seed, prepare_model
 from ganft.synth import real_labeller, synthesise, synthetic_count
 from ganft.tracking import NULL_TRACKER, Tracker, log_image_tensor
 from ganft.transforms import classifier_augment
@@ -58,7 +58,7 @@ def load_generator(cfg: TrialConfig, entry: CachedGan, splits: Splits,
                    device: torch.device) -> torch.nn.Module:
     G = build_generator(cfg.gan, splits.image_shape, splits.num_classes)
     G.load_state_dict(entry.state_dict)
-    return G.to(device).eval()
+    return prepare_model(G, device).eval()
 
 
 def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,

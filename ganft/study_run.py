@@ -27,7 +27,14 @@ from optuna.trial import FrozenTrial, TrialState
 from ganft import workers
 from ganft.config import StudyConfig
 from ganft.pipeline import run_trial
-from ganft.runtime import pick_device
+from ganft.runtime import (
+    Speed,
+    configure_speed,
+    current_speed,
+    pick_device,
+    precision_name,
+    uses_channels_last,
+)
 from ganft.study import (
     GRID_KEY_ATTR,
     OWNER_ATTR,
@@ -98,7 +105,10 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
         name = point_name(point)
         tags = {PARENT_TAG: "trial", "ganft.study": cfg.name, "ganft.grid_point": name,
                 "ganft.trial_number": trial.number, "ganft.storage": redact(stores.storage),
-                "ganft.device": str(device), **{f"ganft.{k}": v for k, v in me.items()},
+                "ganft.device": str(device), "ganft.precision": precision_name(device),
+                "ganft.channels_last": uses_channels_last(device),
+                "ganft.compile": current_speed().compile,
+                **{f"ganft.{k}": v for k, v in me.items()},
                 **{f"grid.{k}": encode(v) for k, v in point.items()}}
         with _trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):
             metrics = run_trial(cfg.trial_config(point), device=device, tracker=store.tracker(run_id),
@@ -187,10 +197,11 @@ def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
 
 
 def _worker_main(index: int, n: int, cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
-                 log_level: int) -> None:
+                 log_level: int, speed: Speed) -> None:
     """Entry point of a spawned worker process (``--workers N``)."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s w{index} %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    configure_speed(speed)  # a spawned interpreter starts with the defaults
     workers.interrupt_once()
     workers.pin_threads(workers.threads_per_worker(n))
     watch = workers.ParentWatch()
@@ -305,7 +316,8 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
                 work(cfg, stores, parent_id, device, on_trial_done=refresh)
             else:
                 codes = workers.run_pool(n, _worker_main, (n, cfg, stores, parent_id, device,
-                                                           logging.getLogger().getEffectiveLevel()),
+                                                           logging.getLogger().getEffectiveLevel(),
+                                                           current_speed()),
                                          on_tick=refresh)
                 lost = _report_lost_workers(codes)
     except KeyboardInterrupt:

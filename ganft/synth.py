@@ -24,7 +24,7 @@ from ganft.config import TrialConfig
 from ganft.data import Images, Splits
 from ganft.finetune import helper_recipe, train_classifier
 from ganft.models.gan import Generator
-from ganft.runtime import make_generator
+from ganft.runtime import autocast, make_generator
 
 log = logging.getLogger(__name__)
 MAX_DRAWS_PER_IMAGE = 20  # give up on a class quota after drawing 20x the images asked for
@@ -56,7 +56,8 @@ def sample_synthetic(generator: Generator | nn.Module, n: int, num_classes: int,
     with torch.inference_mode():
         for y in labels.split(batch_size):
             z = torch.randn(len(y), generator.z_dim, generator=noise_gen, device=device)
-            chunks.append(generator(z, y))
+            with autocast(device):
+                chunks.append(generator(z, y).float())
         x = torch.cat(chunks) if chunks else torch.empty(0, *_image_shape(generator), device=device)
     # clone outside inference mode: inference tensors cannot be saved for a later backward pass
     return Images(x.clone(), labels.clone())
@@ -118,8 +119,10 @@ def sample_labelled(generator: nn.Module, n: int, num_classes: int, labeller: nn
             classes = torch.arange(num_classes, device=device)
             wanted = torch.repeat_interleave(classes, need)  # one entry per missing image
             y_cond = wanted[torch.randint(len(wanted), (m,), generator=cpu_gen).to(device)]  # (m,)
-            x = generator(torch.randn(m, generator.z_dim, generator=noise_gen, device=device), y_cond)
-            label, conf = label_fn(F.softmax(labeller(x), dim=1), y_cond)  # (m,), (m,)
+            with autocast(device):
+                x = generator(torch.randn(m, generator.z_dim, generator=noise_gen, device=device), y_cond)
+                x = x.float()  # (m, C, H, W): stored with the fp32 real images
+                label, conf = label_fn(F.softmax(labeller(x).float(), dim=1), y_cond)  # (m,), (m,)
             ok = conf >= min_confidence
             # 1-based rank of each passing image among the passing images of its class in this draw
             counts = (F.one_hot(label, num_classes) * ok[:, None]).cumsum(0)  # (m, K)

@@ -122,3 +122,49 @@ def test_a_trial_is_reproducible_bit_for_bit() -> None:
     a, b = run_trial(cfg, device=CPU), run_trial(cfg, device=CPU)
     keys = [k for k in a if k.startswith(("test/", "clf/best"))]
     assert [a[k] for k in keys] == [b[k] for k in keys]
+
+
+@pytest.fixture
+def bf16_speed():
+    from ganft.runtime import Speed, configure_speed, current_speed
+
+    before = current_speed()
+    configure_speed(Speed(precision="bf16", channels_last=True))
+    yield
+    configure_speed(before)
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_keeps_fp32_data(bf16_speed) -> None:
+    """--precision bf16 runs the convs in bf16 (autocast), but weights, losses and the synthetic
+    images handed to the classifier stay fp32."""
+    from ganft.synth import sample_synthetic
+
+    rec = Recorder()
+    res = train_gan(TINY_GAN, real_subset(), 10, seed=0, device=CPU, tracker=rec, log_every=3)
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for _, m in rec.metrics)
+    assert all(p.dtype == torch.float32 for p in res.generator.parameters())
+    synth = sample_synthetic(res.generator, 20, 10, seed=0, device=CPU)
+    assert synth.x.dtype == torch.float32
+    s = load_splits("digits")
+    cfg = ClassifierConfig(steps=6, eval_every=3, width=8, batch_size=16)
+    clf = train_classifier(cfg, labelled_subset(s, 30, 0), synth, s.val, 10, seed=0, device=CPU)
+    assert 0.0 <= clf.metrics["clf/best_val_acc"] <= 1.0
+
+
+def test_channels_last_gives_the_same_model_outputs() -> None:
+    from ganft.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("seed-cnn", (1, 28, 28), 10, width=8).eval()
+    x = torch.randn(5, 1, 28, 28)
+    ref = model(x)
+    cl = model.to(memory_format=torch.channels_last)
+    assert torch.allclose(cl(x), ref, atol=1e-5)
+
+
+def test_unknown_precision_is_a_clear_error() -> None:
+    from ganft.config import ConfigError
+    from ganft.runtime import Speed
+
+    with pytest.raises(ConfigError, match="--precision fp8: unknown; allowed: auto, fp32, bf16"):
+        Speed(precision="fp8")
