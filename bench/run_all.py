@@ -42,6 +42,8 @@ def throughput_rows(tag: str) -> list[str]:
         stage = name.split("/")[0]
         ratio = value / fig[f"{stage}/seed reference"]
         rows.append(f"| {t['machine']} | `{t['command']}` | {name}: {value:,.0f} images/s | {ratio:.2f}x |")
+    if "auto_precision" in t:
+        rows.append(f"| {t['machine']} | | `--precision auto` picks {t['auto_precision']} here | |")
     return rows
 
 
@@ -63,6 +65,13 @@ def peak_rows(tag: str) -> list[str]:
             f"({100 * p['gan_step_gflops'] / p['matmul_fp32_gflops']:.0f}% of fp32 matmul) |"]
 
 
+def settings_rows(tag: str) -> list[str]:
+    s = load(tag, "settings")
+    if s is None:
+        return [f"| {EXPECTED.get(tag, tag)} | not measured | |"]
+    return [f"| {tag} | {name} | {value:.3f} |" for name, value in s.items()]
+
+
 def render() -> None:
     tags = sorted({*EXPECTED, *(p.name for p in RESULTS.glob("*") if p.is_dir())})
     lines = [BEGIN, "", "**Throughput** (images per second at batch 64; ratio = this row / the seed "
@@ -77,6 +86,9 @@ def render() -> None:
               "| machine | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s | GAN step GFLOP | GAN step GFLOP/s |",
               "| --- | ---: | ---: | ---: | --- |"]
     lines += [row for tag in tags for row in peak_rows(tag)]
+    lines += ["", "**Speed settings, before / after** (`python bench/settings.py`; medians of interleaved "
+              "rounds)", "", "| machine | measurement | value |", "| --- | --- | ---: |"]
+    lines += [row for tag in tags for row in settings_rows(tag)]
     lines += ["", END]
     text = README.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
@@ -97,6 +109,7 @@ def main() -> None:
         extra = ["--root", args.root] if args.root else []
         run("throughput.py", "--json", str(out / "throughput.json"), "--scale", args.scale, *extra)
         run("peak.py", "--json", str(out / "peak.json"))
+        run("settings.py", "--json", str(out / "settings.json"), *extra)
         if not args.skip_studies:
             run("study_time.py", "--json", str(out / "study_time.json"))
     render()

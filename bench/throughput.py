@@ -8,9 +8,9 @@ Fashion-MNIST, in alternating rounds (reference, then each ganft variant, then a
 busy moment on the machine hits every variant alike; the median round is reported. Variants:
 
 - ``seed reference``: bench/seed_reference.py, the article's 64x64 DCGAN / classifier pipeline.
-- ``ganft default``: ganft's default 28x28 models through ganft's pipeline (train_gan,
-  train_classifier with default configs), at the default speed settings (fp32 on the CPU).
-- ``ganft default, bf16``: the same with ``--precision bf16`` (autocast).
+- ``ganft default, fp32`` / ``bf16``: ganft's default 28x28 models through ganft's pipeline
+  (train_gan, train_classifier with default configs) with ``--precision fp32`` and ``bf16``; the
+  JSON records which one ``--precision auto`` picks on the machine.
 - ``seed arch via ganft``: the article's exact architecture (``gan.recipe: seed-dcgan``, width 64,
   z 100; the classifier as seed-cnn at 64x64, width 64) through ganft's pipeline: this separates
   pipeline overhead (PIL decoding, DataLoader, per-step copies, unfused optimisers) from
@@ -36,7 +36,7 @@ from ganft.data import Images, labelled_subset, load_splits
 from ganft.finetune import train_classifier
 from ganft.gan_train import train_gan
 from ganft.models.gan import resize
-from ganft.runtime import Speed, configure_speed
+from ganft.runtime import Speed, configure_speed, precision_name
 
 BATCH = 64
 SEED_GAN = {"recipe": "seed-dcgan", "width": 64, "z_dim": 100}
@@ -81,16 +81,16 @@ def variants(device: torch.device, steps: dict[str, int], root: str | None) -> d
     g, c, gs = steps["gan"], steps["clf"], steps["seed_gan"]
     return {
         "gan/seed reference": lambda: ref.gan_images_per_second(data, gs, device),
-        "gan/ganft default": with_speed(fp32, lambda: ganft_gan(GanConfig(), real, g, device)),
+        "gan/ganft default, fp32": with_speed(fp32, lambda: ganft_gan(GanConfig(), real, g, device)),
         "gan/ganft default, bf16": with_speed(bf16, lambda: ganft_gan(GanConfig(), real, g, device)),
-        "gan/seed arch via ganft": with_speed(fp32, lambda: ganft_gan(GanConfig(**SEED_GAN), real, gs, device)),
+        "gan/seed arch via ganft, fp32": with_speed(fp32, lambda: ganft_gan(GanConfig(**SEED_GAN), real, gs, device)),
         "gan/seed arch via ganft, bf16": with_speed(bf16, lambda: ganft_gan(GanConfig(**SEED_GAN), real, gs,
                                                                             device)),
         "clf/seed reference": lambda: ref.classifier_images_per_second(data, c, device),
-        "clf/ganft default": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(), real, c, device)),
+        "clf/ganft default, fp32": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(), real, c, device)),
         "clf/ganft default, bf16": with_speed(bf16, lambda: ganft_classifier(ClassifierConfig(), real, c,
                                                                              device)),
-        "clf/seed arch via ganft": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(width=64), real64,
+        "clf/seed arch via ganft, fp32": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(width=64), real64,
                                                                              c, device)),
     }
 
@@ -134,6 +134,7 @@ def main() -> None:
     print("\n".join(table(figures)))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(device), "device": str(device),
+                                         "auto_precision": precision_name(device),
                                          "command": "python bench/throughput.py", "figures": figures,
                                          "steps": steps, "rounds": args.rounds}, indent=2))
 

@@ -44,11 +44,12 @@ def _device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere; bf16 also "
-                   "speeds up CPUs with AVX512-BF16/AMX (see bench/README.md) (default: auto)")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="NHWC memory format for conv models; auto: on CUDA only, where it is faster "
+                   help="auto: bf16 autocast where the hardware has native bf16 (CUDA GPUs that "
+                   "support it, CPUs with AMX-BF16 or AVX512-BF16), else fp32; see bench/README.md "
                    "(default: auto)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="NHWC memory format for conv models; auto: on CUDA, where it is faster, off on "
+                   "the CPU, where bench/ found no consistent gain (default: auto)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the models (slow to start, pays off on long runs)")
 
@@ -215,18 +216,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     if df is None:
         return 1
     ceiling, ceiling_name = None, ""
-    command = f"ganft study run studies/{name}.yaml"
+    wall, commands = _invocations(name, stores.tracking_uri)
+    commands = commands or [f"ganft study run studies/{name}.yaml"]
     if args.ceiling:
         ceiling_name, ceiling = _report_runs(args.ceiling, stores.tracking_uri)
         if ceiling is None:
             return 1
-        command += f" && ganft study run studies/{ceiling_name}.yaml"
-    command += f" && ganft report {name}" + (f" --ceiling {ceiling_name}" if args.ceiling else "")
+        commands += _invocations(ceiling_name, stores.tracking_uri)[1] or [
+            f"ganft study run studies/{ceiling_name}.yaml"]
+    command = " && ".join([*commands, f"ganft report {name}" + (f" --ceiling {ceiling_name}" if args.ceiling
+                                                                 else "")])
     history, importances = _optuna_frames(name, stores.storage)
     datasets = df["data.dataset"].unique() if "data.dataset" in df else []
     names = CLASS_NAMES.get(datasets[0], ()) if len(datasets) == 1 else ()
     meta = ReportMeta(study=name, command=command, machine=machine_description(),
-                      wall_seconds=_wall_seconds(name, stores.tracking_uri),
+                      wall_seconds=wall,
                       ceiling_study=ceiling_name, class_names=dict(enumerate(names)))
     out = args.out or project_root() / "reports" / name
     index = write_report(df, out, meta, ceiling=ceiling, history=history, importances=importances)
@@ -252,12 +256,22 @@ def _report_runs(study: str, uri: str) -> tuple[str, Any]:
     return name, df
 
 
-def _wall_seconds(name: str, uri: str) -> float | None:
-    """Wall time of the study's `ganft study run` invocations (their parent runs, overlaps once)."""
+def _invocations(name: str, uri: str) -> tuple[float | None, list[str]]:
+    """Wall time of the study's `ganft study run` invocations (their parent runs, overlaps counted
+    once) and their distinct command lines as recorded (tag ``ganft.argv``, credentials redacted)."""
     from ganft.report import busy_seconds
     from ganft.tracking import MlflowStore
 
-    return busy_seconds(MlflowStore(uri, name, create=False).runs_frame(role="parent"))
+    parents = MlflowStore(uri, name, create=False).runs_frame(role="parent")
+    commands: list[str] = []
+    if "tags.ganft.argv" in parents:
+        for argv in parents.sort_values("start_time")["tags.ganft.argv"].dropna():
+            parts = argv.split()
+            if parts and Path(parts[0]).name == "ganft":
+                parts[0] = "ganft"  # the console script's absolute path says nothing to a reader
+            if " ".join(parts) not in commands:
+                commands.append(" ".join(parts))
+    return busy_seconds(parents), commands
 
 
 def _optuna_frames(name: str, storage: str) -> tuple[Any, Any]:

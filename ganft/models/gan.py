@@ -185,7 +185,8 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     Both are convex combinations of pixels, so images stay in [-1, 1]."""
     if x.shape[-1] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=size < x.shape[-1],
+    # in fp32: antialiased interpolation has no bf16 kernel (samples may come from a bf16 autocast)
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=size < x.shape[-1],
                          align_corners=False)
 
 
