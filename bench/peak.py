@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ganft.config import GanConfig
 from ganft.gan_train import StepParts, build_discriminator, build_generator, d_step, g_step
+from ganft.models.gan import resize
 from ganft.runtime import make_generator
 
 
@@ -42,15 +43,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gan_step_rate(device: torch.device, reps: int = 20) -> tuple[float, float]:
-    """(GFLOP per step, achieved GFLOP/s) of ganft's default 28x28 GAN step at batch 64."""
-    cfg = GanConfig()
+def gan_step_rate(device: torch.device, cfg: GanConfig, reps: int = 20) -> tuple[float, float]:
+    """(GFLOP per step, achieved GFLOP/s) of a ganft GAN step on 28x28 data at batch 64 (fp32)."""
     G = build_generator(cfg, (1, 28, 28), 10).to(device).to(memory_format=torch.channels_last)
     D = build_discriminator(cfg, (1, 28, 28), 10).to(device).to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
     parts, gen = StepParts.from_config(cfg), make_generator(0, device)
-    x = torch.rand(64, 1, 28, 28, device=device) * 2 - 1
+    x = resize(torch.rand(64, 1, 28, 28, device=device) * 2 - 1, G.core.size)  # D's input size
     y = torch.randint(10, (64,), device=device)
 
     def step() -> None:
@@ -79,13 +79,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     fp32, bf16 = matmul_gflops(torch.float32, device), matmul_gflops(torch.bfloat16, device)
-    gflop, rate = gan_step_rate(device)
+    gflop, rate = gan_step_rate(device, GanConfig())
+    seed_gflop, seed_rate = gan_step_rate(device, GanConfig(recipe="seed-dcgan", width=64, z_dim=100), reps=3)
     print(f"matmul fp32: {fp32:,.0f} GFLOP/s; matmul bf16: {bf16:,.0f} GFLOP/s")
     print(f"ganft default GAN step: {gflop:.2f} GFLOP per step, {rate:,.1f} GFLOP/s achieved "
           f"({100 * rate / fp32:.0f}% of fp32 matmul)")
+    print(f"seed-dcgan step (64x64, width 64): {seed_gflop:.2f} GFLOP per step, {seed_rate:,.1f} GFLOP/s")
     if args.json:
         args.json.write_text(json.dumps({"matmul_fp32_gflops": fp32, "matmul_bf16_gflops": bf16,
-                                         "gan_step_gflop": gflop, "gan_step_gflops": rate}, indent=2))
+                                         "gan_step_gflop": gflop, "gan_step_gflops": rate,
+                                         "seed_step_gflop": seed_gflop, "seed_step_gflops": seed_rate},
+                                        indent=2))
 
 
 if __name__ == "__main__":

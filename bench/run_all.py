@@ -59,10 +59,14 @@ def study_rows(tag: str) -> list[str]:
 def peak_rows(tag: str) -> list[str]:
     p = load(tag, "peak")
     if p is None:
-        return [f"| {EXPECTED.get(tag, tag)} | not measured | | | |"]
-    return [f"| {tag} | {p['matmul_fp32_gflops']:,.0f} | {p['matmul_bf16_gflops']:,.0f} | "
+        return [f"| {EXPECTED.get(tag, tag)} | not measured | | | | |"]
+    rows = [f"| {tag} | {p['matmul_fp32_gflops']:,.0f} | {p['matmul_bf16_gflops']:,.0f} | ganft default | "
             f"{p['gan_step_gflop']:.2f} | {p['gan_step_gflops']:,.1f} "
             f"({100 * p['gan_step_gflops'] / p['matmul_fp32_gflops']:.0f}% of fp32 matmul) |"]
+    if "seed_step_gflop" in p:
+        rows.append(f"| {tag} | | | seed-dcgan 64x64 | {p['seed_step_gflop']:.2f} | {p['seed_step_gflops']:,.1f} "
+                    f"({100 * p['seed_step_gflops'] / p['matmul_fp32_gflops']:.0f}% of fp32 matmul) |")
+    return rows
 
 
 def settings_rows(tag: str) -> list[str]:
@@ -83,8 +87,8 @@ def render() -> None:
               "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     lines += [row for tag in tags for row in study_rows(tag)]
     lines += ["", "**Physical limit** (`python bench/peak.py`)", "",
-              "| machine | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s | GAN step GFLOP | GAN step GFLOP/s |",
-              "| --- | ---: | ---: | ---: | --- |"]
+              "| machine | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s | GAN step | GFLOP per step | GFLOP/s reached |",
+              "| --- | ---: | ---: | --- | ---: | --- |"]
     lines += [row for tag in tags for row in peak_rows(tag)]
     lines += ["", "**Speed settings, before / after** (`python bench/settings.py`; medians of interleaved "
               "rounds)", "", "| machine | measurement | value |", "| --- | --- | ---: |"]

@@ -36,7 +36,7 @@ from ganft.data import Images, labelled_subset, load_splits
 from ganft.finetune import train_classifier
 from ganft.gan_train import train_gan
 from ganft.models.gan import resize
-from ganft.runtime import Speed, configure_speed, precision_name
+from ganft.runtime import Speed, precision_name
 
 BATCH = 64
 SEED_GAN = {"recipe": "seed-dcgan", "width": 64, "z_dim": 100}
@@ -59,18 +59,9 @@ def ganft_classifier(cfg: ClassifierConfig, real: Images, steps: int, device: to
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 
-def with_speed(speed: Speed, fn: Callable[[], float]) -> Callable[[], float]:
-    def run() -> float:
-        configure_speed(speed)
-        try:
-            return fn()
-        finally:
-            configure_speed(Speed())
-    return run
-
-
 def variants(device: torch.device, steps: dict[str, int], root: str | None) -> dict[str, Callable[[], float]]:
     import seed_reference as ref
+    from settings import with_speed  # bench/settings.py: run under a speed setting, then restore it
 
     images, labels = ref.fashion_arrays(root)
     data = ref.loader(images, labels, batch_size=BATCH)

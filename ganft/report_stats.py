@@ -29,10 +29,19 @@ STAT_COLS = ["n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "significan
 
 
 def varying_factors(df: pd.DataFrame) -> list[str]:
-    """Config columns (other than N, ratio and seed) whose value differs between runs."""
+    """Config columns (other than N, ratio and seed) whose value differs between runs, leaving out
+    any that another kept factor determines: a grid over ``gan.recipe`` also varies the ``gan.loss``,
+    ``gan.d_norm``, ... that each recipe sets, and those would only repeat the recipe's levels."""
     skip = {N_COL, RATIO_COL, SEED_COL}
-    return [k for k in config_keys() if k in df and k not in skip
-            and df[k].astype(str).nunique(dropna=False) > 1]
+    text = df.astype(str)  # lists and None compare safely as text
+    varying = [k for k in config_keys() if k in df and k not in skip and text[k].nunique(dropna=False) > 1]
+    levels = {k: text[k].nunique(dropna=False) for k in varying}
+    # most levels first (ties: config order), so a factor is dropped only for a finer or equal one
+    kept: list[str] = []
+    for k in sorted(varying, key=lambda k: -levels[k]):
+        if not any(text.groupby(g)[k].nunique(dropna=False).max() == 1 for g in kept):
+            kept.append(k)
+    return [k for k in varying if k in kept]
 
 
 def cell_keys(df: pd.DataFrame) -> list[str]:

@@ -203,3 +203,18 @@ def test_wall_time_counts_resumed_invocations_and_overlapping_workers_once() -> 
                             "end_time": [60_000, 50_000, 160_000, None]})  # the last is still running
     assert busy_seconds(parents) == 120.0  # [0, 60 s] with a concurrent worker inside, then [100, 160 s]
     assert busy_seconds(pd.DataFrame()) is None
+
+
+def test_factors_set_by_a_recipe_are_not_repeated_as_factors_of_their_own() -> None:
+    from ganft.report_stats import varying_factors
+
+    rows = []
+    for recipe, loss, d_norm in [("default", "ns", "batch"), ("hinge-sn", "hinge", "spectral"),
+                                 ("wgan-gp", "wgan-gp", "none"), ("no-diffaugment", "ns", "batch")]:
+        for seed in (0, 1):
+            rows.append({"data.train_size": 500, "synth.ratio": 1.0, "seed": seed, "gan.recipe": recipe,
+                         "gan.loss": loss, "gan.d_norm": d_norm,
+                         "classifier.augment": ["none", "classic"][seed]})
+    df = pd.DataFrame(rows)
+    # loss and d_norm follow from the recipe; augment varies on its own (here with the seed)
+    assert varying_factors(df) == ["gan.recipe", "classifier.augment"]  # config order
