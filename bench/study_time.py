@@ -24,6 +24,11 @@ HERE = Path(__file__).resolve().parent
 STUDIES = {"quick": HERE.parent / "studies" / "quick.yaml", "fashion_reduced": HERE / "fashion_reduced.yaml"}
 
 
+def command_line() -> str:
+    """How this script was invoked, for the results table."""
+    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
 def _measure(study: str, n: int) -> dict[str, object]:
     sys.path.insert(0, str(HERE))
     from workers import run_once  # bench/workers.py: wall time, exactly-once and lock-error checks
@@ -60,7 +65,7 @@ def main() -> None:
                   f"| {r['gans_trained']} | {r['trials_per_hour']:.0f} | {r['complete_once']} of {r['points']} "
                   f"| {r['lock_errors']} |", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"command": "python bench/study_time.py", "cores": os.cpu_count(),
+        args.json.write_text(json.dumps({"command": command_line(), "cores": os.cpu_count(),
                                          "rows": rows}, indent=2))
 
 

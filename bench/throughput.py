@@ -25,6 +25,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,11 @@ from ganft.runtime import Speed, precision_name
 
 BATCH = 64
 SEED_GAN = {"recipe": "seed-dcgan", "width": 64, "z_dim": 100}
+
+
+def command_line() -> str:
+    """How this script was invoked, for the results table."""
+    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def ganft_gan(cfg: GanConfig, real: Images, steps: int, device: torch.device) -> float:
@@ -126,7 +132,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(device), "device": str(device),
                                          "auto_precision": precision_name(device),
-                                         "command": "python bench/throughput.py", "figures": figures,
+                                         "command": command_line(), "figures": figures,
                                          "steps": steps, "rounds": args.rounds}, indent=2))
 
 

@@ -44,9 +44,9 @@ def _device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 autocast where the hardware has native bf16 (CUDA GPUs that "
-                   "support it, CPUs with AMX-BF16 or AVX512-BF16), else fp32; see bench/README.md "
-                   "(default: auto)")
+                   help="auto: bf16 autocast on CPUs with native bf16 (AMX-BF16 or AVX512-BF16), "
+                   "else fp32 (on GPUs too: bench/ measured bf16 slower for these small models); "
+                   "see bench/README.md (default: auto)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="NHWC memory format for conv models; auto: on CUDA, where it is faster, off on "
                    "the CPU, where bench/ found no consistent gain (default: auto)")

@@ -97,11 +97,12 @@ class Speed:
     is trained, only how fast; ``bf16`` changes the arithmetic's rounding, so runs record it in the
     tag ``ganft.precision``.
 
-    precision: ``auto`` (bf16 autocast where the hardware computes in bf16 natively: CUDA devices
-        that support it, and CPUs with AMX-BF16 or AVX512-BF16, where bench/ measured +18-45% GAN
-        and +5-39% classifier throughput; fp32 elsewhere), ``fp32`` or ``bf16``.
-    channels_last: NHWC memory format for conv models; None (auto) uses it on CUDA, where cuDNN's
-        NHWC kernels are the fast ones, and not on the CPU, where bench/settings.py found no
+    precision: ``auto`` (bf16 autocast on CPUs with AMX-BF16 or AVX512-BF16, where bench/
+        measured +18-45% GAN and +5-39% classifier throughput; fp32 elsewhere, CUDA included: on
+        an H200 bench/settings.py measured bf16 autocast 5-17% slower for these small models,
+        whose steps are bound by kernel launches, not arithmetic), ``fp32`` or ``bf16``.
+    channels_last: NHWC memory format for conv models; None (auto) uses it on CUDA (H200: GAN
+        step 2% faster, classifier step equal), not on the CPU, where bench/settings.py found no
         consistent gain (between 20% slower and 13% faster across runs, neutral in most).
     compile: ``torch.compile`` each top-level block of a model (slow to start; pays off on long runs).
     """
@@ -131,8 +132,6 @@ def current_speed() -> Speed:
 def uses_bf16(device: torch.device) -> bool:
     if _speed.precision != "auto":
         return _speed.precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
