@@ -30,6 +30,7 @@ from ganft.report_stats import (
     class_extremes,
     paired_cells,
     paired_runs,
+    quality_cells,
     summarise,
     varying_factors,
 )
@@ -81,20 +82,21 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     runs = runs.sort_values("start_time").drop_duplicates("tags.ganft.grid_point", keep="last")
-    out = pd.DataFrame({"run_id": runs["run_id"].to_numpy(),
-                        "grid_point": runs["tags.ganft.grid_point"].to_numpy()})
+    cols: dict[str, Any] = {"run_id": runs["run_id"].to_numpy(),
+                            "grid_point": runs["tags.ganft.grid_point"].to_numpy()}
     for key, ann in _field_types().items():
         col = f"params.{key}"
         if col in runs:
-            out[key] = [cast_param(v, ann) for v in runs[col]]
+            cols[key] = [cast_param(v, ann) for v in runs[col]]
     for col in runs.columns:
         if col.startswith("metrics."):
-            out[col.removeprefix("metrics.")] = runs[col].astype(float).to_numpy()
-    out["start_time"] = pd.to_datetime(runs["start_time"].to_numpy(), unit="ms")
-    out["end_time"] = pd.to_datetime(runs["end_time"].to_numpy(), unit="ms")
+            cols[col.removeprefix("metrics.")] = runs[col].astype(float).to_numpy()
+    cols["start_time"] = pd.to_datetime(runs["start_time"].to_numpy(), unit="ms")
+    cols["end_time"] = pd.to_datetime(runs["end_time"].to_numpy(), unit="ms")
     for tag, name in (("tags.gan.cache", "gan_cache"), ("tags.ganft.device", "device")):
         if tag in runs:
-            out[name] = runs[tag].to_numpy()
+            cols[name] = runs[tag].to_numpy()
+    out = pd.DataFrame(cols)  # built at once: column-by-column inserts fragment wide frames
     return out.sort_values([c for c in (N_COL, RATIO_COL, SEED_COL) if c in out]).reset_index(drop=True)
 
 
@@ -317,12 +319,38 @@ def _quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
         section.paragraphs.append("These runs log no GAN quality metrics (`quality/fcd`, `quality/cas`); "
                                   "this figure appears for studies that do.")
         return section
+    table = quality_table(quality_cells(df))
+    if len(table):
+        table.to_csv(out_dir / "quality.csv", index=False)
+        section.paragraphs.append(
+            "Per generator setting (ratios pooled: one GAN serves every ratio of its N and seed), mean "
+            "± standard deviation over the GANs of each seed. FCD and KID: lower is better; precision, "
+            "recall, density, coverage and CAS: higher is better. Scores are in the feature space of "
+            "the dataset's extractor (`quality.extractor_hash`); gain: mean paired test-accuracy "
+            "difference of those runs to real only. Also in [quality.csv](quality.csv).")
+        section.table = table
     pairs = paired_runs(df)
     for m in present:
         name = save_figure(figs.fig_quality_vs_gain(pairs, m), out_dir,
                            f"quality_{m.split('/')[1]}_vs_gain.png")
         section.figures.append((name, f"One point per GAN run: `{m}` against its paired gain."))
     return section
+
+
+def quality_table(q: pd.DataFrame) -> pd.DataFrame:
+    """The quality cells as people read them: ``mean ± sd`` per score."""
+    if q.empty:
+        return q
+    scores = [c.removesuffix(":mean") for c in q.columns if c.endswith(":mean")]
+    out = q[[c for c in q.columns if ":" not in c and c != "gain_mean"]].rename(columns={N_COL: "N"})
+    out["N"] = out["N"].astype(int)
+    for c in scores:
+        digits = 1 if c in ("quality/fcd",) else 3
+        out[c.removeprefix("quality/")] = [
+            f"{m:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+            for m, sd in zip(q[f"{c}:mean"], q[f"{c}:sd"], strict=True)]
+    out["gain (pp)"] = (100 * q["gain_mean"]).round(2)
+    return out
 
 
 def _optuna_section(history: pd.DataFrame | None, importances: pd.DataFrame | None,

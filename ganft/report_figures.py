@@ -231,16 +231,20 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
 
 def fig_quality_vs_gain(pairs: pd.DataFrame, metric: str) -> Figure:
     """One point per GAN run: its GAN quality ``metric`` against its paired gain in test accuracy
-    (pp), coloured by N, marker by ratio; the title gives Spearman's rank correlation."""
+    (pp), coloured by the study's other factor where it has one (e.g. ``gan.recipe``), else by N,
+    marker by ratio; the title gives Spearman's rank correlation."""
     label, scale = QUALITY_LABELS.get(metric, (metric, 1.0))
     data = pairs.dropna(subset=[metric]).assign(
         **{"N": lambda d: d[N_COL].astype(int), "ratio": lambda d: d[RATIO_COL].map("{:g}".format),
            "q": lambda d: scale * d[metric], "gain": lambda d: 100 * d[f"{ACC_COL}:diff"]})
+    factors = [c for c in pairs.columns if c not in (N_COL, RATIO_COL, SEED_COL, "run_id")
+               and not c.startswith(("quality/", ACC_COL)) and data[c].nunique() > 1]
+    hue = factors[0] if factors else "N"
     with _style():
         fig = Figure(figsize=(8, 5), dpi=DPI, layout="constrained")
         ax = fig.subplots()
-        sns.scatterplot(data=data, x="q", y="gain", hue="N", style="ratio", palette="viridis", s=70,
-                        ax=ax, legend="full")
+        sns.scatterplot(data=data, x="q", y="gain", hue=hue, style="ratio", s=70, ax=ax, legend="full",
+                        palette="viridis" if hue == "N" else "tab10")
         ax.axhline(0, color="black", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("gain in test accuracy vs real only (pp)")
@@ -249,7 +253,7 @@ def fig_quality_vs_gain(pairs: pd.DataFrame, metric: str) -> Figure:
             rho = stats.spearmanr(data["q"], data["gain"])
             title += f"; Spearman ρ = {rho.statistic:+.2f} (p = {rho.pvalue:.2g})"
         ax.set_title(title)
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title="N / ratio", fontsize=9)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=f"{hue} / ratio", fontsize=9)
     return fig
 
 

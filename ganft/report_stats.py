@@ -107,6 +107,34 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
     return add_q_values(out)
 
 
+QUALITY_COLS = ["quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
+                "quality/coverage", "quality/cas"]
+
+
+def quality_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """GAN quality per generator setting: one row per (N, other factors) over the GAN runs
+    (ratio > 0) that logged quality metrics, with the mean and standard deviation over seeds of
+    each ``quality/*`` score in QUALITY_COLS, the number of GANs (distinct seeds) and the mean
+    paired gain in test accuracy of those runs. Quality depends on the generator, not the ratio, so
+    ratios are pooled (one GAN serves every ratio of its (N, seed); its scores repeat)."""
+    present = [c for c in QUALITY_COLS if c in df and df[c].notna().any()]
+    if df.empty or not present:
+        return pd.DataFrame()
+    keys = [N_COL, *varying_factors(df)]
+    gains = paired_runs(df)[["run_id", f"{ACC_COL}:diff"]]
+    runs = df[(df[RATIO_COL] > 0) & df[present].notna().any(axis=1)].astype({k: str for k in keys[1:]})
+    runs = runs.merge(gains, on="run_id", how="left")
+    rows = []
+    for cell, g in runs.groupby(keys, sort=True, dropna=False):
+        row: dict[str, Any] = {**dict(zip(keys, cell, strict=True)), "gans": g[SEED_COL].nunique()}
+        per_gan = g.groupby(SEED_COL)[present].mean()  # a GAN scored in several trials counts once
+        for c in present:
+            row[f"{c}:mean"], row[f"{c}:sd"] = per_gan[c].mean(), per_gan[c].std(ddof=1)
+        row["gain_mean"] = g[f"{ACC_COL}:diff"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def add_q_values(cells: pd.DataFrame) -> pd.DataFrame:
     """Benjamini-Hochberg adjusted p-values over the cells that have one (scipy.stats)."""
     cells = cells.copy()

@@ -218,3 +218,26 @@ def test_factors_set_by_a_recipe_are_not_repeated_as_factors_of_their_own() -> N
     df = pd.DataFrame(rows)
     # loss and d_norm follow from the recipe; augment varies on its own (here with the seed)
     assert varying_factors(df) == ["gan.recipe", "classifier.augment"]  # config order
+
+
+def test_quality_is_summarised_per_generator_setting_with_its_gain(tmp_path: Path) -> None:
+    from ganft.report_stats import quality_cells
+
+    df = frame({(500, 1.0): 0.02, (500, 4.0): 0.04}, seeds=(0, 1, 2), extra={"run_id": ""})
+    df["run_id"] = [f"r{i}" for i in range(len(df))]
+    gan = df["synth.ratio"] > 0
+    # one GAN per seed, scored once per trial that used it: FCD 10 * (seed + 1), CAS 0.5 + seed / 10
+    df.loc[gan, "quality/fcd"] = 10.0 * (df.loc[gan, "seed"] + 1)
+    df.loc[gan, "quality/cas"] = 0.5 + df.loc[gan, "seed"] / 10
+    q = quality_cells(df)
+    assert len(q) == 1 and q["gans"].iloc[0] == 3
+    assert q["quality/fcd:mean"].iloc[0] == pytest.approx(20.0)
+    assert q["quality/fcd:sd"].iloc[0] == pytest.approx(10.0)  # over 3 GANs, not 6 trials
+    assert q["quality/cas:mean"].iloc[0] == pytest.approx(0.6)
+    assert q["gain_mean"].iloc[0] == pytest.approx(0.03, abs=0.015)  # mean of the +2 and +4 pp cells
+    assert "quality/kid:mean" not in q  # not logged: no column
+    write_report(df, tmp_path, ReportMeta("quality"))
+    md = (tmp_path / "index.md").read_text()
+    assert "20.0 ± 10.0" in md and "0.600 ± 0.100" in md
+    assert len(pd.read_csv(tmp_path / "quality.csv")) == 1
+    assert quality_cells(frame({(100, 1.0): 0.0})).empty  # no quality metrics: no table
