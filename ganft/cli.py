@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nganft: interrupted; rerun the same command to continue where it stopped",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ganft study status NAME | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except Exception as exc:  # a stored study this file cannot continue: one line, non-zero
         from ganft.study import StudyError
 
