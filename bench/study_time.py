@@ -25,8 +25,12 @@ STUDIES = {"quick": HERE.parent / "studies" / "quick.yaml", "fashion_reduced": H
 
 
 def command_line() -> str:
-    """How this script was invoked, for the results table."""
-    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    """How this script was invoked, for the results table (without where its JSON went)."""
+    args = sys.argv[1:]
+    if "--json" in args:
+        i = args.index("--json")
+        args = args[:i] + args[i + 2:]
+    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *args])
 
 
 def _measure(study: str, n: int) -> dict[str, object]:

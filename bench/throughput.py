@@ -44,8 +44,12 @@ SEED_GAN = {"recipe": "seed-dcgan", "width": 64, "z_dim": 100}
 
 
 def command_line() -> str:
-    """How this script was invoked, for the results table."""
-    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    """How this script was invoked, for the results table (without where its JSON went)."""
+    args = sys.argv[1:]
+    if "--json" in args:
+        i = args.index("--json")
+        args = args[:i] + args[i + 2:]
+    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *args])
 
 
 def ganft_gan(cfg: GanConfig, real: Images, steps: int, device: torch.device) -> float:

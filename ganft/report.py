@@ -148,12 +148,17 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
         lines += ["No (N, ratio) cell has both a GAN run and its real-only pair yet.",
                   "Where GAN data hurt: nothing to compare until GAN runs have real-only partners."]
     else:
-        best = cells.sort_values(["mean_diff", "significant"], ascending=False).iloc[0]
+        # a significant gain outranks a larger mean whose interval contains 0
+        helped = cells[cells["significant"] & (cells["mean_diff"] > 0)]
+        best = (helped if len(helped) else cells).sort_values("mean_diff", ascending=False).iloc[0]
         ci = best["note"] if math.isnan(best["ci_low"]) else \
-            f"95% CI {ci_text(best)}, paired t, p = {best['p_value']:.2g}"
+            f"95% CI {ci_text(best)}, paired t, p = {best['p_value']:.2g}, q = {best['q_value']:.2g}"
         stat = f"{pp(best['mean_diff'])} test accuracy vs real only ({ci}, {int(best['n_pairs'])} pairs)"
-        if best["mean_diff"] > 0 and best["significant"]:
-            lines.append(f"Best cell: {cell_name(best, factors)}: {stat}.")
+        if len(helped):
+            robust = int((helped["q_value"] < 0.05).sum())
+            lines.append(f"Best cell: {cell_name(best, factors)}: {stat}; {len(helped)} of {len(cells)} "
+                         f"cells show a significant gain (95% t-CI above 0), {robust} of them with a "
+                         f"Benjamini-Hochberg q below 0.05.")
         elif best["mean_diff"] > 0:
             lines.append(f"Best cell: {cell_name(best, factors)}: {stat}; its CI includes 0, so no "
                          f"cell shows a significant gain.")

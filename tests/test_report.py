@@ -241,3 +241,17 @@ def test_quality_is_summarised_per_generator_setting_with_its_gain(tmp_path: Pat
     assert "20.0 ± 10.0" in md and "0.600 ± 0.100" in md
     assert len(pd.read_csv(tmp_path / "quality.csv")) == 1
     assert quality_cells(frame({(100, 1.0): 0.0})).empty  # no quality metrics: no table
+
+
+def test_a_significant_gain_is_the_best_cell_over_a_larger_noisy_mean(tmp_path: Path) -> None:
+    from ganft.report import answer_lines
+
+    df = frame({(100, 1.0): 0.02, (500, 1.0): 0.0}, noise=0.002)
+    noisy = (df["data.train_size"] == 500) & (df["synth.ratio"] == 1.0)
+    df.loc[noisy, "test/acc"] += np.where(df.loc[noisy, "seed"] == 0, 0.5, -0.05)  # mean +6 pp, CI wide
+    cells = paired_cells(df)
+    noisy_cell = cells[cells["data.train_size"] == 500].iloc[0]
+    assert noisy_cell["mean_diff"] > 0.05 and not noisy_cell["significant"]
+    first = answer_lines(df, cells)[0]
+    assert first.startswith("Best cell: N=100, ratio 1: +2")
+    assert "1 of 2 cells show a significant gain" in first
