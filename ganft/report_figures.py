@@ -48,7 +48,10 @@ def _factor_cols(frame: pd.DataFrame) -> list[str]:
 
 
 def _facet_label(keys: tuple, factors: list[str]) -> str:
-    return ", ".join(f"{f}={v}" for f, v in zip(factors, keys, strict=True))
+    """``factor=value`` pairs on one line, or one per line when that would overrun a panel."""
+    parts = [f"{f}={v}" for f, v in zip(factors, keys, strict=True)]
+    one_line = ", ".join(parts)
+    return one_line if len(one_line) <= 55 else "\n".join(parts)
 
 
 def _facets(df: pd.DataFrame, factors: list[str]) -> list[tuple[str, pd.DataFrame]]:
@@ -194,8 +197,9 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
     per class; a black frame marks a difference whose 95% t-interval excludes 0."""
     factors = _factor_cols(classes)
     keys = [N_COL, RATIO_COL, *factors]
+    # row labels name factors by their last part (classifier.init -> init) so the cells keep room
     data = classes.assign(cell=[", ".join([f"N={int(r[N_COL]):,}", f"r={r[RATIO_COL]:g}",
-                                           *[f"{f}={r[f]}" for f in factors]])
+                                           *[f"{f.rsplit('.', 1)[-1]}={r[f]}" for f in factors]])
                                 for _, r in classes.iterrows()],
                           pp=100 * classes["mean_diff"])
     order = data.sort_values(keys)["cell"].drop_duplicates().tolist()
@@ -206,7 +210,8 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
                            aggfunc="first").reindex(index=order, columns=names)
     lim = max(1.0, float(np.nanmax(np.abs(pivot.to_numpy(float)))))
     with _style():
-        fig = Figure(figsize=(3.0 + 0.85 * len(names), 2.4 + 0.42 * len(order)), dpi=DPI,
+        label_in = 0.08 * max(len(c) for c in order)  # inches the longest row label takes
+        fig = Figure(figsize=(1.8 + label_in + 0.85 * len(names), 2.6 + 0.42 * len(order)), dpi=DPI,
                      layout="constrained")
         ax = fig.subplots()
         sns.heatmap(pivot, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=True, fmt="+.1f",
@@ -221,8 +226,8 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
         ax.tick_params(axis="x", labelrotation=35)
         for t in ax.get_xticklabels():
             t.set_horizontalalignment("right")
-        ax.set_title("Per-class test accuracy gain from GAN images (pp; black frame: 95% t-interval "
-                     "excludes 0)", fontsize=11)
+        ax.set_title("Per-class test accuracy gain from GAN images (pp)\nblack frame: 95% t-interval "
+                     "excludes 0", fontsize=11)
     return fig
 
 

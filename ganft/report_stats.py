@@ -120,6 +120,8 @@ def quality_cells(df: pd.DataFrame) -> pd.DataFrame:
     present = [c for c in QUALITY_COLS if c in df and df[c].notna().any()]
     if df.empty or not present:
         return pd.DataFrame()
+    if "run_id" not in df:  # frames not read from MLflow: rows need a key to join gains on
+        df = df.assign(run_id=[f"row-{i}" for i in range(len(df))])
     keys = [N_COL, *varying_factors(df)]
     gains = paired_runs(df)[["run_id", f"{ACC_COL}:diff"]]
     runs = df[(df[RATIO_COL] > 0) & df[present].notna().any(axis=1)].astype({k: str for k in keys[1:]})
