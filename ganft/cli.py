@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -356,5 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def console_main() -> None:
+    """The ``ganft`` program: ``main`` with the process's arguments, then exit with its status."""
+    code = main()
+    # The command's work is over (done, or stopped and reported): a Ctrl-C that lands while the
+    # interpreter shuts down (MLflow's and multiprocessing's exit hooks) has nothing left to stop
+    # and must not turn a finished run's exit status into a death by signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

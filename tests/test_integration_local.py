@@ -151,7 +151,9 @@ def test_sigkill_at_random_moments_then_rerun_completes_every_point_once(
         time.sleep(rng.uniform(0.0, 2.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
-            assert proc.wait(timeout=180) == 130, why + (home / "interrupted.log").read_text()
+            code, log = proc.wait(timeout=180), (home / "interrupted.log").read_text()
+            # 130: stopped mid-study; 0 only where the last trial had finished before the signal
+            assert code == 130 or code == 0 and "grid points complete, 0 failed" in log, why + log
             assert not _running_trials(home), why
             assert not [r.info.run_name for r in child_runs(home) if r.info.status == "RUNNING"], why
 
