@@ -135,14 +135,17 @@ def pin_threads(n_threads: int) -> None:
 def interrupt_once() -> None:
     """In a worker: the first SIGINT or SIGTERM raises KeyboardInterrupt (the trial ends as
     interrupted and its MLflow run as KILLED); later ones are ignored, so a second Ctrl-C, or the
-    parent passing the first one on, cannot cut that clean-up short."""
+    parent passing the first one on, cannot cut that clean-up short. A SIGINT the process was
+    started ignoring stays ignored, as it does in the parent."""
 
     def handler(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+    # a parent started with SIGINT ignored (nohup, a background job) passes that on: keep it
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 

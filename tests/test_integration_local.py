@@ -146,7 +146,10 @@ def test_sigkill_at_random_moments_then_rerun_completes_every_point_once(
     # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a trial runs: the
     # run stops by itself and leaves nothing RUNNING behind
     with open(home / "interrupted.log", "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+        # SIGINT at its default even where pytest runs with it ignored (a background job, nohup),
+        # which the study's processes would inherit
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         _wait_for_a_live_trial(home, proc)
         time.sleep(rng.uniform(0.0, 2.0))
         if proc.poll() is None:
