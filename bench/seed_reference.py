@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -108,6 +109,24 @@ def loader(images: np.ndarray, labels: np.ndarray, batch_size: int = 64, workers
                       num_workers=workers, drop_last=True, persistent_workers=workers > 0)
 
 
+def _images_per_second(data: DataLoader, steps: int, warmup: int,
+                       step: Callable[[torch.Tensor, torch.Tensor], None]) -> float:
+    """Run ``step(images, labels)`` on the loader's batches (re-iterating it, as the article's
+    epochs do) for ``warmup + steps`` iterations; images per second after the warm-up."""
+    it, done, t0 = iter(data), 0, 0.0
+    while done < warmup + steps:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(data)
+            continue
+        if done == warmup:
+            t0 = time.perf_counter()
+        step(x, y)
+        done += 1
+    return steps * data.batch_size / (time.perf_counter() - t0)
+
+
 def gan_images_per_second(data: DataLoader, steps: int, device: torch.device, warmup: int = 2) -> float:
     """The article's training loop for ``warmup + steps`` iterations; images per second after warm-up."""
     netG, netD = Generator().to(device), Discriminator().to(device)  # fix 4
@@ -116,15 +135,8 @@ def gan_images_per_second(data: DataLoader, steps: int, device: torch.device, wa
     criterion = nn.BCELoss()
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    it, done, t0 = iter(data), 0, 0.0
-    while done < warmup + steps:
-        try:
-            real, _ = next(it)
-        except StopIteration:
-            it = iter(data)
-            continue
-        if done == warmup:
-            t0 = time.perf_counter()
+
+    def step(real: torch.Tensor, _: torch.Tensor) -> None:
         real = real.to(device)
         b = real.size(0)
         netD.zero_grad()
@@ -140,8 +152,8 @@ def gan_images_per_second(data: DataLoader, steps: int, device: torch.device, wa
         errG.backward()
         optG.step()
         errG.item()  # the article prints its losses every step
-        done += 1
-    return steps * data.batch_size / (time.perf_counter() - t0)
+
+    return _images_per_second(data, steps, warmup, step)
 
 
 def classifier_images_per_second(data: DataLoader, steps: int, device: torch.device, warmup: int = 2) -> float:
@@ -149,23 +161,16 @@ def classifier_images_per_second(data: DataLoader, steps: int, device: torch.dev
     model.apply(weights_init)
     criterion = nn.CrossEntropyLoss()
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    it, done, t0 = iter(data), 0, 0.0
-    while done < warmup + steps:
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(data)
-            continue
-        if done == warmup:
-            t0 = time.perf_counter()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = x.to(device), y.to(device)
         opt.zero_grad()
         loss = criterion(model(x), y)
         loss.backward()
         opt.step()
         loss.item()
-        done += 1
-    return steps * data.batch_size / (time.perf_counter() - t0)
+
+    return _images_per_second(data, steps, warmup, step)
 
 
 def fashion_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -20,17 +20,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from cmdline import command_line  # bench/cmdline.py
+
 HERE = Path(__file__).resolve().parent
 STUDIES = {"quick": HERE.parent / "studies" / "quick.yaml", "fashion_reduced": HERE / "fashion_reduced.yaml"}
-
-
-def command_line() -> str:
-    """How this script was invoked, for the results table (without where its JSON went)."""
-    args = sys.argv[1:]
-    if "--json" in args:
-        i = args.index("--json")
-        args = args[:i] + args[i + 2:]
-    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *args])
 
 
 def _measure(study: str, n: int) -> dict[str, object]:

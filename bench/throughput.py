@@ -25,12 +25,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cmdline import command_line  # bench/cmdline.py
 
 from ganft.config import ClassifierConfig, GanConfig
 from ganft.data import Images, labelled_subset, load_splits
@@ -41,15 +41,6 @@ from ganft.runtime import Speed, precision_name
 
 BATCH = 64
 SEED_GAN = {"recipe": "seed-dcgan", "width": 64, "z_dim": 100}
-
-
-def command_line() -> str:
-    """How this script was invoked, for the results table (without where its JSON went)."""
-    args = sys.argv[1:]
-    if "--json" in args:
-        i = args.index("--json")
-        args = args[:i] + args[i + 2:]
-    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *args])
 
 
 def ganft_gan(cfg: GanConfig, real: Images, steps: int, device: torch.device) -> float:
