@@ -74,7 +74,8 @@ def training_steps(real, val) -> dict[str, float]:
         cases[f"GAN step ms, {label}"] = with_speed(speed, lambda: train_gan(
             GanConfig(steps=20), real, 10, seed=0, device=DEVICE, log_every=20))
         cases[f"classifier step ms, {label}"] = with_speed(speed, lambda: train_classifier(
-            ClassifierConfig(steps=40, eval_every=40), real, None, val, 10, seed=0, device=DEVICE))
+            ClassifierConfig(arch="seed-cnn", steps=40, eval_every=40), real, None, val, 10, seed=0,
+            device=DEVICE))
     per_call = interleaved(cases)
     return {k: v * 1000 / (20 if k.startswith("GAN") else 40) for k, v in per_call.items()}
 
@@ -115,8 +116,8 @@ def main() -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     splits = load_splits("fashion-mnist", args.root)
-    real = labelled_subset(splits, 1000, 0)
-    val = splits.val.take(torch.arange(64))
+    real = labelled_subset(splits.train, 1000, 0)
+    val = splits.test.take(torch.arange(64))  # any 64 real images: this times evaluation only
     figures = {**training_steps(real, val), **sampling_and_eval(splits.test)}
     for k, v in figures.items():
         print(f"{k:58s} {v:8.3f}")

@@ -9,8 +9,10 @@ busy moment on the machine hits every variant alike; the median round is reporte
 
 - ``seed reference``: bench/seed_reference.py, the article's 64x64 DCGAN / classifier pipeline.
 - ``ganft default, fp32`` / ``bf16``: ganft's default 28x28 models through ganft's pipeline
-  (train_gan, train_classifier with default configs) with ``--precision fp32`` and ``bf16``; the
-  JSON records which one ``--precision auto`` picks on the machine.
+  (train_gan, train_classifier with default configs, the classifier as seed-cnn: the rows compare
+  pipelines on the article's classifier design; the default bn-cnn's cost is in the seconds column of
+  bench/baseline.py) with ``--precision fp32`` and ``bf16``; the JSON records which one
+  ``--precision auto`` picks on the machine.
 - ``seed arch via ganft``: the article's exact architecture (``gan.recipe: seed-dcgan``, width 64,
   z 100; the classifier as seed-cnn at 64x64, width 64) through ganft's pipeline: this separates
   pipeline overhead (PIL decoding, DataLoader, per-step copies, unfused optimisers) from
@@ -67,7 +69,7 @@ def variants(device: torch.device, steps: dict[str, int], root: str | None) -> d
     images, labels = ref.fashion_arrays(root)
     data = ref.loader(images, labels, batch_size=BATCH)
     splits = load_splits("fashion-mnist", root)
-    real = labelled_subset(splits, 1000, 0)
+    real = labelled_subset(splits.train, 1000, 0)
     real64 = Images(resize(real.x, 64), real.y)
     fp32, bf16 = Speed(precision="fp32"), Speed(precision="bf16")
     g, c, gs = steps["gan"], steps["clf"], steps["seed_gan"]
@@ -79,10 +81,10 @@ def variants(device: torch.device, steps: dict[str, int], root: str | None) -> d
         "gan/seed arch via ganft, bf16": with_speed(bf16, lambda: ganft_gan(GanConfig(**SEED_GAN), real, gs,
                                                                             device)),
         "clf/seed reference": lambda: ref.classifier_images_per_second(data, c, device),
-        "clf/ganft default, fp32": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(), real, c, device)),
-        "clf/ganft default, bf16": with_speed(bf16, lambda: ganft_classifier(ClassifierConfig(), real, c,
+        "clf/ganft default, fp32": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(arch="seed-cnn"), real, c, device)),
+        "clf/ganft default, bf16": with_speed(bf16, lambda: ganft_classifier(ClassifierConfig(arch="seed-cnn"), real, c,
                                                                              device)),
-        "clf/seed arch via ganft, fp32": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(width=64), real64,
+        "clf/seed arch via ganft, fp32": with_speed(fp32, lambda: ganft_classifier(ClassifierConfig(arch="seed-cnn", width=64), real64,
                                                                              c, device)),
     }
 

@@ -33,16 +33,17 @@ from typing import Any, Protocol
 
 import torch
 
-from ganft import augment, gan_train, losses, quality
+from ganft import augment, gan_train, losses, selection
 from ganft.config import TrialConfig
+from ganft.data import Budget, Images
 from ganft.models import gan as gan_models
 from ganft.workers import identity, is_alive
 
 log = logging.getLogger(__name__)
 
-# The code that determines a trained GAN: any change to these files makes new keys. quality.py
-# holds the validation FCD that picks the best checkpoint (gan.eval_every) and its extractor.
-GAN_SOURCES = (gan_models, gan_train, losses, augment, quality)
+# The code that determines a trained GAN: any change to these files makes new keys. selection.py
+# holds the budget-validation KID that picks the best step (gan.eval_every).
+GAN_SOURCES = (gan_models, gan_train, losses, augment, selection)
 
 
 @functools.cache
@@ -53,12 +54,25 @@ def gan_code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def gan_key(cfg: TrialConfig) -> str:
-    """Everything that determines the generator: dataset, validation size (which fixes the pool),
-    N, seed, the GAN config and the GAN code version. Not the ratio, the classifier or data.root."""
-    ident = {"dataset": cfg.data.dataset, "val_size": cfg.data.val_size,
-             "train_size": cfg.data.train_size, "seed": cfg.seed, "gan": cfg.gan.model_dump(mode="json"),
-             "code": gan_code_version()}
+def images_digest(images: Images | None) -> str | None:
+    """sha256 of an image set's pixels and labels (first 16 hex), None for no set."""
+    if images is None:
+        return None
+    h = hashlib.sha256(images.x.contiguous().cpu().numpy().tobytes())
+    h.update(images.y.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def gan_key(cfg: TrialConfig, budget: Budget) -> str:
+    """Everything that determines the generator: the images it trains on (by content, so the
+    validation protocol, N and the subset seed are covered), the images that pick its best step
+    (gan.eval_every > 0), its seed, the GAN config and the GAN code version. Not the ratio or the
+    classifier (except through the best-step features, when used: the classifier recipe)."""
+    selects = cfg.gan.eval_every > 0
+    ident = {"dataset": cfg.data.dataset, "train": images_digest(budget.train),
+             "select": images_digest(budget.val) if selects else None,
+             "select_features": cfg.classifier.model_dump(mode="json") if selects else None,
+             "seed": cfg.seed, "gan": cfg.gan.model_dump(mode="json"), "code": gan_code_version()}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

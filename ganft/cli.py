@@ -93,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--compare", nargs=2, metavar=("A", "B"), help="instead: the same cells of two "
                         "studies side by side with the difference of gains (B minus A) and its CI; "
                         "written to reports/compare-A-vs-B/")
-    report.add_argument("--ceiling", metavar="STUDY", help="a real-only study on the full training pool "
+    report.add_argument("--ceiling", metavar="STUDY", help="a real-only study on the full training split "
                         "(e.g. fashion_ceiling), drawn as the ceiling line")
+    report.add_argument("--protocol", metavar="STUDY", help="the same grid under another data.validation "
+                        "protocol (e.g. fashion_grid_pool): adds a table of real-only accuracy and the "
+                        "ratio-1 gain per N under both")
     _store_flags(report)
     report.add_argument("--out", type=Path, help="output folder (default: reports/<study>/)")
 
@@ -225,16 +228,26 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 1
         commands += _invocations(ceiling_name, stores.tracking_uri)[1] or [
             f"ganft study run studies/{ceiling_name}.yaml"]
-    command = " && ".join([*commands, f"ganft report {name}" + (f" --ceiling {ceiling_name}" if args.ceiling
-                                                                 else "")])
+    protocol, protocol_name = None, ""
+    if args.protocol:
+        protocol_name, protocol = _report_runs(args.protocol, stores.tracking_uri)
+        if protocol is None:
+            return 1
+        commands += _invocations(protocol_name, stores.tracking_uri)[1] or [
+            f"ganft study run studies/{protocol_name}.yaml"]
+    flags = (f" --ceiling {ceiling_name}" if args.ceiling else "") + \
+        (f" --protocol {protocol_name}" if args.protocol else "")
+    command = " && ".join([*commands, f"ganft report {name}{flags}"])
     history, importances = _optuna_frames(name, stores.storage)
     datasets = df["data.dataset"].unique() if "data.dataset" in df else []
     names = CLASS_NAMES.get(datasets[0], ()) if len(datasets) == 1 else ()
     meta = ReportMeta(study=name, command=command, machine=machine_description(),
                       wall_seconds=wall,
-                      ceiling_study=ceiling_name, class_names=dict(enumerate(names)))
+                      ceiling_study=ceiling_name, protocol_study=protocol_name,
+                      class_names=dict(enumerate(names)))
     out = args.out or project_root() / "reports" / name
-    index = write_report(df, out, meta, ceiling=ceiling, history=history, importances=importances)
+    index = write_report(df, out, meta, ceiling=ceiling, history=history, importances=importances,
+                         protocol=protocol)
     print(f"report: {index}")
     return 0
 

@@ -31,8 +31,25 @@ class _Model(BaseModel):
 class DataConfig(_Model):
     dataset: DatasetName = "digits"
     root: str | None = None  # a folder holding the dataset files; None: the dataset's default places
-    train_size: int = Field(100, ge=10)  # N, the labelled subset (stratified, chosen by (N, seed))
-    val_size: int | None = Field(None, ge=10)  # None: the dataset's default validation size
+    train_size: int = Field(100, ge=10)  # N, the labelled budget (stratified, chosen by (N, seed))
+    # what every selection (checkpoint, early stopping, GAN best step, filtering, Optuna objective)
+    # looks at: from-budget = a stratified val_fraction of the N images (the rest is trained on);
+    # none = nothing, fixed steps and the last checkpoint; pool = a fixed set of val_size images
+    # from outside the budget (the earlier protocol: labelled data beyond N, for comparison only)
+    validation: Literal["from-budget", "none", "pool"] = "from-budget"
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # from-budget: share of each class held out
+    val_size: int | None = Field(None, ge=10)  # pool only, and required there
+
+    @model_validator(mode="after")
+    def _protocol(self) -> DataConfig:
+        if self.validation == "pool" and self.val_size is None:
+            raise ValueError("data.validation pool needs data.val_size (the fixed validation set's size, "
+                             "e.g. 5000 for fashion-mnist, 300 for digits)")
+        if self.validation != "pool" and self.val_size is not None:
+            raise ValueError(f"data.val_size applies to data.validation pool only; with "
+                             f"{self.validation} the validation images come from the budget "
+                             f"(data.val_fraction) or there are none")
+        return self
 
 
 # Named GAN recipes (README table): the settings that make one recipe differ from another. A named
@@ -129,6 +146,10 @@ class SynthConfig(_Model):
     # this probability (its conditioning label; for gan.conditioning none, its own argmax, i.e. the
     # pseudo-label); 0 keeps every image (conditional) or every pseudo-label (unconditional)
     min_confidence: float = Field(0.0, ge=0, lt=1)
+    # mix union only: this share of every batch (round(real_fraction * batch_size) images) is drawn
+    # from the real images and the rest from the synthetic ones, whatever the ratio, so every ratio
+    # presents the real images equally often; None: batches drawn uniformly from real ∪ synthetic
+    real_fraction: float | None = Field(None, gt=0, lt=1)
 
 
 class QualityConfig(_Model):
@@ -140,8 +161,9 @@ class QualityConfig(_Model):
 
 
 class ClassifierConfig(_Model):
-    # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small-image stem
-    arch: Literal["seed-cnn", "resnet18"] = "seed-cnn"
+    # bn-cnn: two 3x3 conv + batch norm + max-pool stages (the strong default, bench/baseline.py);
+    # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small stem
+    arch: Literal["bn-cnn", "seed-cnn", "resnet18"] = "bn-cnn"
     # scratch | discriminator (the trained GAN's D trunk, new head) | pretrained (a `ganft pretrain`
     # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
     init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
@@ -156,12 +178,12 @@ class ClassifierConfig(_Model):
     steps: int = Field(400, ge=1)  # optimiser steps, identical whatever the ratio (equal budget)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0, le=1)
-    schedule: Literal["constant", "cosine", "step"] = "constant"  # per phase; step: x step_gamma at 1/2, 3/4
+    schedule: Literal["constant", "cosine", "step"] = "cosine"  # per phase; step: x step_gamma at 1/2, 3/4
     step_gamma: float = Field(0.1, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: Literal["none", "classic"] = "none"  # classic: crop+pad, small affine, h-flip if label-safe
-    width: int = Field(32, ge=4)  # seed-cnn's first-stage channels (resnet18's widths are fixed)
+    width: int = Field(32, ge=4)  # first-stage channels of bn-cnn and seed-cnn (resnet18: fixed)
     eval_every: int = Field(50, ge=1)  # validation accuracy every K steps; the best checkpoint is kept
     patience: int = Field(0, ge=0)  # early stop after this many evaluations without a better val acc; 0: off
 
@@ -190,6 +212,20 @@ def split_steps(total: int, fraction: float) -> tuple[int, int]:
 def check_classifier_recipe(cfg: TrialConfig) -> None:
     """Rules that join the classifier to the GAN, data and mix sections; the error names both keys."""
     c = cfg.classifier
+    if cfg.data.validation == "none":
+        for key, value in (("classifier.patience", c.patience), ("gan.eval_every", cfg.gan.eval_every)):
+            if value:
+                raise ValueError(f"{key} {value} selects on validation data, and data.validation none "
+                                 f"has none: set it to 0 or use data.validation from-budget")
+    if cfg.synth.real_fraction is not None:
+        if cfg.synth.mix != "union":
+            raise ValueError(f"synth.real_fraction needs synth.mix union (it fixes the share of real "
+                             f"images in each mixed batch), not {cfg.synth.mix}")
+        real = round(cfg.synth.real_fraction * c.batch_size)
+        if not 1 <= real < c.batch_size:
+            raise ValueError(f"synth.real_fraction {cfg.synth.real_fraction} of classifier.batch_size "
+                             f"{c.batch_size} leaves {real} real images per batch; it needs at least one "
+                             f"real and one synthetic image")
     if c.init == "discriminator" and c.arch != "seed-cnn":
         raise ValueError(f"classifier.init discriminator needs classifier.arch seed-cnn (the "
                          f"discriminator's shape), not {c.arch}")

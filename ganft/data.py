@@ -1,9 +1,12 @@
-"""Datasets as tensors, deterministic splits and labelled subsets.
+"""Datasets as tensors, deterministic splits and the labelled budget.
 
-Every dataset becomes three tensor sets: ``pool`` (the training pool minus validation: labelled
-subsets of size N come from here), ``val`` (fixed, stratified, disjoint from every subset) and
-``test`` (the dataset's own test split; for digits a fixed stratified split). Images are float32
-in [-1, 1], shape (N, C, H, W), decoded once: no per-item PIL decoding anywhere.
+Every dataset becomes two tensor sets: ``train`` (its training split) and ``test`` (its own test
+split; for digits a fixed stratified split), touched only for final metrics. A trial's labelled
+budget is N images of ``train``, stratified and chosen by (N, seed); ``data.validation`` divides
+it (``labelled_budget``): ``from-budget`` holds out a stratified fraction of the N images for every
+selection, ``none`` selects nothing, ``pool`` validates on a fixed set carved from the rest of the
+training split (the earlier protocol). Images are float32 in [-1, 1], shape (N, C, H, W), decoded
+once: no per-item PIL decoding anywhere.
 """
 
 from __future__ import annotations
@@ -51,9 +54,8 @@ class Images:
 @dataclass(frozen=True)
 class Splits:
     name: str
-    pool: Images
-    val: Images
-    test: Images
+    train: Images  # the dataset's whole training split: labelled budgets come from here
+    test: Images  # touched only for final metrics
     classes: tuple[str, ...]
 
     @property
@@ -62,14 +64,13 @@ class Splits:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.pool.x.shape[1:])  # (C, H, W)
+        return tuple(self.train.x.shape[1:])  # (C, H, W)
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     load: Callable[[str | None], tuple[Images, Images]]  # root -> (train, test)
-    train_total: int  # size of the training split before validation is carved out
-    default_val: int
+    train_total: int  # size of the training split
     num_classes: int
 
 
@@ -156,9 +157,8 @@ def _torchvision_fashion(root: Path) -> tuple[Images, Images]:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(load_digits_tensors, train_total=1437, default_val=300, num_classes=10),
-    "fashion-mnist": DatasetInfo(load_fashion_tensors, train_total=60000, default_val=5000,
-                                 num_classes=10),
+    "digits": DatasetInfo(load_digits_tensors, train_total=1437, num_classes=10),
+    "fashion-mnist": DatasetInfo(load_fashion_tensors, train_total=60000, num_classes=10),
 }
 CLASS_NAMES = {"digits": tuple(str(i) for i in range(10)), "fashion-mnist": FASHION_CLASSES}
 
@@ -166,47 +166,110 @@ CLASS_NAMES = {"digits": tuple(str(i) for i in range(10)), "fashion-mnist": FASH
 # --------------------------------------------------------------------------- splits
 
 
-def pool_size(cfg: DataConfig) -> int:
+@functools.lru_cache(maxsize=4)
+def load_splits(dataset: str, root: str | None = None) -> Splits:
+    """Load a dataset once per process: its whole training split and its test split."""
+    info = DATASETS[dataset]
+    train, test = info.load(root)
+    return Splits(dataset, train, test, CLASS_NAMES[dataset])
+
+
+def splits_for(cfg: DataConfig) -> Splits:
+    return load_splits(cfg.dataset, cfg.root)
+
+
+def pool_and_validation(splits: Splits, val_size: int) -> tuple[Images, Images]:
+    """The ``pool`` protocol's fixed stratified validation set of ``val_size`` images carved from the
+    training split, and the rest (where its labelled subsets come from): labelled data beyond N,
+    kept as the comparison protocol it was before ``from-budget``."""
+    pool_idx, val_idx = train_test_split(np.arange(len(splits.train)), test_size=val_size,
+                                         stratify=splits.train.y.numpy(), random_state=0)  # fixed
+    return splits.train.take(np.sort(pool_idx)), splits.train.take(np.sort(val_idx))
+
+
+def subset_indices(labels: torch.Tensor, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of the stratified subset of size n, chosen by (n, seed) alone."""
+    if n == len(labels):
+        return np.arange(n)
+    idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels.numpy(),
+                              random_state=derive_seed("subset", n, seed) % 2**32)
+    return np.sort(idx)
+
+
+def labelled_subset(pool: Images, n: int, seed: int) -> Images:
+    """The stratified labelled subset of size n of ``pool``, chosen by (n, seed) alone."""
+    return pool if n == len(pool) else pool.take(subset_indices(pool.y, n, seed))
+
+
+def budget_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) positions of a stratified split of labels ``y``: round(fraction * n_c) of each
+    class's n_c images go to validation, at least one, and at least one stays for training.
+
+    Written out rather than sklearn's ``train_test_split(stratify=...)``, which allocates the
+    validation count over classes by rounding and can leave a small class with no validation image
+    (or none for training)."""
+    gen = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y.numpy()):
+        idx = np.flatnonzero(y.numpy() == c)
+        if len(idx) < 2:
+            raise ConfigError(f"data.validation from-budget: class {int(c)} has {len(idx)} labelled "
+                              f"image(s); it needs 2 (one to train on, one to validate)")
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        idx = gen.permutation(idx)
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The N labelled images a user has, divided by the validation protocol (``data.validation``).
+
+    ``train`` is what the classifier and the GAN learn from; ``val`` is what every selection looks at
+    (classifier checkpoint, early stopping, the GAN's best step, the filtering labeller's checkpoint,
+    the Optuna objective). ``val`` is None under ``none``: no selection, the last step is kept.
+    Under ``from-budget`` both parts are inside the N images; under ``pool`` ``val`` is the fixed
+    pool validation set, labelled data beyond N (the earlier protocol, kept for comparison)."""
+
+    protocol: str
+    train: Images
+    val: Images | None
+
+
+def labelled_budget(splits: Splits, cfg: DataConfig, seed: int) -> Budget:
+    """The labelled budget of a trial: N images chosen by (N, seed), divided as ``cfg.validation`` says."""
+    if cfg.validation == "pool":
+        pool, val = pool_and_validation(splits, cfg.val_size)
+        return Budget("pool", labelled_subset(pool, cfg.train_size, seed), val)
+    labelled = labelled_subset(splits.train, cfg.train_size, seed)
+    if cfg.validation == "none":
+        return Budget("none", labelled, None)
+    train_idx, val_idx = budget_holdout(labelled.y, cfg.val_fraction,
+                                        derive_seed("budget-val", cfg.train_size, seed) % 2**32)
+    return Budget("from-budget", labelled.take(train_idx), labelled.take(val_idx))
+
+
+def budget_range(cfg: DataConfig) -> tuple[int, int]:
+    """The smallest and largest N the dataset can give under ``cfg.validation``."""
     info = DATASETS[cfg.dataset]
-    return info.train_total - (cfg.val_size or info.default_val)
+    if cfg.validation == "pool":
+        return info.num_classes, info.train_total - cfg.val_size
+    per_class = 2 if cfg.validation == "from-budget" else 1  # from-budget: one to train, one to validate
+    return per_class * info.num_classes, info.train_total
 
 
 def check_sizes(cfg: DataConfig) -> None:
     """Range checks that need the dataset's size; run at study load, before any work."""
     info = DATASETS[cfg.dataset]
-    val = cfg.val_size or info.default_val
-    if val >= info.train_total:
-        raise ConfigError(f"data.val_size: {val} leaves no training pool for {cfg.dataset} "
-                          f"(training split has {info.train_total} images)")
-    if not info.num_classes <= cfg.train_size <= pool_size(cfg):
-        raise ConfigError(f"data.train_size: {cfg.train_size} is out of range for {cfg.dataset}; "
-                          f"allowed: {info.num_classes}..{pool_size(cfg)} (one per class up to the "
-                          f"training pool without the {val} validation images)")
-
-
-@functools.lru_cache(maxsize=4)
-def load_splits(dataset: str, root: str | None = None, val_size: int | None = None) -> Splits:
-    """Load a dataset once per process and carve the fixed validation set from its training split."""
-    info = DATASETS[dataset]
-    train, test = info.load(root)
-    val_n = val_size or info.default_val
-    pool_idx, val_idx = train_test_split(
-        np.arange(len(train)), test_size=val_n, stratify=train.y.numpy(), random_state=0
-    )  # fixed: the validation set never depends on N or the seed
-    return Splits(dataset, train.take(np.sort(pool_idx)), train.take(np.sort(val_idx)), test,
-                  CLASS_NAMES[dataset])
-
-
-def splits_for(cfg: DataConfig) -> Splits:
-    return load_splits(cfg.dataset, cfg.root, cfg.val_size)
-
-
-def labelled_subset(splits: Splits, n: int, seed: int) -> Images:
-    """The stratified labelled subset of size n, chosen by (n, seed) alone."""
-    if n == len(splits.pool):
-        return splits.pool
-    idx, _ = train_test_split(
-        np.arange(len(splits.pool)), train_size=n, stratify=splits.pool.y.numpy(),
-        random_state=derive_seed("subset", n, seed) % 2**32,
-    )
-    return splits.pool.take(np.sort(idx))
+    if cfg.validation == "pool" and cfg.val_size >= info.train_total:
+        raise ConfigError(f"data.val_size: {cfg.val_size} leaves no training pool for {cfg.dataset} "
+                          f"(training split has {info.train_total:,} images)")
+    lo, hi = budget_range(cfg)
+    if not lo <= cfg.train_size <= hi:
+        why = {"pool": f"one per class up to the training split without the {cfg.val_size or 0:,} "
+                       f"validation images",
+               "from-budget": "two per class (one to train, one to validate) up to the whole training split",
+               "none": "one per class up to the whole training split"}[cfg.validation]
+        raise ConfigError(f"data.train_size: {cfg.train_size} is out of range for {cfg.dataset} with "
+                          f"data.validation {cfg.validation}; allowed: {lo}..{hi} ({why})")

@@ -22,7 +22,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
 
 
 def accuracy(model: nn.Module, images: Images) -> float:
-    return (predict(model, images.x) == images.y.cpu()).float().mean().item()
+    return (predict(model, images.x) == images.y.cpu()).double().mean().item()
 
 
 def test_metrics(model: nn.Module, test: Images, classes: tuple[str, ...]) -> tuple[dict[str, float], Figure]:

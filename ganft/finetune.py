@@ -44,8 +44,20 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (B, C, H, W
 
 @dataclass
 class FinetuneResult:
-    model: nn.Module  # best-on-validation weights, eval mode
+    model: nn.Module  # the kept weights (best on validation, or the last without validation), eval mode
     metrics: dict[str, float]
+    last_state: dict[str, torch.Tensor] | None = None  # the last step's weights, when not the kept ones
+
+    def last_accuracy(self, images: Images) -> float:
+        """Accuracy of the last step's weights (``test/acc_last``: how much selection mattered)."""
+        if self.last_state is None:
+            return accuracy(self.model, images)
+        kept = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.last_state)
+        try:
+            return accuracy(self.model, images)
+        finally:
+            self.model.load_state_dict(kept)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -59,6 +71,7 @@ class Phase:
     synth_weight: float  # ... of each synthetic image
     trunk_trains: bool = True
     lr_scale: float = 1.0
+    real_fraction: float | None = None  # share of each batch drawn from the real images (None: by weight)
 
 
 # mixing: (steps, synth.weight, synth_fraction) -> data phases
@@ -97,14 +110,16 @@ FREEZES = {"full": _full, "linear-probe": _linear_probe, "head-then-full": _head
 
 
 def plan_phases(cfg: ClassifierConfig, mix: str = "union", synth_weight: float = 1.0,
-                has_synthetic: bool = False) -> list[Phase]:
-    """The phases of one run; their steps add up to exactly ``cfg.steps`` (the equal budget)."""
+                has_synthetic: bool = False, real_fraction: float | None = None) -> list[Phase]:
+    """The phases of one run; their steps add up to exactly ``cfg.steps`` (the equal budget).
+    ``real_fraction`` (``synth.real_fraction``) fixes the real share of every mixed batch."""
     if mix not in MIXES:
         raise ValueError(f"unknown synth.mix {mix!r}; known: {', '.join(MIXES)}")
     if cfg.freeze not in FREEZES:
         raise ValueError(f"unknown classifier.freeze {cfg.freeze!r}; known: {', '.join(FREEZES)}")
     if has_synthetic:
-        data = MIXES[mix](cfg.steps, synth_weight, cfg.synth_fraction)
+        data = [replace(p, real_fraction=real_fraction) if p.real_weight and p.synth_weight else p
+                for p in MIXES[mix](cfg.steps, synth_weight, cfg.synth_fraction)]
     else:
         data = [Phase("real", cfg.steps, 1.0, 0.0)]  # ratio 0: the real-only baseline, any mix
     trunk = cfg.freeze != "linear-probe"
@@ -175,13 +190,14 @@ class _Run:
     model: nn.Module
     train: Images  # real images first, then synthetic ones, on the device
     n_real: int
-    val: Images
+    val: Images | None  # None: no selection (the last weights are kept)
     batch_gen: torch.Generator  # CPU: batch indices
     augment: Augment | None
     aug_gen: torch.Generator  # on the device: augmentation parameters
     tracker: Tracker
     best: _Best = field(default_factory=_Best)
     step: int = 0  # optimiser steps taken so far, over all phases
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy)
 
 
 def helper_recipe(cfg: ClassifierConfig) -> ClassifierConfig:
@@ -191,24 +207,29 @@ def helper_recipe(cfg: ClassifierConfig) -> ClassifierConfig:
     return cfg.model_copy(update={"freeze": "full", "augment": "none"})
 
 
-def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | None, val: Images,
+def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | None, val: Images | None,
                      num_classes: int, *, seed: int, device: torch.device,
                      tracker: Tracker = NULL_TRACKER, mix: str = "union", synth_weight: float = 1.0,
+                     real_fraction: float | None = None,
                      trunk_state: dict[str, torch.Tensor] | None = None,
                      augment: Augment | None = None) -> FinetuneResult:
     """Train for ``cfg.steps`` steps (fewer only if early stopping ends the last phase) and return
-    the best-on-validation model. ``trunk_state`` is the starting trunk (``classifier.init``);
-    None trains from scratch. ``augment`` is built from ``cfg.augment`` by the caller, who knows
-    the dataset (a horizontal flip preserves some datasets' labels, not others')."""
+    the best-on-validation model, or the last one when ``val`` is None (no selection).
+    ``trunk_state`` is the starting trunk (``classifier.init``); None trains from scratch.
+    ``augment`` is built from ``cfg.augment`` by the caller, who knows the dataset (a horizontal
+    flip preserves some datasets' labels, not others')."""
+    if val is None and cfg.patience:
+        raise ValueError("classifier.patience needs validation images (early stopping selects on them)")
     synthetic = synthetic if synthetic is not None and len(synthetic) else None
     train = real.to(device)
     if synthetic is not None:
         synthetic = synthetic.to(device)
         train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
     model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, trunk_state), device)
-    run = _Run(cfg, model, train, len(real), val.to(device), make_generator(derive_seed(seed, "clf-batches")),
-               augment, make_generator(derive_seed(seed, "clf-augment"), device), tracker)
-    phases = plan_phases(cfg, mix, synth_weight, synthetic is not None)
+    run = _Run(cfg, model, train, len(real), None if val is None else val.to(device),
+               make_generator(derive_seed(seed, "clf-batches")), augment,
+               make_generator(derive_seed(seed, "clf-augment"), device), tracker)
+    phases = plan_phases(cfg, mix, synth_weight, synthetic is not None, real_fraction)
     t0 = time.perf_counter()
     phase_steps: dict[str, float] = {}
     with seeded(derive_seed(seed, "clf-dropout")):  # dropout draws from the global RNG
@@ -219,13 +240,32 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
             if stopped:
                 break
     model.requires_grad_(True)
-    model.load_state_dict(run.best.state)
     model.eval()
-    return FinetuneResult(model, {"clf/best_val_acc": run.best.acc, "clf/best_step": run.best.step,
-                                  "clf/stopped_step": run.step,
-                                  "clf/stopped_early": float(run.step < cfg.steps),
-                                  "clf/train_seconds": time.perf_counter() - t0,
-                                  "clf/train_images": len(train), **phase_steps})
+    metrics = {"clf/stopped_step": run.step, "clf/stopped_early": float(run.step < cfg.steps),
+               "clf/train_seconds": time.perf_counter() - t0, "clf/train_images": len(train),
+               "clf/train_acc_last": accuracy(model, Images(train.x[: len(real)], train.y[: len(real)])),
+               **phase_steps}
+    if run.val is None:  # no selection: the last weights are the result
+        return FinetuneResult(model, {**metrics, "clf/best_step": run.step})
+    last_state = None
+    if run.best.step != run.step:
+        last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(run.best.state)
+    return FinetuneResult(model, {**metrics, "clf/best_val_acc": run.best.acc, "clf/best_step": run.best.step,
+                                  "clf/improved_last_10pct": late_improvement(run.curve, cfg.steps)},
+                          last_state)
+
+
+def late_improvement(curve: list[tuple[int, float]], steps: int) -> float:
+    """1.0 if the validation accuracy in the last 10% of the step budget beats every earlier one
+    (the run was still improving: its budget did not converge), 0.0 if not, NaN when no
+    validation falls before the last 10%."""
+    cut = 0.9 * steps
+    early = [acc for step, acc in curve if step <= cut]
+    late = [acc for step, acc in curve if step > cut]
+    if not early or not late:
+        return math.nan
+    return float(max(late) > max(early))
 
 
 def _build(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int, seed: int,
@@ -253,7 +293,7 @@ def _run_phase(run: _Run, phase: Phase, *, last: bool) -> bool:
     n_synth = len(run.train) - run.n_real
     weights = torch.cat([torch.full((run.n_real,), phase.real_weight),
                          torch.full((n_synth,), phase.synth_weight)])  # (n_real + n_synth,)
-    batches = draw_batches(weights, phase.steps, cfg.batch_size, run.batch_gen).to(run.train.x.device)
+    batches = _phase_batches(phase, run, weights, n_synth).to(run.train.x.device)
     loss_sum, since = torch.zeros((), device=run.train.x.device), 0
     if last:
         run.best.since = 0  # patience counts evaluations of the last phase only
@@ -284,10 +324,26 @@ def _run_phase(run: _Run, phase: Phase, *, last: bool) -> bool:
     return False
 
 
+def _phase_batches(phase: Phase, run: _Run, weights: torch.Tensor, n_synth: int) -> torch.Tensor:
+    """(steps, batch_size) indices into ``run.train``: drawn by weight from real ∪ synthetic, or with
+    ``phase.real_fraction`` set, that share of every batch from the real images and the rest from
+    the synthetic ones (real first in each row; the order within a batch does not matter)."""
+    B = run.cfg.batch_size
+    if phase.real_fraction is None:
+        return draw_batches(weights, phase.steps, B, run.batch_gen)
+    n_real_b = round(phase.real_fraction * B)
+    real = draw_batches(weights[: run.n_real], phase.steps, n_real_b, run.batch_gen)
+    synth = draw_batches(weights[run.n_real:], phase.steps, B - n_real_b, run.batch_gen) + run.n_real
+    return torch.cat([real, synth], dim=1)
+
+
 def _evaluate(run: _Run, mean_loss: float, lr: float) -> None:
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"non-finite clf/loss in classifier training at step {run.step} "
                                  f"(lr={run.cfg.lr})")
-    val_acc = accuracy(run.model, run.val)
-    run.tracker.log_metrics({"clf/loss": mean_loss, "clf/val_acc": val_acc, "clf/lr": lr}, step=run.step)
-    run.best.update(val_acc, run.step, run.model)
+    logged = {"clf/loss": mean_loss, "clf/lr": lr}
+    if run.val is not None:
+        logged["clf/val_acc"] = val_acc = accuracy(run.model, run.val)
+        run.curve.append((run.step, val_acc))
+        run.best.update(val_acc, run.step, run.model)
+    run.tracker.log_metrics(logged, step=run.step)

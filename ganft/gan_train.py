@@ -1,4 +1,4 @@
-"""train_gan: a GAN trained for a step budget on the N labelled images only.
+"""train_gan: a GAN trained for a step budget on the labelled budget's training images only.
 
 The textbook DCGAN step (pytorch/examples): D on real and detached fake, then G against D, with
 DiffAugment on every D input and an EMA copy of G for sampling. The variants (loss, conditioning,
@@ -6,8 +6,8 @@ regularisers, DiffAugment policies, architecture) are chosen once, before the lo
 literal dicts in losses.py, augment.py and models/gan.py; the loop itself has no branches on them.
 Losses are summed on the device and read back only every ``log_every`` steps, where a non-finite
 value stops the run with its reason. With ``gan.eval_every`` > 0 the sampling generator is scored
-on the validation set every K steps (``scorer``, FCD from quality.py) and the best one is kept:
-DCGANs often get worse with more steps.
+on the budget's validation images every K steps (``scorer``, KID from selection.py) and the best one
+is kept: DCGANs often get worse with more steps.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class GanResult:
     # the sampling generator at the data size, eval mode: EMA unless ema_decay == 0, and the best on
-    # validation FCD when gan.eval_every > 0 (else the last)
+    # budget-validation KID when gan.eval_every > 0 (else the last)
     generator: nn.Module
     discriminator: Discriminator  # the trained D (its trunk can initialise a classifier)
     samples: torch.Tensor  # (K * SAMPLES_PER_CLASS, C, H, W) from the fixed noise, on the CPU
@@ -108,7 +108,7 @@ class KeepLast:
 
 class KeepBest:
     """Score the sampling generator every ``every`` steps and after the last one, always on the same
-    noise and class-balanced labels; log the curve as ``gan/val_fcd`` and keep the best weights."""
+    noise and class-balanced labels; log the curve as ``gan/val_kid`` and keep the best weights."""
 
     def __init__(self, scorer: Scorer, every: int, last: int, n: int, num_classes: int, z_dim: int,
                  seed: int, device: torch.device) -> None:
@@ -127,16 +127,16 @@ class KeepBest:
         images = torch.cat([G(z, y) for z, y in zip(self.z.split(500), self.y.split(500), strict=True)])
         G.train(was_training)
         score = self.scorer(images)
-        tracker.log_metrics({"gan/val_fcd": score}, step=step)
+        tracker.log_metrics({"gan/val_kid": score}, step=step)
         if score < self.best_score:  # a NaN score is never the best
             self.best_score, self.best_step = score, step
             self.best_state = {k: v.clone() for k, v in G.state_dict().items()}
 
     def restore(self, G: nn.Module) -> dict[str, float]:
         if self.best_state is None:  # no finite score: keep the last generator
-            return {"gan/best_step": float(self.last), "gan/best_val_fcd": math.nan}
+            return {"gan/best_step": float(self.last), "gan/best_val_kid": math.nan}
         G.load_state_dict(self.best_state)
-        return {"gan/best_step": float(self.best_step), "gan/best_val_fcd": self.best_score}
+        return {"gan/best_step": float(self.best_step), "gan/best_val_kid": self.best_score}
 
 
 def make_selector(cfg: GanConfig, scorer: Scorer | None, num_classes: int, seed: int,
@@ -144,7 +144,8 @@ def make_selector(cfg: GanConfig, scorer: Scorer | None, num_classes: int, seed:
     if not cfg.eval_every:
         return KeepLast()
     if scorer is None:
-        raise ValueError("gan.eval_every > 0 needs a scorer (quality.gan_scorer) to pick the best generator")
+        raise ValueError("gan.eval_every > 0 needs a scorer (selection.gan_scorer) to pick the best "
+                         "generator")
     return KeepBest(scorer, cfg.eval_every, cfg.steps, cfg.eval_samples, num_classes, cfg.z_dim, seed, device)
 
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from ganft import quality
 from ganft.cache import CachedGan, GanCache, gan_key
 from ganft.config import TrialConfig, flatten
-from ganft.data import Images, Splits, labelled_subset, splits_for
+from ganft.data import Budget, Splits, labelled_budget, splits_for
 from ganft.evaluate import test_metrics
 from ganft.finetune import train_classifier
 from ganft.gan_train import SAMPLES_PER_CLASS, build_generator, train_gan
 from ganft.pretrain import initial_trunk_state
 from ganft.runtime import derive_seed, prepare_model
+from ganft.selection import gan_scorer
 from ganft.synth import real_labeller, synthesise, synthetic_count
 from ganft.tracking import NULL_TRACKER, Tracker, log_image_tensor
 from ganft.transforms import classifier_augment
@@ -24,16 +27,19 @@ from ganft.transforms import classifier_augment
 log = logging.getLogger(__name__)
 
 
-def obtain_gan(cfg: TrialConfig, real: Images, splits: Splits, device: torch.device,
-               tracker: Tracker, cache: GanCache | None) -> tuple[CachedGan, bool]:
-    """The trained GAN for (dataset, N, seed, GAN config) and whether it was trained now
-    (False: reused from the cache)."""
-    key = gan_key(cfg)
+def obtain_gan(cfg: TrialConfig, budget: Budget, splits: Splits, device: torch.device,
+               tracker: Tracker, cache: GanCache | None,
+               labeller: Callable[[], nn.Module]) -> tuple[CachedGan, bool]:
+    """The trained GAN for (dataset, budget images, seed, GAN config) and whether it was trained
+    now (False: reused from the cache). It sees only the budget's training part; its best step,
+    when chosen at all, is chosen on the budget's validation part (``selection.gan_scorer``)."""
+    key = gan_key(cfg, budget)
 
     def train() -> CachedGan:
-        log.info("GAN %s: training (%d steps on %d images)", key, cfg.gan.steps, len(real))
-        result = train_gan(cfg.gan, real, splits.num_classes, seed=cfg.seed, device=device,
-                           tracker=tracker, scorer=quality.gan_scorer(cfg, splits, device, tracker))
+        log.info("GAN %s: training (%d steps on %d images)", key, cfg.gan.steps, len(budget.train))
+        scorer = gan_scorer(cfg.gan, budget, labeller, device) if cfg.gan.eval_every else None
+        result = train_gan(cfg.gan, budget.train, splits.num_classes, seed=cfg.seed, device=device,
+                           tracker=tracker, scorer=scorer)
         return CachedGan(result.generator.state_dict(), result.samples, result.metrics,
                          result.discriminator.state_dict())
 
@@ -66,27 +72,31 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     t0 = time.perf_counter()
     tracker.log_params(flatten(cfg))
     splits = splits_for(cfg.data)
-    real = labelled_subset(splits, cfg.data.train_size, cfg.seed)
-    n_synth = synthetic_count(cfg.synth.ratio, len(real))
+    budget = labelled_budget(splits, cfg.data, cfg.seed)  # everything below sees these images only
+    n_synth = synthetic_count(cfg.synth.ratio, len(budget.train))
+    labeller = real_labeller(cfg, budget, splits.num_classes, device)  # trained only if asked for
     gan, synthetic, trained, synth_metrics, quality_metrics = None, None, False, {}, {}
     # ratio 0 is the real-only baseline: no GAN, unless the classifier starts from its discriminator
     if n_synth or cfg.classifier.init == "discriminator":
-        gan, trained = obtain_gan(cfg, real, splits, device, tracker, cache)
+        gan, trained = obtain_gan(cfg, budget, splits, device, tracker, cache, labeller)
     if n_synth:
         G = load_generator(cfg, gan, splits, device)
-        labeller = real_labeller(cfg, real, splits, device)  # trained only if filtering / pseudo-labels
         synthetic, synth_metrics = synthesise(cfg, G, n_synth, splits.num_classes, labeller,
                                               seed=derive_seed(cfg.seed, "synth"), device=device)
         quality_metrics = quality.trial_quality(cfg, G, labeller, splits, device, tracker)
     trunk = initial_trunk_state(cfg, splits.image_shape, splits.num_classes, gan, tracker)  # init
     augment = classifier_augment(cfg.classifier.augment, cfg.data.dataset, splits.image_shape[1])
-    clf = train_classifier(cfg.classifier, real, synthetic, splits.val, splits.num_classes,
+    clf = train_classifier(cfg.classifier, budget.train, synthetic, budget.val, splits.num_classes,
                            seed=cfg.seed, device=device, tracker=tracker, mix=cfg.synth.mix,
-                           synth_weight=cfg.synth.weight, trunk_state=trunk, augment=augment)
-    metrics, confusion = test_metrics(clf.model, splits.test.to(device), splits.classes)
+                           synth_weight=cfg.synth.weight, real_fraction=cfg.synth.real_fraction,
+                           trunk_state=trunk, augment=augment)
+    test = splits.test.to(device)
+    metrics, confusion = test_metrics(clf.model, test, splits.classes)
+    metrics["test/acc_last"] = clf.last_accuracy(test)  # without selection: how much it mattered
     tracker.log_figure(confusion, "confusion_matrix.png")
     metrics = {**clf.metrics, **metrics, "synth/count": n_synth, **synth_metrics, **quality_metrics,
-               "data/real_count": len(real),
+               "data/real_count": len(budget.train),
+               "data/val_count": 0 if budget.val is None else len(budget.val),
                "gan/trained_here": float(trained),
                "time/trial_seconds": time.perf_counter() - t0}
     tracker.log_metrics(metrics)

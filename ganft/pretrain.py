@@ -5,8 +5,8 @@ that ``init: pretrained`` needs.
 - ``discriminator``: the feature layers of the GAN trained on the same N images (the seed
   article's design); the classifier's head is new.
 - ``pretrained``: a classifier of the same arch and width trained once on
-  ``classifier.pretrained_source`` (its whole training pool, its own validation split for the best
-  checkpoint) by ``ganft pretrain STUDY.yaml``, cached in ``.ganft-cache/pretrained/``. Trials
+  ``classifier.pretrained_source`` (its whole training split, a fixed tenth of it held out for the
+  best checkpoint) by ``ganft pretrain STUDY.yaml``, cached in ``.ganft-cache/pretrained/``. Trials
   only load it; a missing checkpoint fails the trial with the command to run.
   **Size rule**: source images are resized to the target's height and width (bilinear,
   antialiased), so the trunk is trained at the resolution it is fine-tuned at (digits 8x8 ->
@@ -91,7 +91,10 @@ def resize_images(images: Images, image_shape: tuple[int, int, int]) -> Images:
 def pretrain(cfg: TrialConfig, image_shape: tuple[int, int, int], device: torch.device) -> dict:
     """Train the source classifier; returns the cache payload (trunk weights and metrics)."""
     source = splits_for(DataConfig(dataset=cfg.classifier.pretrained_source))
-    pool, val = resize_images(source.pool, image_shape), resize_images(source.val, image_shape)
+    # another dataset's labels, all of them: a tenth held out (stratified, fixed) picks the checkpoint
+    train_idx, val_idx = data.budget_holdout(source.train.y, 0.1, PRETRAIN_SEED)
+    pool = resize_images(source.train.take(train_idx), image_shape)
+    val = resize_images(source.train.take(val_idx), image_shape)
     recipe = pretrain_recipe(cfg.classifier)
     res = finetune.train_classifier(recipe, pool, None, val, source.num_classes, seed=PRETRAIN_SEED,
                                     device=device)

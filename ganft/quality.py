@@ -2,8 +2,10 @@
 
 Inception features say little about 28x28 greyscale clothes or 8x8 digits, and downloading weights
 at run time is not allowed here, so every score is taken in the feature space of a small classifier
-trained once per dataset on its training pool (never the validation or test split): its 128
-penultimate features. The extractor is cached on disk under a hash of everything that determines
+trained once per dataset on its whole training split (never the test split): its 128 penultimate
+features. That classifier has seen labels a user with N images does not have, so these scores
+report quality and never choose anything (the GAN's best step is chosen in selection.py, on
+budget data). The extractor is cached on disk under a hash of everything that determines
 it (dataset pool, recipe, code); the hash is the run tag ``quality.extractor_hash``, and two scores
 are comparable only when their hashes match.
 
@@ -14,7 +16,6 @@ Scores, logged under ``quality/`` (generated images against the real test split)
 - ``precision``, ``recall``, ``density``, ``coverage`` (Naeem et al., 2020), k nearest neighbours;
 - ``cas``: Classification Accuracy Score (Ravuri & Vinyals, 2019): a classifier trained on generated
   images only (checkpoint chosen on held-out generated images) tested on the real test split.
-``gan_scorer`` is the validation FCD that picks the best generator during training (gan.eval_every).
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ganft import cache as checkpoints  # a module, not its names: cache.py imports this file
+from ganft import cache as checkpoints
 from ganft.config import TrialConfig
 from ganft.data import Images, Splits
 from ganft.evaluate import accuracy, predict
 from ganft.finetune import helper_recipe, train_classifier
-from ganft.gan_train import Scorer
 from ganft.models.gan import ConvTrunk
 from ganft.runtime import derive_seed, make_generator, project_root, seeded
 from ganft.synth import sample_synthetic
@@ -99,7 +99,7 @@ class DomainFeatures(nn.Module):
 class Extractor:
     model: DomainClassifier  # eval mode, on the device it was asked for
     hash: str
-    val_acc: float  # accuracy on the validation split, a sanity check of the feature space
+    test_acc: float  # accuracy on the test split, a sanity check of the feature space (reported only)
 
 
 # --------------------------------------------------------------------------- the extractor
@@ -112,12 +112,12 @@ def _build(splits: Splits, recipe: ExtractorRecipe) -> DomainClassifier:
 
 
 def train_extractor(splits: Splits, recipe: ExtractorRecipe, device: torch.device) -> DomainClassifier:
-    """Adam on cross-entropy over the training pool (the split N-image subsets come from)."""
+    """Adam on cross-entropy over the dataset's whole training split."""
     with seeded(derive_seed(recipe.seed, "extractor-init")):
         model = _build(splits, recipe).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     gen = make_generator(derive_seed(recipe.seed, "extractor-batches"), device)
-    pool = splits.pool.to(device)
+    pool = splits.train.to(device)
     model.train()
     for _ in range(recipe.steps):
         idx = torch.randint(len(pool), (recipe.batch_size,), generator=gen, device=device)
@@ -133,17 +133,17 @@ _LOADED: dict[tuple[str, str, str], Extractor] = {}
 
 
 def extractor_hash(splits: Splits, recipe: ExtractorRecipe) -> str:
-    """sha256 of the training pool's bytes, the recipe and the extractor's code (first 16 hex)."""
-    memo = (id(splits.pool.x), recipe)
+    """sha256 of the training split's bytes, the recipe and the extractor's code (first 16 hex)."""
+    memo = (id(splits.train.x), recipe)
     ref, digest = _HASHES.get(memo, (None, ""))
-    if ref is None or ref() is not splits.pool.x:  # an id can be reused once a tensor is freed
+    if ref is None or ref() is not splits.train.x:  # an id can be reused once a tensor is freed
         h = hashlib.sha256(json.dumps({"dataset": splits.name, "recipe": asdict(recipe)}).encode())
-        h.update(splits.pool.x.contiguous().numpy().tobytes())
-        h.update(splits.pool.y.contiguous().numpy().tobytes())
+        h.update(splits.train.x.contiguous().numpy().tobytes())
+        h.update(splits.train.y.contiguous().numpy().tobytes())
         for obj in (ConvTrunk, DomainClassifier, train_extractor):
             h.update(inspect.getsource(obj).encode())
         digest = h.hexdigest()[:16]
-        _HASHES[memo] = (weakref.ref(splits.pool.x), digest)
+        _HASHES[memo] = (weakref.ref(splits.train.x), digest)
     return digest
 
 
@@ -161,16 +161,16 @@ def load_extractor(splits: Splits, device: torch.device, recipe: ExtractorRecipe
         entry = cache.load(key)
         if entry is None:
             log.info("training the %s feature extractor %s (%d images, %d steps)", splits.name, key,
-                     len(splits.pool), recipe.steps)
+                     len(splits.train), recipe.steps)
             model = train_extractor(splits, recipe, device)
-            val_acc = accuracy(model, splits.val.to(device))
+            test_acc = accuracy(model, splits.test.to(device))
             cache.save(key, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                             "val_acc": val_acc, "dataset": splits.name})
+                             "test_acc": test_acc, "dataset": splits.name})
         else:
             model = _build(splits, recipe)
             model.load_state_dict(entry["state_dict"])
-            model, val_acc = model.to(device).eval(), float(entry["val_acc"])
-    _LOADED[memo] = Extractor(model, key, val_acc)
+            model, test_acc = model.to(device).eval(), float(entry["test_acc"])
+    _LOADED[memo] = Extractor(model, key, test_acc)
     return _LOADED[memo]
 
 
@@ -260,24 +260,6 @@ def cas(cfg: TrialConfig, synthetic: Images, test: Images, num_classes: int, dev
 # --------------------------------------------------------------------------- trial stages
 
 
-def gan_scorer(cfg: TrialConfig, splits: Splits, device: torch.device,
-               tracker: Tracker = NULL_TRACKER) -> Scorer | None:
-    """The validation FCD for best-checkpoint selection (``gan.eval_every``), or None when off."""
-    if not cfg.gan.eval_every:
-        return None
-    ext = load_extractor(splits, device)
-    tracker.set_tags({"quality.extractor_hash": ext.hash})
-    metric = FrechetInceptionDistance(feature=DomainFeatures(ext.model), reset_real_features=False).to(device)
-    _update(metric, splits.val.x.to(device), True)  # the real side is kept across resets
-
-    def score(images: torch.Tensor) -> float:
-        metric.reset()
-        _update(metric, images, False)
-        return float(metric.compute())
-
-    return score
-
-
 def trial_quality(cfg: TrialConfig, generator: nn.Module, labeller: Callable[[], nn.Module], splits: Splits,
                   device: torch.device, tracker: Tracker = NULL_TRACKER) -> dict[str, float]:
     """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
@@ -296,5 +278,5 @@ def trial_quality(cfg: TrialConfig, generator: nn.Module, labeller: Callable[[],
     test = splits.test.to(device)
     out = generator_quality(ext, test, fake, k=cfg.quality.k, per_class=conditional, seed=seed)
     out["quality/cas"] = cas(cfg, fake, test, K, device)
-    out["quality/extractor_val_acc"] = ext.val_acc
+    out["quality/extractor_test_acc"] = ext.test_acc
     return out

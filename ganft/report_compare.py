@@ -32,8 +32,9 @@ def write_compare_report(df_a: pd.DataFrame, df_b: pd.DataFrame, out_dir: Path, 
                      f"{pp(top['diff'])} ({CI_TEXT}: {ci_text(top)}; {top['method']}).")
         better = int((both["significant"] & (both["diff"] > 0)).sum())
         worse = int((both["significant"] & (both["diff"] < 0)).sum())
-        lines.append(f"{name_b} gains significantly more than {name_a} in {better} of {len(both)} shared "
-                     f"cells and significantly less in {worse}.")
+        lines.append(f"{name_b} gains significantly more than {name_a} (Benjamini-Hochberg q < 0.05 "
+                     f"across the shared cells) in {better} of {len(both)} shared cells and "
+                     f"significantly less in {worse}.")
     lines.append(f"Study sizes: {name_a} {len(df_a)} trials, {name_b} {len(df_b)} trials; "
                  f"{len(both)} cells in both, {len(comp) - len(both)} in one only.")
     table = pd.DataFrame({"N": comp[N_COL].astype(int), "ratio": comp[RATIO_COL],
@@ -42,7 +43,8 @@ def write_compare_report(df_a: pd.DataFrame, df_b: pd.DataFrame, out_dir: Path, 
                           f"B gain (pp) [{name_b}]": (100 * comp["gain_b"]).round(2), "B pairs": comp["n_b"],
                           "B − A (pp)": (100 * comp["diff"]).round(2),
                           "95% t-CI (pp)": [ci_text(r) for _, r in comp.iterrows()],
-                          "p": comp["p_value"].map(p_text), "method": comp["method"], "note": comp["note"]})
+                          "p": comp["p_value"].map(p_text), "q (BH)": comp["q_value"].map(p_text),
+                          "verdict": comp["verdict"], "method": comp["method"], "note": comp["note"]})
     rows = ["gain" if r.significant and r.diff > 0 else "loss" if r.significant else ""
             for r in comp.itertuples()]
     sections = [Section("Gains side by side", [

@@ -142,8 +142,9 @@ def _cell_text_color(value: float, lim: float) -> str:
 
 def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
     """Mean paired difference to real only (pp) over (N, ratio), one panel per level of other
-    factors. Each cell shows the mean and its 95% t-interval; cells whose interval contains 0 (or
-    that have none) are hatched and their text is grey."""
+    factors. Each cell shows the mean and its 95% t-interval; cells that are not significant after
+    Benjamini-Hochberg (q >= 0.05, or no interval) are hatched and their text is grey, and a nominal
+    one (its interval excludes 0, its q does not pass) says so."""
     factors = _factor_cols(cells)
     panels = _facets(cells, factors)
     lim = max(1.0, float(np.nanmax(np.abs(100 * cells["mean_diff"].to_numpy(float)))))
@@ -172,6 +173,7 @@ def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
                     else:
                         ci = ("no CI" if math.isnan(row["ci_low"])
                               else f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]")
+                        ci += " nominal" if row["nominal"] else ""
                         color, weight = "#333333", "normal"  # on the faded cell below: always dark
                         ax.add_patch(Rectangle((j, i), 1, 1, facecolor=(1, 1, 1, 0.6), hatch=HATCH,
                                                edgecolor="#9a9a9a", lw=0))
@@ -185,7 +187,9 @@ def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
             if label:
                 ax.set_title(label)
         fig.legend(handles=[Patch(facecolor="white", edgecolor="#9a9a9a", hatch=HATCH,
-                                  label="faded and hatched: 95% CI contains 0, or no CI (not significant)")],
+                                  label="faded and hatched: not significant after Benjamini-Hochberg "
+                                        "(q ≥ 0.05, or no CI); 'nominal': the 95% CI excludes 0, "
+                                        "q does not")],
                    loc="outside lower center", fontsize=9, frameon=False)
         fig.suptitle("Gain in test accuracy from GAN images, pp\n(mean paired difference to real only; "
                      "[95% t-interval])", fontsize=12)
@@ -194,7 +198,8 @@ def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
 
 def fig_class_gains(classes: pd.DataFrame) -> Figure:
     """Per-class mean paired difference (pp): one row per (N, ratio, other factors) cell, one column
-    per class; a black frame marks a difference whose 95% t-interval excludes 0."""
+    per class; a black frame marks a difference significant after Benjamini-Hochberg across all the
+    (class, cell) tests (q < 0.05)."""
     factors = _factor_cols(classes)
     keys = [N_COL, RATIO_COL, *factors]
     # row labels name factors by their last part (classifier.init -> init) so the cells keep room
@@ -226,8 +231,8 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
         ax.tick_params(axis="x", labelrotation=35)
         for t in ax.get_xticklabels():
             t.set_horizontalalignment("right")
-        ax.set_title("Per-class test accuracy gain from GAN images (pp)\nblack frame: 95% t-interval "
-                     "excludes 0", fontsize=11)
+        ax.set_title("Per-class test accuracy gain from GAN images (pp)\nblack frame: significant "
+                     "after Benjamini-Hochberg across all class tests (q < 0.05)", fontsize=11)
     return fig
 
 

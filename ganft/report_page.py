@@ -52,8 +52,9 @@ def render_md(page: Page) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape text for HTML, then turn `code` spans and [text](href) links into elements."""
+    """Escape text for HTML, then turn `code` spans, **bold** and [text](href) links into elements."""
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', out)
 
 

@@ -4,9 +4,14 @@ A *pair* is a GAN run (ratio > 0) and the real-only run (ratio 0) with the same 
 other varying config value: same labelled subset, same classifier initialisation and batch order
 seed, so the difference isolates the synthetic images. Runs without a partner are left out.
 Every interval here is a 95% **t-interval** (Student's t with n-1 degrees of freedom, from
-``scipy.stats.ttest_1samp(...).confidence_interval``): with three seeds a bootstrap has only ten
+``scipy.stats.ttest_1samp(...).confidence_interval``): with a handful of seeds a bootstrap has few
 distinct resamples and would be far too narrow. p-values come from the same paired t-test;
-``q_value`` is the Benjamini-Hochberg adjustment over the cells of one table.
+``q_value`` is the Benjamini-Hochberg adjustment over all the tests of one table (``add_q_values``).
+
+Verdicts survive multiple testing: a cell is a ``gain`` or a ``loss`` only when its q is below
+``ALPHA``; an interval that excludes 0 without that is ``nominal`` (``nominal gain``, ``nominal
+loss``), and everything else is ``n.s.`` or ``no CI``. Since q >= p, every gain or loss also has a
+95% interval that excludes 0.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ N_COL, RATIO_COL, SEED_COL, ACC_COL = "data.train_size", "synth.ratio", "seed", 
 CI_METHOD = "t"  # written into cells.csv and every caption
 CI_TEXT = "95% t-interval (paired t, n-1 df)"
 CLASS_PREFIX = "test/acc_class_"
-STAT_COLS = ["n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "significant", "ci_method", "note"]
+STAT_COLS = ["n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "nominal", "ci_method", "note"]
+Q_COLS = ["q_value", "significant", "verdict"]  # added by add_q_values, over a whole table
+ALPHA = 0.05  # BH false discovery rate of the gain/loss verdicts
+MIN_PAIRS = 3  # fewer pairs per cell than this: the report warns (a t-interval from 2 points)
 
 
 def varying_factors(df: pd.DataFrame) -> list[str]:
@@ -49,7 +57,8 @@ def cell_keys(df: pd.DataFrame) -> list[str]:
 
 
 def summarise(diffs: np.ndarray) -> dict[str, Any]:
-    """Mean, 95% t-interval and paired t-test p-value of per-seed differences.
+    """Mean, 95% t-interval and paired t-test p-value of per-seed differences; ``nominal``: the
+    interval excludes 0 (before any multiple-testing adjustment).
 
     Fewer than 2 pairs, or differences that are all equal (common with 2-3 seeds and a small test
     set), give no interval and no p-value: the t-test is undefined there, and a zero-width interval
@@ -58,7 +67,7 @@ def summarise(diffs: np.ndarray) -> dict[str, Any]:
     n = len(diffs)
     out: dict[str, Any] = {"n_pairs": n, "mean_diff": float(np.mean(diffs)) if n else math.nan,
                            "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
-                           "significant": False, "ci_method": CI_METHOD, "note": ""}
+                           "nominal": False, "ci_method": CI_METHOD, "note": ""}
     if n < 2:
         out["note"] = f"{n} pair: no CI (needs 2)"
     elif np.ptp(diffs) == 0:
@@ -69,7 +78,7 @@ def summarise(diffs: np.ndarray) -> dict[str, Any]:
             res = stats.ttest_1samp(diffs, 0.0)
         ci = res.confidence_interval(0.95)
         out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue),
-                   significant=bool(ci.low > 0 or ci.high < 0))
+                   nominal=bool(ci.low > 0 or ci.high < 0))
     return out
 
 
@@ -93,9 +102,9 @@ def paired_runs(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
 
 def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
     """Per (N, ratio > 0, other factors): the paired difference of ``metric`` to real only.
-    Columns: the cell keys, ``mean_acc``, ``baseline_acc``, then STAT_COLS and ``q_value``."""
+    Columns: the cell keys, ``mean_acc``, ``baseline_acc``, then STAT_COLS and Q_COLS."""
     keys = cell_keys(df)
-    cols = [*keys, "mean_acc", "baseline_acc", *STAT_COLS, "q_value"]
+    cols = [*keys, "mean_acc", "baseline_acc", *STAT_COLS, *Q_COLS]
     if df.empty or metric not in df:
         return pd.DataFrame(columns=cols)
     pairs = paired_runs(df, [metric]).dropna(subset=[f"{metric}:diff"])
@@ -137,14 +146,30 @@ def quality_cells(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def add_q_values(cells: pd.DataFrame) -> pd.DataFrame:
-    """Benjamini-Hochberg adjusted p-values over the cells that have one (scipy.stats)."""
+def add_q_values(cells: pd.DataFrame, mean_col: str = "mean_diff") -> pd.DataFrame:
+    """Benjamini-Hochberg adjusted p-values over every row that has one (scipy.stats), and the
+    verdicts they allow: ``significant`` (q < ALPHA) and ``verdict`` (the sign of ``mean_col``)."""
     cells = cells.copy()
     cells["q_value"] = math.nan
     ok = cells["p_value"].notna()
     if ok.any():
         cells.loc[ok, "q_value"] = stats.false_discovery_control(cells.loc[ok, "p_value"].to_numpy(float))
+    cells["significant"] = (cells["q_value"] < ALPHA).astype(bool)
+    cells["verdict"] = [verdict(m, nominal, sig, low) for m, nominal, sig, low in
+                        zip(cells[mean_col], cells["nominal"], cells["significant"], cells["ci_low"],
+                            strict=True)]
     return cells
+
+
+def verdict(mean_diff: float, nominal: bool, significant: bool, ci_low: float) -> str:
+    """``gain`` / ``loss`` (BH q < ALPHA), ``nominal gain`` / ``nominal loss`` (the 95% interval
+    excludes 0, q does not pass), ``n.s.``, or ``no CI``."""
+    sign = "gain" if mean_diff > 0 else "loss"
+    if significant:
+        return sign
+    if nominal:
+        return f"nominal {sign}"
+    return "no CI" if math.isnan(ci_low) else "n.s."
 
 
 def class_cells(df: pd.DataFrame, class_names: dict[int, str] | None = None) -> pd.DataFrame:
@@ -159,8 +184,8 @@ def class_cells(df: pd.DataFrame, class_names: dict[int, str] | None = None) -> 
             parts.append(cells.assign(**{"class": k, "class_name": name}))
     if not parts:
         return pd.DataFrame()
-    out = pd.concat(parts, ignore_index=True)
-    return out.drop(columns=["q_value"]).pipe(add_q_values)
+    out = pd.concat(parts, ignore_index=True)  # adjusted across every (class, cell) test at once
+    return out.drop(columns=Q_COLS).pipe(add_q_values)
 
 
 def class_extremes(classes: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -179,7 +204,7 @@ def class_extremes(classes: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, pd.
 
 def compare_cells(df_a: pd.DataFrame, df_b: pd.DataFrame) -> pd.DataFrame:
     """The same (N, ratio, shared factors) cells of two studies side by side, with the difference
-    of gains (B minus A) and its 95% t-interval.
+    of gains (B minus A), its 95% t-interval and BH q across the shared cells.
 
     Both studies draw the labelled subset and the classifier seed from (N, seed) alone, so where
     at least 2 seeds are in both, the difference is paired per seed (``paired t``); otherwise the
@@ -205,8 +230,8 @@ def compare_cells(df_a: pd.DataFrame, df_b: pd.DataFrame) -> pd.DataFrame:
         rows.append(out)
     cols = [*dict.fromkeys([*common, *fa, *fb]), "gain_a", "n_a", "ci_low_a", "ci_high_a", "gain_b", "n_b",
             "ci_low_b", "ci_high_b", "diff", "ci_low",
-            "ci_high", "p_value", "significant", "method", "note"]
-    return pd.DataFrame(rows, columns=cols)
+            "ci_high", "p_value", "nominal", "method", "note"]
+    return add_q_values(pd.DataFrame(rows, columns=cols), mean_col="diff")
 
 
 def _select(pairs: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.DataFrame:
@@ -219,14 +244,14 @@ def _select(pairs: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.DataFram
 
 def _diff_of_gains(da: pd.Series, db: pd.Series) -> dict[str, Any]:
     base = {"diff": db.mean() - da.mean() if len(da) and len(db) else math.nan, "ci_low": math.nan,
-            "ci_high": math.nan, "p_value": math.nan, "significant": False, "method": "", "note": ""}
+            "ci_high": math.nan, "p_value": math.nan, "nominal": False, "method": "", "note": ""}
     if not len(da) or not len(db):
         return {**base, "note": f"only in {'B' if len(db) else 'A'}"}
     common = da.index.intersection(db.index)
     if len(common) >= 2:
         s = summarise((db.loc[common] - da.loc[common]).to_numpy())
         return {**base, "diff": s["mean_diff"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-                "p_value": s["p_value"], "significant": s["significant"],
+                "p_value": s["p_value"], "nominal": s["nominal"],
                 "method": f"paired t ({len(common)} common seeds)", "note": s["note"]}
     if len(da) < 2 or len(db) < 2:
         return {**base, "method": "Welch t", "note": "fewer than 2 pairs on a side: no CI"}
@@ -235,4 +260,4 @@ def _diff_of_gains(da: pd.Series, db: pd.Series) -> dict[str, Any]:
     res = stats.ttest_ind(db.to_numpy(), da.to_numpy(), equal_var=False)
     ci = res.confidence_interval(0.95)
     return {**base, "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(res.pvalue),
-            "significant": bool(ci.low > 0 or ci.high < 0), "method": "Welch t"}
+            "nominal": bool(ci.low > 0 or ci.high < 0), "method": "Welch t"}

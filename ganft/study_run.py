@@ -115,9 +115,16 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
                                 cache=stores.cache)
         trial.set_user_attr("test_acc", metrics["test/acc"])
         trial.set_user_attr("gan_trained", bool(metrics.get("gan/trained_here", 0.0)))
-        return metrics["clf/best_val_acc"]  # the objective is validation accuracy, never test
+        return objective_value(metrics)
 
     return objective
+
+
+def objective_value(metrics: dict[str, float]) -> float:
+    """The Optuna objective, from budget data only, never the test split: the kept checkpoint's
+    validation accuracy; under data.validation none (no validation images) the last weights'
+    accuracy on the budget's training images."""
+    return metrics.get("clf/best_val_acc", metrics["clf/train_acc_last"])
 
 
 def _take_point(trial: optuna.Trial, by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganft.config import TrialConfig
-from ganft.data import Images, Splits
+from ganft.data import Budget, Images
 from ganft.finetune import helper_recipe, train_classifier
 from ganft.models.gan import Generator
 from ganft.runtime import autocast, make_generator
@@ -70,16 +70,17 @@ def _image_shape(generator: nn.Module) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- labeller, filtering
 
 
-def real_labeller(cfg: TrialConfig, real: Images, splits: Splits,
+def real_labeller(cfg: TrialConfig, budget: Budget, num_classes: int,
                   device: torch.device) -> Callable[[], nn.Module]:
     """A function that trains, once, on first call, the classifier that labels and filters generated
-    images: the trial's classifier recipe from scratch on the real subset only (the real-only arm,
-    best on validation accuracy)."""
+    images and whose features pick the GAN's best step: the trial's classifier recipe from scratch
+    on the budget's training images only, its checkpoint chosen on the budget's validation images
+    (the last one under data.validation none)."""
 
     @functools.cache
     def train() -> nn.Module:
-        log.info("training the real-subset labeller (%d images)", len(real))
-        res = train_classifier(helper_recipe(cfg.classifier), real, None, splits.val, splits.num_classes,
+        log.info("training the real-subset labeller (%d images)", len(budget.train))
+        res = train_classifier(helper_recipe(cfg.classifier), budget.train, None, budget.val, num_classes,
                                seed=cfg.seed, device=device)
         return res.model.eval()
 

@@ -40,7 +40,8 @@ BAD = {
     "bad name": ("name: 'my study!'\n", r"name: String should match pattern"),
     "not a mapping": ("- a\n- b\n", r"a study file is a mapping"),
     "train size too big": ("name: x\ngrid:\n  data.train_size: [50, 5000]\n",
-                           r"data\.train_size: 5000 is out of range for digits; allowed: 10\.\.1137"),
+                           r"data\.train_size: 5000 is out of range for digits with data\.validation "
+                           r"from-budget; allowed: 20\.\.1437"),
 }
 
 

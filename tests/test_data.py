@@ -11,7 +11,14 @@ import torch
 
 from ganft import data
 from ganft.config import ConfigError, DataConfig
-from ganft.data import check_sizes, labelled_subset, load_splits, read_idx
+from ganft.data import (
+    check_sizes,
+    labelled_budget,
+    labelled_subset,
+    load_splits,
+    pool_and_validation,
+    read_idx,
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -38,46 +45,54 @@ def fake_fashion(folder: Path, n_train: int = 300, n_test: int = 60) -> dict[str
 def test_digits_splits_are_fixed_disjoint_and_stratified() -> None:
     s = load_splits("digits")
     assert s.image_shape == (1, 8, 8) and s.num_classes == 10
-    assert (len(s.pool), len(s.val), len(s.test)) == (1137, 300, 360)
-    assert s.pool.x.dtype == torch.float32 and -1 <= s.pool.x.min() and s.pool.x.max() <= 1
+    assert (len(s.train), len(s.test)) == (1437, 360)
+    assert s.train.x.dtype == torch.float32 and -1 <= s.train.x.min() and s.train.x.max() <= 1
+    pool, val = pool_and_validation(s, 300)  # the pool protocol's fixed validation set
+    assert (len(pool), len(val)) == (1137, 300)
     # every class is present in proportion in val and test
-    assert torch.bincount(s.val.y).min() >= 28 and torch.bincount(s.test.y).min() >= 35
+    assert torch.bincount(val.y).min() >= 28 and torch.bincount(s.test.y).min() >= 35
     # no image of val or test appears in the pool (digits holds no duplicate images)
-    pool = {tuple(r) for r in s.pool.x.flatten(1).tolist()}
-    assert len(pool) == len(s.pool)
-    assert not any(tuple(r) in pool for r in s.val.x.flatten(1).tolist())
-    assert not any(tuple(r) in pool for r in s.test.x.flatten(1).tolist())
+    rows = {tuple(r) for r in pool.x.flatten(1).tolist()}
+    assert len(rows) == len(pool)
+    assert not any(tuple(r) in rows for r in val.x.flatten(1).tolist())
+    assert not any(tuple(r) in rows for r in s.test.x.flatten(1).tolist())
 
 
 def test_subset_depends_only_on_n_and_seed() -> None:
     s = load_splits("digits")
-    a, b = labelled_subset(s, 100, 3), labelled_subset(s, 100, 3)
+    a, b = labelled_subset(s.train, 100, 3), labelled_subset(s.train, 100, 3)
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-    c = labelled_subset(s, 100, 4)
+    c = labelled_subset(s.train, 100, 4)
     assert not torch.equal(a.x, c.x)
     assert len(a) == 100 and torch.bincount(a.y, minlength=10).tolist() == [10] * 10  # stratified
-    assert len(labelled_subset(s, len(s.pool), 0)) == len(s.pool)
+    assert len(labelled_subset(s.train, len(s.train), 0)) == len(s.train)
 
 
-def test_subset_never_overlaps_validation() -> None:
+def test_pool_protocol_subsets_never_overlap_its_validation_set() -> None:
     s = load_splits("digits")
-    val_rows = {tuple(r) for r in s.val.x.flatten(1).tolist()}
-    sub = labelled_subset(s, 500, 0)
-    assert not any(tuple(r) in val_rows for r in sub.x.flatten(1).tolist())
+    budget = labelled_budget(s, DataConfig(train_size=500, validation="pool", val_size=300), 0)
+    val_rows = {tuple(r) for r in budget.val.x.flatten(1).tolist()}
+    assert len(budget.val) == 300
+    assert not any(tuple(r) in val_rows for r in budget.train.x.flatten(1).tolist())
 
 
 def test_check_sizes_names_key_and_range() -> None:
-    msg = r"data.train_size: 5000 is out of range for digits; allowed: 10..1137"
+    msg = (r"data.train_size: 5000 is out of range for digits with data.validation from-budget; "
+           r"allowed: 20..1437")
     with pytest.raises(ConfigError, match=msg):
         check_sizes(DataConfig(train_size=5000))
-    check_sizes(DataConfig(train_size=1137))
+    check_sizes(DataConfig(train_size=1437))
+    with pytest.raises(ConfigError, match=r"allowed: 10..1137 \(one per class up to the training split "
+                       r"without the 300 validation images\)"):
+        check_sizes(DataConfig(train_size=1200, validation="pool", val_size=300))
+    check_sizes(DataConfig(train_size=10, validation="none"))
 
 
 def test_fashion_reads_idx_gz_from_a_configured_root(tmp_path: Path) -> None:
     arrays = fake_fashion(tmp_path / "fm")
-    s = load_splits("fashion-mnist", str(tmp_path / "fm"), 50)
+    s = load_splits("fashion-mnist", str(tmp_path / "fm"))
     assert s.image_shape == (1, 28, 28)
-    assert (len(s.pool), len(s.val), len(s.test)) == (250, 50, 60)
+    assert (len(s.train), len(s.test)) == (300, 60)
     expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.float32)) / 255 * 2 - 1
     assert torch.allclose(s.test.x[:, 0], expected)
     assert s.test.y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
@@ -96,7 +111,7 @@ def test_read_idx_rejects_truncated_files(tmp_path: Path) -> None:
                     "is not installed (apt-get install dataset-fashion-mnist)")
 def test_fashion_from_the_debian_package() -> None:
     s = load_splits("fashion-mnist")
-    assert (len(s.pool), len(s.val), len(s.test)) == (55000, 5000, 10000)
+    assert (len(s.train), len(s.test)) == (60000, 10000)
     assert torch.bincount(s.test.y).tolist() == [1000] * 10
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import digits_pool_val
 from recorder import Recorder
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torchvision.transforms import v2
@@ -22,7 +23,7 @@ from ganft import finetune
 from ganft.cache import CachedGan, GanCache
 from ganft.cli import main
 from ganft.config import ClassifierConfig, ConfigError, DatasetName, TrialConfig, load_study, with_overrides
-from ganft.data import Images, labelled_subset, load_splits
+from ganft.data import Images, labelled_subset
 from ganft.finetune import draw_batches, plan_phases, train_classifier
 from ganft.gan_train import build_discriminator
 from ganft.models.classifier import imagenet_weights_path
@@ -35,8 +36,8 @@ TINY = ClassifierConfig(steps=10, eval_every=5, width=8, batch_size=16)
 
 
 def digits(n: int = 30) -> tuple[Images, Images]:
-    s = load_splits("digits")
-    return labelled_subset(s, n, 0), s.val
+    pool, val = digits_pool_val()
+    return labelled_subset(pool, n, 0), val
 
 
 def fake_synthetic(n: int, value: float = -0.5) -> Images:
@@ -78,7 +79,8 @@ def watch_training() -> Iterator[dict[str, list]]:
 
 @pytest.mark.parametrize("d_norm", ["batch", "spectral"])
 def test_discriminator_init_copies_the_trunk_weights_and_adds_a_new_head(d_norm: str) -> None:
-    cfg = with_overrides(TrialConfig(), {"classifier.init": "discriminator", "gan.width": 8,
+    cfg = with_overrides(TrialConfig(), {"classifier.init": "discriminator", "classifier.arch": "seed-cnn",
+                                         "gan.width": 8,
                                          "classifier.width": 8, "gan.d_norm": d_norm})
     torch.manual_seed(1)
     D = build_discriminator(cfg.gan, (1, 8, 8), 10)
@@ -108,10 +110,11 @@ def test_discriminator_init_trains_the_gan_even_at_ratio_0_and_reuses_it(tmp_pat
     cache = GanCache(tmp_path)
     base = with_overrides(TrialConfig(), {
         "data.train_size": 30, "gan.steps": 4, "gan.width": 8, "gan.z_dim": 8, "classifier.width": 8,
-        "classifier.steps": 4, "classifier.eval_every": 4, "classifier.init": "discriminator"})
+        "classifier.steps": 4, "classifier.eval_every": 4, "classifier.init": "discriminator",
+        "classifier.arch": "seed-cnn"})
     runs = {r: run_trial(with_overrides(base, {"synth.ratio": r}), device=CPU, cache=cache) for r in (0, 1)}
     assert runs[0]["gan/trained_here"] == 1 and runs[0]["synth/count"] == 0
-    assert runs[1]["gan/trained_here"] == 0 and runs[1]["synth/count"] == 30
+    assert runs[1]["gan/trained_here"] == 0 and runs[1]["synth/count"] == 20  # 1 x the 20 training images
 
 
 def test_torchvision_init_reads_the_local_hub_cache_and_never_downloads(
@@ -176,7 +179,7 @@ def test_ganft_pretrain_builds_what_a_study_needs_once_and_trials_use_it(
     study = home / "p.yaml"
     study.write_text(f"""name: p
 base:
-  data: {{dataset: fashion-mnist, root: '{home / "fm"}', val_size: 50, train_size: 20}}
+  data: {{dataset: fashion-mnist, root: '{home / "fm"}', train_size: 20}}
   classifier: {{init: pretrained, pretrained_source: digits, pretrain_steps: 3, width: 8, steps: 4,
                eval_every: 2}}
 grid:
@@ -207,7 +210,7 @@ def test_linear_probe_leaves_the_trunk_unchanged_and_full_does_not() -> None:
 
 def test_head_then_full_trains_the_head_first_then_everything_at_a_lower_rate() -> None:
     cfg = TINY.model_copy(update={"freeze": "head-then-full", "head_fraction": 0.3, "full_lr_scale": 0.1,
-                                  "eval_every": 1})
+                                  "eval_every": 1, "schedule": "constant"})
     rec = Recorder()
     res = train(cfg, tracker=rec)
     assert res.metrics["clf/phase_steps/real-head"] == 3 and res.metrics["clf/phase_steps/real-full"] == 7
@@ -345,7 +348,8 @@ def test_classic_augmentation_flips_only_where_labels_survive_and_draws_per_imag
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"classifier.init": "discriminator", "classifier.width": 16, "gan.width": 32},
+    ({"classifier.init": "discriminator", "classifier.arch": "seed-cnn", "classifier.width": 16,
+      "gan.width": 32},
      r"classifier\.width \(16\) must equal gan\.width \(32\)"),
     ({"classifier.init": "torchvision"}, r"classifier\.init torchvision needs classifier\.arch resnet18"),
     ({"classifier.init": "discriminator", "classifier.arch": "resnet18"}, r"needs classifier\.arch seed-cnn"),
@@ -364,7 +368,7 @@ def test_recipe_rules_are_checked_at_load(overrides: dict, message: str) -> None
 
 def test_a_grid_point_that_breaks_a_recipe_rule_names_it(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
-    path.write_text("name: s\nbase:\n  classifier: {width: 16}\n  gan: {width: 32}\n"
+    path.write_text("name: s\nbase:\n  classifier: {arch: seed-cnn, width: 16}\n  gan: {width: 32}\n"
                     "grid:\n  classifier.init: [scratch, discriminator]\n")
     with pytest.raises(ConfigError, match=r"grid\.classifier\.init\[1\]: classifier\.width \(16\) must"):
         load_study(path)

@@ -35,7 +35,7 @@ class Recorder:
 
 
 def digits(n: int = 40) -> Images:
-    return labelled_subset(load_splits("digits"), n, 0)
+    return labelled_subset(load_splits("digits").train, n, 0)
 
 
 # --------------------------------------------------------------------------- losses
@@ -269,9 +269,9 @@ def test_best_checkpoint_is_the_generator_at_the_best_validation_step() -> None:
     rec = Recorder()
     cfg = GanConfig(**{**TINY, "steps": 7, "eval_every": 2, "eval_samples": 50})
     res = train_gan(cfg, digits(), 10, seed=3, device=CPU, tracker=rec, scorer=lambda images: next(scores))
-    curve = [(step, m["gan/val_fcd"]) for step, m in rec.metrics if "gan/val_fcd" in m]
+    curve = [(step, m["gan/val_kid"]) for step, m in rec.metrics if "gan/val_kid" in m]
     assert curve == [(2, 5.0), (4, 2.0), (6, 3.0), (7, 4.0)]
-    assert res.metrics["gan/best_step"] == 4 and res.metrics["gan/best_val_fcd"] == 2.0
+    assert res.metrics["gan/best_step"] == 4 and res.metrics["gan/best_val_kid"] == 2.0
     # scoring uses its own noise, so training is unchanged: the kept G is the one a 4-step run ends with
     at_4 = train_gan(cfg.model_copy(update={"steps": 4, "eval_every": 0}), digits(), 10, seed=3, device=CPU)
     kept, ref = res.generator.state_dict(), at_4.generator.state_dict()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import digits_pool_val
 
 from ganft import quality
 from ganft.config import TrialConfig, with_overrides
@@ -27,18 +28,18 @@ def uniform_noise(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=make_generator(seed)) * 2 - 1
 
 
-def test_extractor_is_trained_on_the_pool_and_classifies_well(extractor: quality.Extractor) -> None:
-    assert extractor.val_acc > 0.8  # digits: the features separate the classes
+def test_extractor_is_trained_on_the_training_split_and_classifies_well(extractor: quality.Extractor) -> None:
+    assert extractor.test_acc > 0.8  # digits: the features separate the classes
     assert len(extractor.hash) == 16
 
 
 def test_fcd_and_kid_of_real_validation_images_are_far_below_noise(extractor: quality.Extractor) -> None:
-    s = load_splits("digits")
-    real_fcd, noise_fcd = fcd(extractor, s.pool.x, s.val.x), fcd(extractor, s.pool.x, uniform_noise(300))
+    pool, val = digits_pool_val()
+    real_fcd, noise_fcd = fcd(extractor, pool.x, val.x), fcd(extractor, pool.x, uniform_noise(300))
     assert 0 <= real_fcd < noise_fcd / 10
-    real_kid, noise_kid = kid(extractor, s.pool.x, s.val.x), kid(extractor, s.pool.x, uniform_noise(300))
+    real_kid, noise_kid = kid(extractor, pool.x, val.x), kid(extractor, pool.x, uniform_noise(300))
     assert real_kid[0] < noise_kid[0] / 10
-    assert kid(extractor, s.pool.x, s.val.x) == real_kid  # the subsets are seeded
+    assert kid(extractor, pool.x, val.x) == real_kid  # the subsets are seeded
 
 
 def test_prdc_on_point_clouds() -> None:
@@ -54,12 +55,12 @@ def test_prdc_on_point_clouds() -> None:
 
 
 def test_generator_quality_has_every_score_and_per_class_fcd(extractor: quality.Extractor) -> None:
-    s = load_splits("digits")
-    out = generator_quality(extractor, s.test, s.val, k=3)
+    s, (_, val) = load_splits("digits"), digits_pool_val()
+    out = generator_quality(extractor, s.test, val, k=3)
     assert {"quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
             "quality/coverage"} <= set(out)
     assert [k for k in out if "fcd_class" in k] == [f"quality/fcd_class_{c}" for c in range(10)]
-    noise = Images(uniform_noise(300), s.val.y)
+    noise = Images(uniform_noise(300), val.y)
     worse = generator_quality(extractor, s.test, noise, k=3, per_class=False)
     assert worse["quality/fcd"] > 10 * out["quality/fcd"]
     assert worse["quality/precision"] < out["quality/precision"]
@@ -68,10 +69,11 @@ def test_generator_quality_has_every_score_and_per_class_fcd(extractor: quality.
 
 def test_cas_is_high_for_real_looking_images_and_chance_for_wrong_labels() -> None:
     s = load_splits("digits")
-    cfg = with_overrides(TrialConfig(), {"classifier.steps": 80, "classifier.width": 8,
+    cfg = with_overrides(TrialConfig(), {"classifier.arch": "seed-cnn", "classifier.schedule": "constant",
+                                         "classifier.steps": 80, "classifier.width": 8,
                                          "classifier.eval_every": 40})
-    good = cas(cfg, s.pool, s.test, 10, CPU)  # "generated" images that are real digits
-    shuffled = Images(s.pool.x, s.pool.y[torch.randperm(len(s.pool), generator=make_generator(0))])
+    good = cas(cfg, s.train, s.test, 10, CPU)  # "generated" images that are real digits
+    shuffled = Images(s.train.x, s.train.y[torch.randperm(len(s.train), generator=make_generator(0))])
     assert good > 0.8 and cas(cfg, shuffled, s.test, 10, CPU) < 0.3
 
 
@@ -86,16 +88,16 @@ def test_extractor_is_cached_on_disk_under_its_hash(home: Path, monkeypatch: pyt
 
     monkeypatch.setattr(quality, "train_extractor", no_training)
     again = load_extractor(s, CPU, tiny)
-    assert again.hash == first.hash and again.val_acc == first.val_acc
-    x = s.val.x[:20]
+    assert again.hash == first.hash and again.test_acc == first.test_acc
+    x = s.test.x[:20]
     assert torch.equal(again.model.features(x), first.model.features(x))
     assert quality.extractor_hash(s, ExtractorRecipe(width=4, features=8, steps=4)) != first.hash
 
 
-def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_fcd_curve(
+def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_kid_curve(
         home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The seed article's set-up end to end: unconditional 64x64 DCGAN, pseudo-labels with a
-    threshold, best checkpoint on validation FCD, quality scores and CAS."""
+    threshold, best checkpoint on budget-validation KID, quality scores and CAS."""
     from ganft.pipeline import run_trial
 
     monkeypatch.setattr(quality, "EXTRACTOR", ExtractorRecipe(width=4, features=8, steps=20))
@@ -127,10 +129,9 @@ def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_fcd_curve(
     assert not [k for k in m if "fcd_class" in k]  # unconditional: no per-class FCD
     expected_hash = quality.extractor_hash(load_splits("digits"), quality.EXTRACTOR)
     assert rec.tags["quality.extractor_hash"] == expected_hash
-    assert [s for s, k in rec.steps if k == "gan/val_fcd"] == [2, 4]
+    assert [s for s, k in rec.steps if k == "gan/val_kid"] == [2, 4]
 
 
 def test_quality_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quality, "load_extractor", lambda *a, **k: pytest.fail("no extractor when off"))
     assert quality.trial_quality(TrialConfig(), None, lambda: None, load_splits("digits"), CPU) == {}
-    assert quality.gan_scorer(TrialConfig(), load_splits("digits"), CPU) is None

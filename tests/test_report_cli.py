@@ -89,7 +89,8 @@ def test_report_cli_with_ceiling_and_compare(home: Path, capsys: pytest.CaptureF
     assert comp["diff"].mean() == pytest.approx(0.03, abs=0.01)
     assert comp["method"].str.startswith("paired t (3 common seeds)").all()
     page = (home / "reports" / "compare-grid_a-vs-grid_b" / "index.html").read_text()
-    assert "grid_b gains significantly more than grid_a in 2 of 2 shared cells" in page
+    assert "grid_b gains significantly more than grid_a (Benjamini-Hochberg q &lt; 0.05 across the shared " \
+           "cells) in 2 of 2 shared cells" in page
 
     assert main(["report", "nope"]) == 1
     assert main(["report", "grid_a", "--ceiling", "nope"]) == 1

@@ -46,7 +46,7 @@ def test_accuracy_figure_marks_real_only_levels_the_ceiling_and_facets_other_fac
     assert titles == ["gan.loss=hinge", "gan.loss=ns"]
 
 
-def test_heatmap_hatches_exactly_the_cells_whose_interval_contains_zero() -> None:
+def test_heatmap_hatches_exactly_the_cells_not_significant_after_bh() -> None:
     df = frame({(100, 1.0): 0.05, (100, 4.0): -0.06, (500, 1.0): 0.0, (500, 4.0): 0.001})
     cells = paired_cells(df)
     fig = figs.fig_gain_heatmap(cells)

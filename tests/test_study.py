@@ -49,7 +49,8 @@ def test_study_runs_every_point_once_logs_to_mlflow_and_reuses_gans(
     assert (children.status == "FINISHED").all() and (children.parent == parents.id.iloc[0]).all()
     row = children[children.name == "n60-r2.0-s0"].iloc[0]
     assert row.params["data.train_size"] == "60" and row.params["synth.ratio"] == "2.0"
-    assert row.params["gan.steps"] == "12" and row.metrics["synth/count"] == 120
+    # ratio 2 x the 50 training images (10 of the 60 validate)
+    assert row.params["gan.steps"] == "12" and row.metrics["synth/count"] == 100
     assert 0 <= row.metrics["test/acc"] <= 1 and "test/macro_f1" in row.metrics
     assert "gan/loss_d" in row.metrics and "clf/val_acc" in row.metrics
     # one GAN per (N, seed): the ratio-1 and ratio-2 trials of each N share it

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import digits_pool_val
 from recorder import Recorder
 
 from ganft.cache import CachedGan, GanCache, gan_key
 from ganft.config import ClassifierConfig, GanConfig, TrialConfig, with_overrides
-from ganft.data import Images, labelled_subset, load_splits
+from ganft.data import Images, labelled_budget, labelled_subset, load_splits
 from ganft.finetune import train_classifier
 from ganft.gan_train import Ema, NonFiniteLossError, train_gan
 
@@ -17,7 +18,7 @@ TINY_GAN = GanConfig(steps=6, width=8, z_dim=8, batch_size=16)
 
 
 def real_subset(n: int = 40) -> Images:
-    return labelled_subset(load_splits("digits"), n, 0)
+    return labelled_subset(load_splits("digits").train, n, 0)
 
 
 def test_gan_trains_a_few_steps_with_finite_losses() -> None:
@@ -61,14 +62,24 @@ def test_ema_warms_up_then_averages() -> None:
 
 
 def test_cache_key_covers_what_determines_the_gan_and_not_the_ratio() -> None:
+    s = load_splits("digits")
+
+    def key(cfg: TrialConfig) -> str:
+        return gan_key(cfg, labelled_budget(s, cfg.data, cfg.seed))
+
     base = TrialConfig()
     same = [with_overrides(base, {"synth.ratio": r}) for r in (0, 1, 4)]
-    assert len({gan_key(c) for c in same}) == 1
-    assert len({gan_key(c) for c in same + [with_overrides(base, {"classifier.steps": 9})]}) == 1
+    assert len({key(c) for c in same}) == 1
+    assert len({key(c) for c in same + [with_overrides(base, {"classifier.steps": 9})]}) == 1
     different = [with_overrides(base, {k: v}) for k, v in
                  [("seed", 1), ("data.train_size", 50), ("gan.steps", 7), ("gan.lr_g", 1e-3),
-                  ("data.dataset", "fashion-mnist"), ("data.val_size", 100)]]
-    assert len({gan_key(c) for c in [base, *different]}) == 1 + len(different)
+                  ("data.val_fraction", 0.3), ("data.validation", "none")]]
+    assert len({key(c) for c in [base, *different]}) == 1 + len(different)
+    pool = with_overrides(base, {"data.validation": "pool", "data.val_size": 300})
+    assert key(pool) not in {key(c) for c in [base, *different]}
+    # the selection images and features count only when the GAN's best step is chosen
+    selecting = with_overrides(base, {"gan.eval_every": 50})
+    assert key(with_overrides(selecting, {"classifier.steps": 9})) != key(selecting) != key(base)
 
 
 def test_cache_roundtrip_and_torn_entries_are_discarded(tmp_path: Path) -> None:
@@ -86,30 +97,30 @@ def test_cache_roundtrip_and_torn_entries_are_discarded(tmp_path: Path) -> None:
 
 
 def test_classifier_gets_the_same_step_budget_whatever_the_ratio() -> None:
-    s = load_splits("digits")
-    real = labelled_subset(s, 30, 0)
+    pool, val = digits_pool_val()
+    real = labelled_subset(pool, 30, 0)
     cfg = ClassifierConfig(steps=10, eval_every=5, width=8, batch_size=16)
     fake = Images(torch.zeros(120, 1, 8, 8), torch.arange(120) % 10)
     logged = {}
     for name, synth in (("real-only", None), ("ratio 4", fake)):
         rec = Recorder()
-        res = train_classifier(cfg, real, synth, s.val, 10, seed=0, device=CPU, tracker=rec)
+        res = train_classifier(cfg, real, synth, val, 10, seed=0, device=CPU, tracker=rec)
         logged[name] = [step for step, m in rec.metrics if "clf/loss" in m]
         assert res.metrics["clf/train_images"] == 30 + (0 if synth is None else 120)
     assert logged["real-only"] == logged["ratio 4"] == [5, 10]
 
 
 def test_classifier_keeps_the_best_validation_checkpoint() -> None:
-    s = load_splits("digits")
+    pool, val = digits_pool_val()
     rec = Recorder()
     cfg = ClassifierConfig(steps=60, eval_every=10, width=8, lr=5e-3)
-    res = train_classifier(cfg, labelled_subset(s, 50, 0), None, s.val, 10, seed=0, device=CPU, tracker=rec)
+    res = train_classifier(cfg, labelled_subset(pool, 50, 0), None, val, 10, seed=0, device=CPU, tracker=rec)
     curve = {step: m["clf/val_acc"] for step, m in rec.metrics}
     best_step = max(curve, key=lambda k: (curve[k], -k))
     assert res.metrics["clf/best_step"] == best_step
     from ganft.evaluate import accuracy
 
-    assert accuracy(res.model, s.val) == pytest.approx(curve[best_step])
+    assert accuracy(res.model, val) == pytest.approx(curve[best_step])
 
 
 def test_a_trial_is_reproducible_bit_for_bit() -> None:
@@ -145,9 +156,9 @@ def test_bf16_autocast_on_the_cpu_trains_and_keeps_fp32_data(bf16_speed) -> None
     assert all(p.dtype == torch.float32 for p in res.generator.parameters())
     synth = sample_synthetic(res.generator, 20, 10, seed=0, device=CPU)
     assert synth.x.dtype == torch.float32
-    s = load_splits("digits")
+    pool, val = digits_pool_val()
     cfg = ClassifierConfig(steps=6, eval_every=3, width=8, batch_size=16)
-    clf = train_classifier(cfg, labelled_subset(s, 30, 0), synth, s.val, 10, seed=0, device=CPU)
+    clf = train_classifier(cfg, labelled_subset(pool, 30, 0), synth, val, 10, seed=0, device=CPU)
     assert 0.0 <= clf.metrics["clf/best_val_acc"] <= 1.0
 
 

@@ -1,7 +1,9 @@
 """Classifiers, each a ``trunk`` (features) and a ``head`` (logits), so every initialisation and
 freezing rule works on any of them.
 
-``seed-cnn`` is the seed article's classifier, fixed: the discriminator's conv trunk (sized to the
+``bn-cnn`` (the default) is a two-stage CNN with batch norm and max pooling, the baseline a
+practitioner would pick. ``seed-cnn`` is the seed article's classifier, fixed: the discriminator's
+conv trunk (sized to the
 image) with a class head that returns logits, no Softmax before the loss. ``resnet18`` is
 torchvision's ResNet-18 adapted to small images. ``ganft.pretrain`` picks a trunk's starting
 weights (``classifier.init``); the ImageNet ones are read here.
@@ -28,6 +30,34 @@ class SeedCNN(nn.Module):
         self.trunk = ConvTrunk(channels=channels, size=size, width=width, norm=norm)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.trunk.out_features, num_classes))
         dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))  # (B, K) logits for CrossEntropyLoss
+
+
+class BatchNormCNN(nn.Module):
+    """The default classifier: the CNN a practitioner would train on small 8x8-32x32 images.
+
+    Two stages of a 3x3 conv (same padding), batch norm, ReLU and a 2x2 max-pool:
+    (B, C, S, S) -> (B, width, S/2, S/2) -> (B, 2*width, S/4, S/4); the trunk ends flattened, the head
+    is dropout and a linear layer returning logits. bench/baseline.py compares it with a plain
+    two-conv CNN with max pooling on the same labelled budget and step budget.
+    """
+
+    def __init__(self, *, channels: int, size: int, num_classes: int, width: int = 32,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        if size % 4:
+            raise ValueError(f"image size {size} is not supported by bn-cnn: it must be divisible by 4 "
+                             f"(e.g. 8, 28, 32, 64)")
+        layers: list[nn.Module] = []
+        c_in = channels
+        for c_out in (width, 2 * width):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in * (size // 4) ** 2, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))  # (B, K) logits for CrossEntropyLoss
@@ -61,7 +91,7 @@ class ResNet18Small(nn.Module):
         return self.head(self.trunk(x))  # (B, K)
 
 
-CLASSIFIERS = {"seed-cnn": SeedCNN, "resnet18": ResNet18Small}
+CLASSIFIERS = {"bn-cnn": BatchNormCNN, "seed-cnn": SeedCNN, "resnet18": ResNet18Small}
 
 
 def build_classifier(arch: str, image_shape: tuple[int, int, int], num_classes: int,
