@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from cmdline import command_line  # bench/cmdline.py
 from torch import nn
 
+from ganft.classic_augment import classifier_augment
 from ganft.config import ClassifierConfig, DataConfig
 from ganft.data import labelled_budget, load_splits
 from ganft.evaluate import accuracy
 from ganft.finetune import train_classifier
 from ganft.runtime import make_generator, seeded
-from ganft.transforms import classifier_augment
 
 CPU = torch.device("cpu")
 

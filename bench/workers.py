@@ -24,7 +24,7 @@ import optuna
 from mlflow import MlflowClient
 
 from ganft.config import load_study
-from ganft.study import open_storage
+from ganft.study.storage import open_storage
 
 LOCK_ERRORS = ("database is locked", "database table is locked", "UNIQUE constraint failed",
                "Invalid log format", "Traceback")

@@ -312,6 +312,14 @@ def config_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[
     return keys
 
 
+def field_annotation(key: str, model: type[BaseModel] = TrialConfig) -> Any:
+    """The type annotation of a dotted config key, e.g. ``float`` for ``gan.lr_d``."""
+    *parents, leaf = key.split(".")
+    for p in parents:
+        model = model.model_fields[p].annotation
+    return model.model_fields[leaf].annotation
+
+
 def flatten(cfg: BaseModel) -> dict[str, Any]:
     """Dotted-key view of a config (lists joined by '+' so they read well as MLflow params)."""
     out: dict[str, Any] = {}

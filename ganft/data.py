@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from ganft.catalog import CLASS_NAMES
 from ganft.config import ConfigError, DataConfig
-from ganft.runtime import derive_seed, project_root
+from ganft.paths import project_root
+from ganft.runtime import derive_seed
 
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_FILES = {  # split -> (images, labels), the names used by the dataset's authors and Debian
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -160,7 +160,6 @@ DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(load_digits_tensors, train_total=1437, num_classes=10),
     "fashion-mnist": DatasetInfo(load_fashion_tensors, train_total=60000, num_classes=10),
 }
-CLASS_NAMES = {"digits": tuple(str(i) for i in range(10)), "fashion-mnist": FASHION_CLASSES}
 
 
 # --------------------------------------------------------------------------- splits

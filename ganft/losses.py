@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganft.augment import translation
+from ganft.diffaugment import translation
 
 # --------------------------------------------------------------------------- adversarial losses
 

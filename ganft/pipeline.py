@@ -12,6 +12,7 @@ from torch import nn
 
 from ganft import quality
 from ganft.cache import CachedGan, GanCache, gan_key
+from ganft.classic_augment import classifier_augment
 from ganft.config import TrialConfig, flatten
 from ganft.data import Budget, Splits, labelled_budget, splits_for
 from ganft.evaluate import test_metrics
@@ -22,7 +23,6 @@ from ganft.runtime import derive_seed, prepare_model
 from ganft.selection import gan_scorer
 from ganft.synth import real_labeller, synthesise, synthetic_count
 from ganft.tracking import NULL_TRACKER, Tracker, log_image_tensor
-from ganft.transforms import classifier_augment
 
 log = logging.getLogger(__name__)
 

@@ -16,32 +16,30 @@ that ``init: pretrained`` needs.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
+import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ganft import data, finetune, transforms
-from ganft.cache import CachedGan, CheckpointCache
-from ganft.config import ClassifierConfig, DataConfig, TrialConfig
+from ganft import classic_augment, data, finetune
+from ganft.cache import CachedGan, CheckpointCache, code_version, content_key
+from ganft.config import ClassifierConfig, DataConfig, StudyConfig, TrialConfig
 from ganft.data import Images, splits_for
 from ganft.gan_train import build_discriminator
 from ganft.models import classifier as classifier_models
 from ganft.models import gan as gan_models
-from ganft.runtime import project_root
+from ganft.paths import project_root
+from ganft.runtime import pick_device
 from ganft.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 
 PRETRAIN_SEED = 0  # one checkpoint per source and recipe; the trial's seed varies the fine-tuning
 # The code that determines a pretrained checkpoint: any change to these files makes new keys.
-PRETRAIN_SOURCES = (classifier_models, gan_models, finetune, transforms, data)
+PRETRAIN_CODE = (classifier_models, gan_models, finetune, classic_augment, data)
 
 
 class PretrainedMissingError(FileNotFoundError):
@@ -50,15 +48,6 @@ class PretrainedMissingError(FileNotFoundError):
 
 def pretrained_cache() -> CheckpointCache:
     return CheckpointCache(project_root() / ".ganft-cache" / "pretrained")
-
-
-@functools.cache
-def pretrain_code_version() -> str:
-    h = hashlib.sha256()
-    for module in PRETRAIN_SOURCES:
-        h.update(Path(module.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()[:12]
 
 
 def pretrain_recipe(cfg: ClassifierConfig) -> ClassifierConfig:
@@ -72,8 +61,8 @@ def pretrain_key(cfg: TrialConfig, image_shape: tuple[int, int, int]) -> str:
     """Source dataset, target image shape, the recipe, its seed and the code version."""
     ident = {"source": cfg.classifier.pretrained_source, "image_shape": list(image_shape),
              "recipe": pretrain_recipe(cfg.classifier).model_dump(mode="json"), "seed": PRETRAIN_SEED,
-             "code": pretrain_code_version()}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+             "code": code_version(*PRETRAIN_CODE, sys.modules[__name__])}
+    return content_key(ident)
 
 
 def resize_images(images: Images, image_shape: tuple[int, int, int]) -> Images:
@@ -178,3 +167,25 @@ def initial_trunk_state(cfg: TrialConfig, image_shape: tuple[int, int, int], num
     if init not in INITS:
         raise ValueError(f"unknown classifier.init {init!r}; known: {', '.join(INITS)}")
     return INITS[init](cfg, image_shape, num_classes, gan, tracker)
+
+
+def pretrain_study(study: StudyConfig, device_name: str = "auto") -> list[str]:
+    """``ganft pretrain STUDY``: train (once, cached) every source checkpoint the study's
+    ``classifier.init: pretrained`` points need; one line per checkpoint."""
+    device = pick_device(device_name)
+    needed = {}  # key -> (a trial config that needs it, the target image shape)
+    for point in study.points() or [{}]:
+        trial = study.trial_config(point)
+        if trial.classifier.init == "pretrained":
+            shape = splits_for(trial.data).image_shape
+            needed.setdefault(pretrain_key(trial, shape), (trial, shape))
+    if not needed:
+        return [f"study {study.name}: no grid point uses classifier.init pretrained; nothing to pretrain"]
+    lines = []
+    for key, (trial, shape) in needed.items():
+        _, metrics, trained = ensure_pretrained(trial, shape, device)
+        c = trial.classifier
+        lines.append(f"{'trained' if trained else 'cached'} {key}: {c.arch} (width {c.width}) on "
+                     f"{c.pretrained_source} at {'x'.join(map(str, shape))}, {c.pretrain_steps} steps, "
+                     f"source val acc {metrics['pretrain/val_acc']:.3f}")
+    return lines

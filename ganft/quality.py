@@ -20,9 +20,6 @@ Scores, logged under ``quality/`` (generated images against the real test split)
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import logging
 import warnings
 import weakref
@@ -41,7 +38,8 @@ from ganft.data import Images, Splits
 from ganft.evaluate import accuracy, predict
 from ganft.finetune import helper_recipe, train_classifier
 from ganft.models.gan import ConvTrunk
-from ganft.runtime import derive_seed, make_generator, project_root, seeded
+from ganft.paths import project_root
+from ganft.runtime import derive_seed, make_generator, seeded
 from ganft.synth import sample_synthetic
 from ganft.tracking import NULL_TRACKER, Tracker
 
@@ -133,16 +131,14 @@ _LOADED: dict[tuple[str, str, str], Extractor] = {}
 
 
 def extractor_hash(splits: Splits, recipe: ExtractorRecipe) -> str:
-    """sha256 of the training split's bytes, the recipe and the extractor's code (first 16 hex)."""
+    """The key of what determines the extractor: the training split's bytes, the recipe and the
+    extractor's code (first 16 hex)."""
     memo = (id(splits.train.x), recipe)
     ref, digest = _HASHES.get(memo, (None, ""))
     if ref is None or ref() is not splits.train.x:  # an id can be reused once a tensor is freed
-        h = hashlib.sha256(json.dumps({"dataset": splits.name, "recipe": asdict(recipe)}).encode())
-        h.update(splits.train.x.contiguous().numpy().tobytes())
-        h.update(splits.train.y.contiguous().numpy().tobytes())
-        for obj in (ConvTrunk, DomainClassifier, train_extractor):
-            h.update(inspect.getsource(obj).encode())
-        digest = h.hexdigest()[:16]
+        digest = checkpoints.content_key({
+            "dataset": splits.name, "recipe": asdict(recipe), "data": checkpoints.images_digest(splits.train),
+            "code": checkpoints.code_version(ConvTrunk, DomainClassifier, train_extractor)})
         _HASHES[memo] = (weakref.ref(splits.train.x), digest)
     return digest
 

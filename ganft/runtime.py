@@ -62,22 +62,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def project_root() -> Path:
-    """Where the default stores (mlflow.db, the Optuna journal, the GAN cache) live.
-
-    ``$GANFT_HOME`` if set; else the source checkout this package is installed from (an editable
-    install, as in the README), so running from a sub-folder finds the same stores; else the
-    current directory. Never silently the cwd of a checkout's sub-folder.
-    """
-    env = os.environ.get("GANFT_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").is_file() and (checkout / "ganft").is_dir():
-        return checkout
-    return Path.cwd().resolve()
-
-
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block (e.g. model construction, whose init draws from the global RNG) under ``seed``,
@@ -97,13 +81,12 @@ class Speed:
     is trained, only how fast; ``bf16`` changes the arithmetic's rounding, so runs record it in the
     tag ``ganft.precision``.
 
-    precision: ``auto`` (bf16 autocast on CPUs with AMX-BF16 or AVX512-BF16, where bench/
-        measured +18-45% GAN and +5-39% classifier throughput; fp32 elsewhere, CUDA included: on
-        an H200 bench/settings.py measured bf16 autocast 5-17% slower for these small models,
-        whose steps are bound by kernel launches, not arithmetic), ``fp32`` or ``bf16``.
-    channels_last: NHWC memory format for conv models; None (auto) uses it on CUDA (H200: GAN
-        step 2% faster, classifier step equal), not on the CPU, where bench/settings.py found no
-        consistent gain (between 20% slower and 13% faster across runs, neutral in most).
+    precision: ``auto`` (bf16 autocast on CPUs with AMX-BF16 or AVX512-BF16, where it is faster;
+        fp32 elsewhere, CUDA included: these small models' steps are bound by kernel launches, not
+        arithmetic, and bf16 autocast was slower there), ``fp32`` or ``bf16``. The figures are in
+        bench/README.md (bench/settings.py, bench/throughput.py).
+    channels_last: NHWC memory format for conv models; None (auto) uses it on CUDA, not on the
+        CPU, where bench/settings.py found no consistent gain.
     compile: ``torch.compile`` each top-level block of a model (slow to start; pays off on long runs).
     """
 
@@ -167,7 +150,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def eval_batch_size(device: torch.device) -> int:
     """Batch size for inference: large on accelerators; on the CPU, 256 keeps a small conv net's
-    activations in cache (bench/settings.py: 10,000 Fashion images in 0.31 s at 256, 0.63 s at 4,096)."""
+    activations in cache (bench/settings.py compares batch sizes)."""
     return 256 if device.type == "cpu" else 4096
 
 
@@ -184,3 +167,12 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
         for child in model.children():
             child.compile()
     return model
+
+
+def machine_description() -> str:
+    """The machine a study runs on, for its parent run (tag ``ganft.machine``) and its report."""
+    import platform
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; "
+            f"torch {torch.__version__}")

@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
+import numpy as np
+
 from ganft.data import Images, load_splits, pool_and_validation
 
 
 def digits_pool_val(val_size: int = 300) -> tuple[Images, Images]:
     """The bundled digits' training split as the pool protocol divides it: (pool, validation)."""
     return pool_and_validation(load_splits("digits"), val_size)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An unsigned-byte IDX file, gzipped: the MNIST family's real on-disk format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion(folder: Path, n_train: int = 300, n_test: int = 60) -> dict[str, np.ndarray]:
+    """Random 28x28 images in Fashion-MNIST's on-disk format (gzipped IDX), labels 0..9 in turn."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        write_idx(folder / f"{name}.gz", arr)
+    return arrays

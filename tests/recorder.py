@@ -25,6 +25,17 @@ class Recorder:
     def log_artifact(self, path: Any) -> None:
         pass
 
+    def merged(self) -> dict[str, float]:
+        """Every metric's last logged value."""
+        out: dict[str, float] = {}
+        for _, m in self.metrics:
+            out |= m
+        return out
+
+    def steps(self, key: str) -> list[int | None]:
+        """The steps at which a metric was logged, in order."""
+        return [s for s, m in self.metrics if key in m]
+
     def curve(self, key: str) -> dict[int, float]:
         """The logged values of one metric by step."""
         return {s: m[key] for s, m in self.metrics if key in m}

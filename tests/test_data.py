@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fake_fashion, write_idx
 
 from ganft import data
 from ganft.config import ConfigError, DataConfig
@@ -19,27 +20,6 @@ from ganft.data import (
     pool_and_validation,
     read_idx,
 )
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An unsigned-byte IDX file, gzipped: the MNIST family's real on-disk format."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def fake_fashion(folder: Path, n_train: int = 300, n_test: int = 60) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
-        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
-        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, arr in arrays.items():
-        write_idx(folder / f"{name}.gz", arr)
-    return arrays
 
 
 def test_digits_splits_are_fixed_disjoint_and_stratified() -> None:

@@ -4,7 +4,6 @@ early stopping and classic augmentation, on tiny digits runs."""
 from __future__ import annotations
 
 import contextlib
-import gzip
 import re
 import typing
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import digits_pool_val
+from helpers import digits_pool_val, fake_fashion
 from recorder import Recorder
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torchvision.transforms import v2
@@ -21,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ganft import finetune
 from ganft.cache import CachedGan, GanCache
+from ganft.classic_augment import HFLIP_PRESERVES_LABEL, affine_theta, classifier_augment, crop_padding, warp
 from ganft.cli import main
 from ganft.config import ClassifierConfig, ConfigError, DatasetName, TrialConfig, load_study, with_overrides
 from ganft.data import Images, labelled_subset
@@ -29,7 +29,6 @@ from ganft.gan_train import build_discriminator
 from ganft.models.classifier import imagenet_weights_path
 from ganft.pipeline import run_trial
 from ganft.pretrain import PretrainedMissingError, ensure_pretrained, initial_trunk_state, pretrain_key
-from ganft.transforms import HFLIP_PRESERVES_LABEL, affine_theta, classifier_augment, crop_padding, warp
 
 CPU = torch.device("cpu")
 TINY = ClassifierConfig(steps=10, eval_every=5, width=8, batch_size=16)
@@ -161,21 +160,9 @@ def test_pretrained_init_is_built_by_pretrain_once_then_loaded(home: Path) -> No
     assert pretrain_key(with_overrides(cfg, {"seed": 3, "synth.ratio": 4}), shape) == key
 
 
-def write_fake_fashion(folder: Path, n_train: int = 300, n_test: int = 60) -> None:
-    """Random 28x28 images in Fashion-MNIST's on-disk format (gzipped IDX)."""
-    gen = torch.Generator().manual_seed(0)
-    folder.mkdir(parents=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, arr in (("images-idx3", torch.randint(0, 256, (n, 28, 28), generator=gen)),
-                          ("labels-idx1", torch.arange(n) % 10)):
-            header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
-            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + arr.to(torch.uint8).numpy().tobytes())
-
-
 def test_ganft_pretrain_builds_what_a_study_needs_once_and_trials_use_it(
         home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_fake_fashion(home / "fm")
+    fake_fashion(home / "fm")
     study = home / "p.yaml"
     study.write_text(f"""name: p
 base:

@@ -6,11 +6,12 @@ from typing import get_args
 
 import pytest
 import torch
+from recorder import Recorder
 from torch import nn
 
-from ganft.augment import POLICIES, diff_augment
 from ganft.config import GAN_RECIPES, ConfigError, GanConfig, TrialConfig, load_study, with_overrides
 from ganft.data import Images, labelled_subset, load_splits
+from ganft.diffaugment import POLICIES, diff_augment
 from ganft.gan_train import train_gan
 from ganft.losses import LOSSES, DStep, consistency_penalty, get_loss, gradient_penalty, r1_penalty
 from ganft.models.classifier import SeedCNN
@@ -21,17 +22,6 @@ from ganft.synth import sample_labelled, sample_synthetic, synthesise
 CPU = torch.device("cpu")
 TINY = {"steps": 4, "width": 8, "z_dim": 8, "batch_size": 16}
 STUDY = Path(__file__).parents[1] / "studies" / "gan_zoo.yaml"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-
-    def log_params(self, params): pass
-    def log_metrics(self, metrics, step=None): self.metrics.append((step, dict(metrics)))
-    def set_tags(self, tags): pass
-    def log_figure(self, fig, name): pass
-    def log_artifact(self, path): pass
 
 
 def digits(n: int = 40) -> Images:

@@ -18,11 +18,12 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from ganft.study import open_storage, trial_owner
-from ganft.study_run import FAULT_ENV
-from ganft.workers import alive
+from ganft.study.grid import trial_owner
+from ganft.study.objective import FAULT_ENV
+from ganft.study.storage import open_storage
+from ganft.study.workers import alive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # several processes, a minute or more each
 POINTS = {f"n{n}-r{r}-s0" for n in (30, 60) for r in (0.0, 1.0, 2.0)}
 LOCK_ERRORS = ("database is locked", "database table is locked", "UNIQUE constraint failed",
                "already exists", "Invalid log format")

@@ -27,7 +27,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # several processes, a minute or more each
 PASSWORD = "pg-s3cret-5d1f"  # must never show up in any log, param, tag or attribute
 POINTS = {f"n{n}-r{r}-s0" for n in (30, 60) for r in (0.0, 1.0, 2.0)}
 

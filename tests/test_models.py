@@ -35,3 +35,14 @@ def test_generator_conditioning_changes_output() -> None:
     z = torch.randn(1, 16).repeat(2, 1)
     x = G(z, torch.tensor([0, 1]))
     assert not torch.allclose(x[0], x[1])
+
+
+def test_unknown_variant_names_are_a_value_error_that_lists_the_known_ones() -> None:
+    import pytest
+
+    from ganft.models.gan import Discriminator, Generator
+
+    with pytest.raises(ValueError, match=r"unknown conditioning 'film'; known: projection, acgan, none"):
+        Generator(channels=1, size=8, num_classes=10, conditioning="film")
+    with pytest.raises(ValueError, match=r"unknown conditioning 'film'; known: projection, acgan, none"):
+        Discriminator(channels=1, size=8, num_classes=10, conditioning="film")

@@ -178,8 +178,8 @@ def test_real_fraction_fixes_the_real_share_of_every_batch_whatever_the_ratio(mo
 
 
 def test_a_nominal_effect_that_does_not_survive_bh_is_called_nominal() -> None:
-    from ganft.report import answer_lines
-    from ganft.report_stats import paired_cells
+    from ganft.report.stats import paired_cells
+    from ganft.report.write import answer_lines
 
     rng = np.random.default_rng(0)
     rows_ = []
@@ -202,8 +202,8 @@ def test_a_nominal_effect_that_does_not_survive_bh_is_called_nominal() -> None:
 
 
 def test_few_pairs_per_cell_warn_in_the_report() -> None:
-    from ganft.report import answer_lines
-    from ganft.report_stats import paired_cells
+    from ganft.report.stats import paired_cells
+    from ganft.report.write import answer_lines
 
     df = pd.DataFrame([{"data.train_size": 100, "synth.ratio": r, "seed": s,
                         "test/acc": 0.5 + 0.01 * s + r / 100}
@@ -213,7 +213,9 @@ def test_few_pairs_per_cell_warn_in_the_report() -> None:
 
 
 def test_report_states_the_protocol_convergence_and_the_choice_on_budget_data(tmp_path) -> None:
-    from ganft.report import ReportMeta, convergence_table, objective_by_setting, protocol_table, write_report
+    from ganft.report.sections import convergence_table, objective_by_setting, protocol_table
+    from ganft.report.text import ReportMeta
+    from ganft.report.write import write_report
 
     rows = []
     for protocol, shift in (("from-budget", 0.0), ("pool", 0.02)):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import digits_pool_val
+from recorder import Recorder
 
 from ganft import quality
 from ganft.config import TrialConfig, with_overrides
@@ -102,34 +103,21 @@ def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_kid_curve(
 
     monkeypatch.setattr(quality, "EXTRACTOR", ExtractorRecipe(width=4, features=8, steps=20))
 
-    class Tags:
-        def __init__(self) -> None:
-            self.tags, self.metrics, self.steps = {}, {}, []
-
-        def log_params(self, params): pass
-        def log_metrics(self, metrics, step=None):
-            self.steps += [(step, k) for k in metrics]
-            self.metrics |= metrics
-
-        def set_tags(self, tags): self.tags.update(tags)
-        def log_figure(self, fig, name): pass
-        def log_artifact(self, path): pass
-
     cfg = with_overrides(TrialConfig(), {
         "gan.recipe": "seed-dcgan", "gan.steps": 4, "gan.width": 4, "gan.z_dim": 8, "gan.batch_size": 16,
         "gan.eval_every": 2, "gan.eval_samples": 50, "data.train_size": 30, "synth.ratio": 1,
         "synth.min_confidence": 0.2, "classifier.steps": 6, "classifier.width": 4, "classifier.eval_every": 3,
         "quality.enabled": True, "quality.num_samples": 100, "quality.k": 3})
-    rec = Tags()
+    rec = Recorder()
     run_trial(cfg, device=CPU, tracker=rec)
-    m = rec.metrics
+    m = rec.merged()
     for key in ("quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
                 "quality/coverage", "quality/cas", "synth/pseudo_label_kept_fraction", "gan/best_step"):
         assert key in m and m[key] == m[key], key  # logged and not NaN
     assert not [k for k in m if "fcd_class" in k]  # unconditional: no per-class FCD
     expected_hash = quality.extractor_hash(load_splits("digits"), quality.EXTRACTOR)
     assert rec.tags["quality.extractor_hash"] == expected_hash
-    assert [s for s, k in rec.steps if k == "gan/val_kid"] == [2, 4]
+    assert rec.steps("gan/val_kid") == [2, 4]
 
 
 def test_quality_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,8 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ganft.report import ReportMeta, busy_seconds, cast_param, paired_cells, tidy_runs, write_report
-from ganft.report_stats import class_cells, class_extremes, compare_cells, paired_runs, summarise
+from ganft.report.stats import (
+    class_cells,
+    class_extremes,
+    compare_cells,
+    paired_cells,
+    paired_runs,
+    summarise,
+)
+from ganft.report.text import ReportMeta, busy_seconds
+from ganft.report.tidy import cast_param, tidy_runs
+from ganft.report.write import write_report
 
 
 def frame(effects: dict[tuple[int, float], float], seeds=(0, 1, 2, 3, 4), noise=0.01,
@@ -188,7 +197,7 @@ def test_wall_time_counts_resumed_invocations_and_overlapping_workers_once() -> 
 
 
 def test_factors_set_by_a_recipe_are_not_repeated_as_factors_of_their_own() -> None:
-    from ganft.report_stats import varying_factors
+    from ganft.report.stats import varying_factors
 
     rows = []
     for recipe, loss, d_norm in [("default", "ns", "batch"), ("hinge-sn", "hinge", "spectral"),
@@ -203,7 +212,7 @@ def test_factors_set_by_a_recipe_are_not_repeated_as_factors_of_their_own() -> N
 
 
 def test_quality_is_summarised_per_generator_setting_with_its_gain(tmp_path: Path) -> None:
-    from ganft.report_stats import quality_cells
+    from ganft.report.stats import quality_cells
 
     df = frame({(500, 1.0): 0.02, (500, 4.0): 0.04}, seeds=(0, 1, 2), extra={"run_id": ""})
     df["run_id"] = [f"r{i}" for i in range(len(df))]
@@ -226,7 +235,7 @@ def test_quality_is_summarised_per_generator_setting_with_its_gain(tmp_path: Pat
 
 
 def test_a_significant_gain_is_the_best_cell_over_a_larger_noisy_mean(tmp_path: Path) -> None:
-    from ganft.report import answer_lines
+    from ganft.report.write import answer_lines
 
     df = frame({(100, 1.0): 0.02, (500, 1.0): 0.0}, noise=0.002)
     noisy = (df["data.train_size"] == 500) & (df["synth.ratio"] == 1.0)

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from test_report import frame
 
-from ganft.report import ReportMeta, answer_lines, paired_cells, write_report
+from ganft.report.stats import paired_cells
+from ganft.report.text import ReportMeta
+from ganft.report.write import answer_lines, write_report
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

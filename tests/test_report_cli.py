@@ -12,8 +12,8 @@ import pytest
 
 from ganft.cli import main
 from ganft.config import TrialConfig, flatten, with_overrides
-from ganft.report import tidy_runs
-from ganft.tracking import PARENT_TAG, MlflowStore, default_tracking_uri
+from ganft.report.tidy import tidy_runs
+from ganft.study.mlflow_store import PARENT_TAG, MlflowStore, default_tracking_uri
 
 
 def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0, 1.0, 2.0),
@@ -95,4 +95,6 @@ def test_report_cli_with_ceiling_and_compare(home: Path, capsys: pytest.CaptureF
     assert main(["report", "nope"]) == 1
     assert main(["report", "grid_a", "--ceiling", "nope"]) == 1
     assert main(["report"]) == 2
-    assert "run `ganft study run studies/nope.yaml` first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "study 'nope' has no runs in" in err and "there is no studies/nope.yaml either " \
+        "(studies with runs here: full, grid_a, grid_b; study files: none)" in err

@@ -15,9 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from test_report import frame
 
-from ganft import report_figures as figs
-from ganft.report_stats import class_cells, compare_cells, paired_cells, paired_runs
-from ganft.study import open_storage, optuna_frames
+from ganft.report import figures as figs
+from ganft.report.stats import class_cells, compare_cells, paired_cells, paired_runs
+from ganft.study.status import optuna_frames
+from ganft.study.storage import open_storage
 
 CEILING = pd.DataFrame({"data.train_size": [55000], "synth.ratio": [0.0], "test/acc": [0.912]})
 

@@ -24,11 +24,15 @@ from optuna.trial import TrialState
 from ganft.cache import CheckpointCache, file_sha256
 from ganft.cli import main
 from ganft.config import load_study
-from ganft.study import GRID_KEY_ATTR, OWNER_ATTR, Stores, grid_key, open_storage, superseded
-from ganft.study_run import preflight
-from ganft.study_storage import repair_journal
-from ganft.tracking import MlflowStore, redact, redact_argv
-from ganft.workers import alive, identity, is_alive
+from ganft.redact import redact, redact_argv
+from ganft.study.grid import GRID_KEY_ATTR, OWNER_ATTR, grid_key
+from ganft.study.mlflow_store import MlflowStore
+from ganft.study.queue import superseded
+from ganft.study.run import preflight
+from ganft.study.shared_cache import SharedStore
+from ganft.study.storage import open_storage, repair_journal
+from ganft.study.stores import Stores
+from ganft.study.workers import alive, identity, is_alive
 
 # --------------------------------------------------------------------------- journal
 
@@ -180,7 +184,7 @@ def test_a_worker_record_from_before_a_reboot_is_dead_and_one_from_another_conta
     me = identity()
     tags = {f"ganft.{k}": str(v) for k, v in me.items()}  # as MLflow keeps them
     assert alive(me) and alive(tags, prefix="ganft.")
-    assert not alive({**me, "boot": "an-earlier-boot"})  # power loss, then reboot
+    assert not alive({**me, "boot": me["boot"] - 3600})  # power loss, then reboot an hour later
     assert alive({**me, "pid": _dead_pid(), "pidns": "another"})  # same hostname, other pids
     assert not alive({**me, "pid": _dead_pid()})
 
@@ -234,7 +238,7 @@ def test_sqlite_optuna_storage_is_refused_for_several_workers(
 
 
 class FakeServer:
-    """An in-memory tracking server as cache.CheckpointCache sees it (tracking.MlflowCheckpointStore)."""
+    """An in-memory tracking server as the shared cache sees it (study.mlflow_store.MlflowCheckpointStore)."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.runs, self.lock = root, {}, threading.Lock()
@@ -269,8 +273,9 @@ PAYLOAD = {"w": torch.arange(6.0)}
 
 
 def _fast(directory: Path, server: FakeServer, **kw: float) -> CheckpointCache:
-    return CheckpointCache(directory, server, poll_s=kw.get("poll_s", 0.02), beat_s=kw.get("beat_s", 0.05),
-                           stale_s=kw.get("stale_s", 5.0))
+    sync = SharedStore(server, poll_s=kw.get("poll_s", 0.02), beat_s=kw.get("beat_s", 0.05),
+                       stale_s=kw.get("stale_s", 5.0))
+    return CheckpointCache(directory, sync)
 
 
 def test_an_entry_saved_on_one_machine_is_fetched_verified_on_another(tmp_path: Path) -> None:
@@ -287,7 +292,7 @@ def test_an_entry_saved_on_one_machine_is_fetched_verified_on_another(tmp_path: 
 
     (server.root / "run0.pt").write_bytes(b"not the published bytes")  # corrupted in transit
     assert c.load("k") is None and not c.path("k").exists()
-    assert not list(c.dir.glob(".fetch-*"))
+    assert not list(c.dir.glob("*.fetch.tmp-*"))
 
 
 def test_a_second_machine_waits_for_the_first_ones_claim(tmp_path: Path) -> None:

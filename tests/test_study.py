@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from ganft import study_run as study_mod
+from ganft import pipeline
 from ganft.cli import main
-from ganft.study import Stores, open_storage
+from ganft.study.objective import FAULT_ENV
+from ganft.study.storage import open_storage
+from ganft.study.stores import Stores
 
 POINTS = {f"n{n}-r{r}-s0" for n in (30, 60) for r in (0.0, 1.0, 2.0)}
 
@@ -38,6 +40,7 @@ def complete_points(home: Path) -> Counter:
                    if t.state == optuna.trial.TrialState.COMPLETE)
 
 
+@pytest.mark.slow  # a whole 6-point study with GAN training: over 10 s on 2 cores
 def test_study_runs_every_point_once_logs_to_mlflow_and_reuses_gans(
         tiny_study: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
@@ -79,7 +82,7 @@ def test_study_runs_every_point_once_logs_to_mlflow_and_reuses_gans(
 
 def test_interrupted_study_resumes_without_duplicates(
         tiny_study: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_run_trial = study_mod.run_trial
+    real_run_trial = pipeline.run_trial
     calls = {"n": 0}
 
     def interrupt_third(cfg, **kw):
@@ -88,14 +91,14 @@ def test_interrupted_study_resumes_without_duplicates(
             raise KeyboardInterrupt
         return real_run_trial(cfg, **kw)
 
-    monkeypatch.setattr(study_mod, "run_trial", interrupt_third)
+    monkeypatch.setattr(pipeline, "run_trial", interrupt_third)
     assert main(["study", "run", str(tiny_study), "--no-progress"]) == 130
     assert sum(complete_points(home).values()) == 2
     df = runs(home)
     assert sorted(df[df.role == "trial"].status) == ["FINISHED", "FINISHED", "KILLED"]
     assert (df[df.role == "parent"].status == "KILLED").all()
 
-    monkeypatch.setattr(study_mod, "run_trial", real_run_trial)
+    monkeypatch.setattr(pipeline, "run_trial", real_run_trial)
     assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
     assert complete_points(home) == Counter({p: 1 for p in POINTS})
     df = runs(home)
@@ -108,7 +111,7 @@ def test_failing_point_is_recorded_others_complete_and_retries_are_bounded(
         tiny_study: Path, home: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # the test hook makes this point's losses NaN; the training's own guard fails the trial
-    monkeypatch.setenv(study_mod.FAULT_ENV, "n60-r1.0-s0")
+    monkeypatch.setenv(FAULT_ENV, "n60-r1.0-s0")
     assert main(["study", "run", str(tiny_study), "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "5 of 6 grid points complete, 1 failed" in out and "NonFiniteLossError: non-finite" in out

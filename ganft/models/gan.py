@@ -22,6 +22,8 @@ Conditioning: the generator gets the label as an embedding concatenated to z (``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,13 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 MAX_CHANNELS = 512
 SEED_SIZE = 64  # the seed article's training resolution
+
+
+def pick(table: dict[str, Any], name: str, what: str) -> Any:
+    """``table[name]``, or a ValueError that lists the known names."""
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(table)}")
+    return table[name]
 
 
 def layout(size: int) -> tuple[int, int]:
@@ -129,7 +138,7 @@ class Generator(nn.Module):
         s0, stages = layout(size)
         chans = stage_channels(width, stages)[::-1]  # start resolution first
         self.s0, self.c0 = s0, chans[0]
-        self.cond = G_CONDITIONING[conditioning](num_classes, z_dim)
+        self.cond = pick(G_CONDITIONING, conditioning, "conditioning")(num_classes, z_dim)
         self.fc = nn.Sequential(nn.Linear(self.cond.out_dim, chans[0] * s0 * s0, bias=False),
                                 nn.BatchNorm1d(chans[0] * s0 * s0), nn.ReLU(inplace=True))
         ups: list[nn.Module] = []
@@ -160,7 +169,7 @@ class SeedGenerator(nn.Module):
                  conditioning: str = "none") -> None:
         super().__init__()
         self.z_dim, self.num_classes, self.size, self.channels = z_dim, num_classes, SEED_SIZE, channels
-        self.cond = G_CONDITIONING[conditioning](num_classes, z_dim)
+        self.cond = pick(G_CONDITIONING, conditioning, "conditioning")(num_classes, z_dim)
         ngf = width
         self.net = nn.Sequential(
             nn.ConvTranspose2d(self.cond.out_dim, ngf * 8, 4, 1, 0, bias=False),  # (B, 8ngf, 4, 4)
@@ -270,7 +279,7 @@ class Discriminator(nn.Module):
         if norm not in TRUNK_NORM:
             raise ValueError(f"unknown D norm {norm!r}; known: {', '.join(TRUNK_NORM)}")
         self.trunk = ConvTrunk(channels=channels, size=size, width=width, norm=TRUNK_NORM[norm])
-        self.head = D_HEADS[conditioning](self.trunk.out_features, num_classes)
+        self.head = pick(D_HEADS, conditioning, "conditioning")(self.trunk.out_features, num_classes)
         dcgan_init(self)
         D_NORM_WRAP[norm](self)
 

@@ -21,7 +21,7 @@ from matplotlib.patches import Patch, Rectangle
 from scipy import stats
 
 from ganft.config import config_keys
-from ganft.report_stats import ACC_COL, N_COL, RATIO_COL, SEED_COL, varying_factors
+from ganft.report.stats import ACC_COL, N_COL, RATIO_COL, SEED_COL, varying_factors
 
 DPI = 110
 HATCH = "///"

@@ -1,6 +1,6 @@
-"""Running a study: the objective of one trial, the worker loop, ``--workers N`` and the study run
-that prepares the stores, starts the workers and sums up. Study state (names, survey, reaping, the
-queue) is in study.py; storages in study_storage.py.
+"""Running a study: the worker loop, ``--workers N`` and the study run that prepares the stores,
+starts the workers and sums up. One trial's objective is in objective.py, the queue (survey,
+reaping) in queue.py, the storages in storage.py.
 
 MLflow: one experiment per study, one parent run per invocation that has work to do, one nested
 child run per trial named after its grid point. A child run ends FINISHED only after Optuna has
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,158 +23,24 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft import workers
 from ganft.config import StudyConfig
-from ganft.pipeline import run_trial
-from ganft.runtime import (
-    Speed,
-    configure_speed,
-    current_speed,
-    pick_device,
-    precision_name,
-    uses_channels_last,
-)
-from ganft.study import (
-    GRID_KEY_ATTR,
-    OWNER_ATTR,
-    PointState,
-    Stores,
+from ganft.redact import redact, redact_argv
+from ganft.study import workers
+from ganft.study.grid import PointState, survey, trial_owner
+from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
+from ganft.study.objective import end_trial_run, make_objective
+from ganft.study.queue import (
     close_orphan_runs,
-    distribution,
-    encode,
     enqueue_missing,
-    grid_key,
     load_or_create_study,
     owner_dead,
-    point_name,
     reap_dead_trials,
     reclaim,
-    suggest,
-    superseded,
-    survey,
-    trial_owner,
 )
-from ganft.study_storage import StudyError, check_disk, coordination, is_journal, repair_journal
-from ganft.tracking import PARENT_TAG, MlflowStore, redact, redact_argv
+from ganft.study.storage import StudyError, check_disk, coordination, is_journal, repair_journal
+from ganft.study.stores import Stores
 
 log = logging.getLogger(__name__)
-# Test hook, read only in _injected_fault: grid point names (comma-separated) whose trials get a
-# non-finite loss. It exists so a test can make a trial diverge inside a worker subprocess.
-FAULT_ENV = "GANFT_TEST_NONFINITE"
-
-# --------------------------------------------------------------------------- one trial
-
-
-@contextlib.contextmanager
-def _injected_fault(name: str) -> Iterator[None]:
-    """Test hook: when ``$GANFT_TEST_NONFINITE`` names this grid point, every module output in its
-    trial becomes NaN, so training meets a real non-finite loss and its own guard (gan_train,
-    finetune) fails the trial. Never set it outside tests."""
-    if name not in {p.strip() for p in os.environ.get(FAULT_ENV, "").split(",")}:
-        yield
-        return
-    import torch
-
-    def poison(module: Any, args: Any, output: Any) -> Any:
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            return output * float("nan")
-        return output
-
-    log.warning("%s: %s is set; this trial's losses will be non-finite", name, FAULT_ENV)
-    handle = torch.nn.modules.module.register_module_forward_hook(poison)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_id: str,
-                   device_name: str) -> Callable[[optuna.Trial], float]:
-    device = pick_device(device_name)
-    dists = {k: distribution(k, v) for k, v in cfg.grid.items()}
-    by_key = {grid_key(p): p for p in cfg.points()}
-
-    def objective(trial: optuna.Trial) -> float:
-        me = workers.identity()
-        trial.set_user_attr(OWNER_ATTR, {**me, "trial": trial.number})  # first: reapers look for it
-        trial.set_user_attr("ganft.parent_run_id", parent_id)
-        point = _take_point(trial, by_key)
-        for k, dist in dists.items():  # record the point as Optuna params (fixed by the queue)
-            suggest(trial, k, dist)
-        name = point_name(point)
-        tags = {PARENT_TAG: "trial", "ganft.study": cfg.name, "ganft.grid_point": name,
-                "ganft.trial_number": trial.number, "ganft.storage": redact(stores.storage),
-                "ganft.device": str(device), "ganft.precision": precision_name(device),
-                "ganft.channels_last": uses_channels_last(device),
-                "ganft.compile": current_speed().compile,
-                **{f"ganft.{k}": v for k, v in me.items()},
-                **{f"grid.{k}": encode(v) for k, v in point.items()}}
-        with _trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):
-            metrics = run_trial(cfg.trial_config(point), device=device, tracker=store.tracker(run_id),
-                                cache=stores.cache)
-        trial.set_user_attr("test_acc", metrics["test/acc"])
-        trial.set_user_attr("gan_trained", bool(metrics.get("gan/trained_here", 0.0)))
-        return objective_value(metrics)
-
-    return objective
-
-
-def objective_value(metrics: dict[str, float]) -> float:
-    """The Optuna objective, from budget data only, never the test split: the kept checkpoint's
-    validation accuracy; under data.validation none (no validation images) the last weights'
-    accuracy on the budget's training images."""
-    return metrics.get("clf/best_val_acc", metrics["clf/train_acc_last"])
-
-
-def _take_point(trial: optuna.Trial, by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The grid point the queue gave this trial; prunes the trial as spare when another trial holds
-    the point (a queue race) or the queue ran dry before this worker popped it."""
-    key = trial.user_attrs.get(GRID_KEY_ATTR)
-    spare = superseded(trial.study, trial.number, key) if key in by_key else "no grid point left"
-    if spare:
-        trial.set_user_attr("ganft.spare", spare)
-        raise optuna.TrialPruned(spare)
-    return by_key[key]
-
-
-@contextlib.contextmanager
-def _trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str, Any],
-               parent_id: str) -> Iterator[str]:
-    """The trial's MLflow child run. An error ends it FAILED with the reason (also the trial's
-    ``ganft.fail_reason``: an attempt against max_retries); Ctrl-C ends it KILLED (not an attempt).
-    On success it stays RUNNING: end_trial_run ends it once Optuna has stored COMPLETE."""
-    run_id = None
-    try:
-        run_id = store.start_run(name, tags, parent_id=parent_id)
-        trial.set_user_attr("ganft.mlflow_run_id", run_id)
-        yield run_id
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr("ganft.fail_reason", reason[:1000])
-        if run_id:
-            store.end_run(run_id, "FAILED", reason)
-        raise
-    except BaseException:  # Ctrl-C, SystemExit: not the point's fault
-        if run_id:
-            store.end_run(run_id, "KILLED", "interrupted")
-        raise
-
-
-def end_trial_run(store: MlflowStore) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Optuna callback, called after the trial's state is stored: its MLflow run ends FINISHED only
-    once the trial is COMPLETE (a worker killed in between leaves the trial RUNNING and the run
-    RUNNING; the point runs again and the run ends KILLED, so a point never has two FINISHED runs)."""
-
-    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("ganft.mlflow_run_id")
-        if not run_id or trial_owner(trial) is None:
-            return
-        if trial.state == TrialState.COMPLETE:
-            store.end_run(run_id, "FINISHED")
-        elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
-            store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
-
-    return callback
 
 
 # --------------------------------------------------------------------------- workers
@@ -204,8 +69,11 @@ def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
 
 
 def _worker_main(index: int, n: int, cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
-                 log_level: int, speed: Speed) -> None:
-    """Entry point of a spawned worker process (``--workers N``)."""
+                 log_level: int, speed: Any) -> None:
+    """Entry point of a spawned worker process (``--workers N``); ``speed`` is the parent's
+    runtime.Speed."""
+    from ganft.runtime import configure_speed
+
     logging.basicConfig(level=log_level, format=f"%(asctime)s w{index} %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     configure_speed(speed)  # a spawned interpreter starts with the defaults
@@ -240,6 +108,21 @@ class Summary:
     def ok(self) -> bool:
         """Nothing failed or left undone: every point is complete or running elsewhere."""
         return self.complete + self.running == self.total
+
+    def lines(self, cfg: StudyConfig) -> list[str]:
+        """What ``ganft study run`` prints when it ends."""
+        if self.ran == 0 and self.complete == self.total:
+            return [f"study {cfg.name} is complete: {self.complete} of {self.total} grid points done; "
+                    f"nothing to run."]
+        elsewhere = f"{self.running} running in other workers, " if self.running else ""
+        out = [f"study {cfg.name}: {self.complete} of {self.total} grid points complete, "
+               f"{elsewhere}{len(self.failed)} failed; this run: {self.ran} trials, "
+               f"{self.gans_trained} GANs trained, {self.seconds:.1f} s."]
+        out += [f"  failed {ps.name} ({ps.attempts} attempt(s), max_retries {cfg.max_retries}): {ps.reason}"
+                for ps in self.failed]
+        if self.workers_lost:
+            out.append(f"  {self.workers_lost} worker process(es) died; rerun the same command to finish")
+        return out
 
 
 def _summary(states: list[PointState], **kw: Any) -> Summary:
@@ -283,12 +166,17 @@ def _close_dead_claims(stores: Stores) -> None:
 
 
 def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progress: bool = True,
-              workers_n: int = 1) -> Summary:
+              workers_n: int = 1, speed: Any = None) -> Summary:
     """Run every grid point of ``cfg`` that is not yet COMPLETE, exactly once each, in this process
-    (``workers_n`` 1) or in ``workers_n`` worker processes."""
+    (``workers_n`` 1) or in ``workers_n`` worker processes, with the runtime.Speed ``speed``
+    (default: the current one)."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from ganft.runtime import configure_speed, current_speed, machine_description, pick_device
+
+    if speed is not None:
+        configure_speed(speed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     pick_device(device)  # fail on a bad --device before anything is written
@@ -306,7 +194,7 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
          **{f"ganft.{k}": v for k, v in workers.identity().items()},
          "ganft.storage": redact(stores.storage), "ganft.tracking_uri": redact(stores.tracking_uri),
          "ganft.grid_points": len(states), "ganft.queued": queued, "ganft.workers": n,
-         "ganft.argv": redact_argv(sys.argv)})
+         "ganft.argv": redact_argv(sys.argv), "ganft.machine": machine_description()})
     bar = tqdm(total=len(states), initial=done, desc=f"study {cfg.name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
 

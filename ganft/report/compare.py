@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ganft import report_figures as figs
 from ganft.config import config_keys
-from ganft.report import ReportMeta, cell_name, ci_text, p_text, pp, save_figure, write_page
-from ganft.report_page import Page, Section
-from ganft.report_stats import CI_TEXT, N_COL, RATIO_COL, compare_cells
+from ganft.report import figures as figs
+from ganft.report.page import Page, Section
+from ganft.report.sections import save_figure
+from ganft.report.stats import CI_TEXT, N_COL, RATIO_COL, compare_cells
+from ganft.report.text import ReportMeta, cell_name, ci_text, p_text, pp
+from ganft.report.write import write_page
 
 
 def write_compare_report(df_a: pd.DataFrame, df_b: pd.DataFrame, out_dir: Path, name_a: str,

@@ -1,12 +1,11 @@
-"""Optuna storages for the study runner (part of study.py, split off for size; the two are the only
-ganft modules that import optuna, with cli.py).
+"""Optuna storages for a study: journal files and RDB databases, their locks and their repair.
 
 - A path is a journal file (``JournalStorage(JournalFileBackend)``), the local default: unlike
-  SQLite it is safe for several workers on one study. ganft locks it with ``flock``, which the
-  kernel releases when a worker dies (Optuna's default symlink lock stays behind after ``kill -9``
-  and makes everyone wait out a grace period), and whoever takes the lock first truncates a torn
-  last line left by a writer that died mid-write (optuna #5138: a torn line followed by another
-  makes every later load fail).
+  SQLite it is safe for several workers on one study. ganft locks it with ``filelock`` (an
+  ``flock``), which the kernel releases when a worker dies (Optuna's default symlink lock stays
+  behind after ``kill -9`` and makes everyone wait out a grace period), and whoever takes the lock
+  first truncates a torn last line left by a writer that died mid-write (optuna #5138: a torn line
+  followed by another makes every later load fail).
 - A URL is an RDB storage (PostgreSQL for several machines) with Optuna's heartbeats: a trial whose
   worker stops beating is failed by ``fail_stale_trials`` and queued again by
   ``RetryHeartbeatStaleTrialCallback``; ganft's callback first ends its MLflow run as KILLED.
@@ -15,7 +14,6 @@ ganft modules that import optuna, with cli.py).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from ganft.tracking import redact
+from ganft.redact import redact
 
 log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 256 * 2**20  # below this, a worker stops before its next trial rather than tear a file
@@ -50,19 +49,17 @@ def is_journal(spec: str) -> bool:
 
 class FlockJournalLock:
     """The journal's write lock (``JournalFileBackend(lock_obj=...)``: acquire / release, like
-    Optuna's own locks) as an ``flock`` on ``<journal>.ganft.lock``: released by the kernel when its
-    holder dies. On acquiring it, a torn last line is repaired before anyone appends. Local
-    filesystems only (flock is unreliable on NFS: use PostgreSQL across machines)."""
+    Optuna's own locks) as a ``filelock.FileLock`` on ``<journal>.ganft.lock`` (an ``flock``:
+    released by the kernel when its holder dies). On acquiring it, a torn last line is repaired
+    before anyone appends. Local filesystems only (flock is unreliable on NFS: use PostgreSQL
+    across machines)."""
 
     def __init__(self, journal: str) -> None:
         self.journal = journal
-        self._path = journal + ".ganft.lock"
-        self._fd: int | None = None
+        self._lock = FileLock(journal + ".ganft.lock", thread_local=False)
 
     def acquire(self) -> bool:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
+        self._lock.acquire()
         try:
             fixed = fix_torn_tail(self.journal)
         except BaseException:
@@ -73,10 +70,8 @@ class FlockJournalLock:
         return True
 
     def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if self._lock.is_locked:
+            self._lock.release()
 
 
 def fix_torn_tail(path: str) -> str | None:
@@ -169,12 +164,8 @@ def coordination(spec: str) -> Iterator[None]:
         yield
         return
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
-    with open(spec + ".ganft-coord.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(spec + ".ganft-coord.lock"):
+        yield
 
 
 # --------------------------------------------------------------------------- opening

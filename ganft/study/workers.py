@@ -1,13 +1,14 @@
 """Worker processes for ``ganft study run --workers N``: start, pin, watch, stop. No scheduling.
 
-The work itself is handed out by Optuna's queue (study.py); this module only starts N identical
+The work itself is handed out by Optuna's queue (study/queue.py); this module only starts N identical
 processes, gives each ``cores / N`` torch threads so they do not oversubscribe the CPU, forwards
 Ctrl-C, and tells the study runner which processes are alive. Processes are started with
 ``spawn`` (a fresh interpreter): forking a process that already initialised torch's thread pools
 or a database connection is not safe.
 
-Process identity (host, pid, start time) is how trials left RUNNING by a dead worker are found
-on this machine: a pid alone can be reused by a later process, its start time cannot.
+Process identity (host, pid, start time, through psutil) is how trials left RUNNING by a dead
+worker are found on this machine: a pid alone can be reused by a later process, its start time
+cannot.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +31,10 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- process identity
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (Linux), or None where unknown. The command name (field 2)
-    may hold spaces, so the fields are counted from its closing parenthesis."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22), or None where unknown."""
-    stat = _stat(pid)
-    return int(stat[19]) if stat else None
-
-
-@functools.cache
-def _boot_id() -> str:
-    """Changes at every boot (Linux): processes recorded under another boot are all gone."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 @functools.cache
 def _pid_namespace() -> str:
-    """Containers on one host can share its hostname but not its pids."""
+    """Containers on one host can share its hostname but not its pids (psutil does not say which
+    namespace a process is in; the inode of /proc/self/ns/pid does)."""
     try:
         return str(os.stat("/proc/self/ns/pid").st_ino)
     except OSError:
@@ -63,10 +42,11 @@ def _pid_namespace() -> str:
 
 
 def identity() -> dict[str, Any]:
-    """This process as stored on trials and runs: host, pid, pid_start, boot, pidns."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid) or 0,
-            "boot": _boot_id(), "pidns": _pid_namespace()}
+    """This process as stored on trials and runs: host, pid, pid_start (its start time), boot (the
+    machine's boot time) and pidns."""
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": me.pid, "pid_start": round(me.create_time(), 2),
+            "boot": round(psutil.boot_time()), "pidns": _pid_namespace()}
 
 
 def alive(record: Mapping[str, Any], prefix: str = "") -> bool:
@@ -79,31 +59,37 @@ def alive(record: Mapping[str, Any], prefix: str = "") -> bool:
 
     if get("host") != socket.gethostname() or not get("pid").isdigit():
         return True
-    if get("boot") and get("boot") != _boot_id():
+    if _number(get("boot")) is not None and abs(_number(get("boot")) - psutil.boot_time()) > BOOT_SLACK_S:
         return False  # this machine rebooted since (power loss)
     if get("pidns") and get("pidns") != _pid_namespace():
         return True
-    start = get("pid_start")
-    return is_alive(get("host"), int(get("pid")), int(start) if start.isdigit() else None)
+    return is_alive(get("host"), int(get("pid")), _number(get("pid_start")))
 
 
-def is_alive(host: str | None, pid: int | None, pid_start: int | None = None) -> bool:
+BOOT_SLACK_S = 2.0  # psutil derives the boot time from the uptime: it can move by a fraction of a second
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def is_alive(host: str | None, pid: int | None, pid_start: float | str | None = None) -> bool:
     """Whether a process on this host (``pid``, started at ``pid_start`` if known) still runs; a
     zombie does not, nor a later process that got the same pid."""
     if host != socket.gethostname() or not pid:
         return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False  # killed, not yet reaped by its parent: it runs no more
+        return not (pid_start and abs(proc.create_time() - float(pid_start)) > 0.01)  # a reused pid
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    stat = _stat(pid)
-    if stat is None:
-        return True
-    if stat[0] in ("Z", "X"):  # killed, not yet reaped by its parent (or by init): it runs no more
-        return False
-    return not (pid_start and int(stat[19]) != pid_start)  # a reused pid is another process
 
 
 # --------------------------------------------------------------------------- the pool

@@ -1,5 +1,5 @@
 """Classic augmentation for the classifier: the cheap baseline that GAN images have to beat.
-(DiffAugment for GAN training is a different thing and lives in ``ganft.augment``.)
+(DiffAugment for GAN training is a different thing and lives in ``ganft.diffaugment``.)
 
 ``classic``: a random crop with padding (an integer shift of up to ``pad`` pixels, background
 filled), a small affine (rotation within +-10 degrees, scale 0.9-1.1) and, only where it
@@ -8,9 +8,9 @@ preserves the label, a horizontal flip: what torchvision's ``v2.RandomCrop(size,
 drawn independently for every image of a batch.
 
 Hand-written rather than a ``v2.Compose``: v2 transforms draw one set of parameters per call, so
-a batched call would move every image of the batch the same way, and one call per image measured
-22 ms per 64-image 28x28 batch on one CPU core, against 15-45 ms for the whole classifier step.
-Here the three become one 2x3 matrix per image and a single ``grid_sample`` (0.6 ms).
+a batched call would move every image of the batch the same way, and one call per image costs as
+much as the classifier step itself on a CPU. Here the three become one 2x3 matrix per image and a
+single ``grid_sample`` over the batch.
 tests/test_finetune.py checks the result against torchvision's functional ops for fixed parameters.
 """
 

@@ -1,0 +1,118 @@
+"""Reports from a study's stores: read its finished MLflow runs (and Optuna's history), then write
+``reports/<study>/``. ``build`` is what ``ganft report STUDY`` runs, and what a notebook calls:
+
+    from ganft.report.build import build
+    build("quick")                       # reports/quick/index.html
+    build("fashion_grid", ceiling="fashion_ceiling", protocol="fashion_grid_pool")
+
+Nothing here imports the training stack (torch), and nothing here creates a store.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ganft.catalog import CLASS_NAMES
+from ganft.paths import project_root
+from ganft.redact import redact
+from ganft.report.compare import write_compare_report
+from ganft.report.text import ReportMeta, busy_seconds
+from ganft.report.tidy import tidy_runs
+from ganft.report.write import write_report
+from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
+from ganft.study.status import optuna_frames
+from ganft.study.stores import Stores
+
+
+class NothingToReport(LookupError):
+    """The study has no experiment or no finished trials in the store; the message says what to run."""
+
+
+def study_runs(study: str, stores: Stores) -> pd.DataFrame:
+    """The tidy finished trial runs of ``study`` (a name); NothingToReport, saying what to run, if
+    there are none. A store that does not exist is not created."""
+    db = sqlite_path(stores.tracking_uri)
+    if db is not None and not Path(db).is_file():
+        raise NothingToReport(f"no MLflow store at {db} yet (no study has run here); {_hint(study, [])}")
+    try:
+        store = MlflowStore(stores.tracking_uri, study, create=False)
+    except LookupError:
+        known = [n for n in experiment_names(stores.tracking_uri) if n != CACHE_EXPERIMENT]
+        raise NothingToReport(f"study {study!r} has no runs in {redact(stores.tracking_uri)}; "
+                              f"{_hint(study, known)}") from None
+    df = tidy_runs(store.runs_frame())
+    if df.empty:
+        raise NothingToReport(f"study {study} has no finished trials yet; {_hint(study, [])}")
+    return df
+
+
+def _hint(study: str, with_runs: list[str]) -> str:
+    """What to run: the study file if there is one, else which studies exist."""
+    files = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
+    if study in files:
+        return f"run `ganft study run {study}` first"
+    have = f"studies with runs here: {', '.join(with_runs)}; " if with_runs else ""
+    return f"there is no studies/{study}.yaml either ({have}study files: {', '.join(files) or 'none'})"
+
+
+def invocations(study: str, stores: Stores) -> tuple[float | None, list[str], str]:
+    """Wall time of the study's `ganft study run` invocations (their parent runs, overlaps counted
+    once), their distinct command lines as recorded (tag ``ganft.argv``, credentials redacted) and
+    the machine the last one ran on (tag ``ganft.machine``)."""
+    parents = MlflowStore(stores.tracking_uri, study, create=False).runs_frame(role="parent")
+    commands: list[str] = []
+    machine = ""
+    if "tags.ganft.argv" in parents:
+        for argv in parents.sort_values("start_time")["tags.ganft.argv"].dropna():
+            parts = argv.split()
+            if parts and Path(parts[0]).name == "ganft":
+                parts[0] = "ganft"  # the console script's absolute path says nothing to a reader
+            if " ".join(parts) not in commands:
+                commands.append(" ".join(parts))
+    if "tags.ganft.machine" in parents:
+        known = parents.sort_values("start_time")["tags.ganft.machine"].dropna()
+        machine = str(known.iloc[-1]) if len(known) else ""
+    return busy_seconds(parents), commands, machine
+
+
+def _class_names(df: pd.DataFrame) -> dict[int, str]:
+    datasets = df["data.dataset"].unique() if "data.dataset" in df else []
+    return dict(enumerate(CLASS_NAMES.get(datasets[0], ()))) if len(datasets) == 1 else {}
+
+
+def build(study: str, *, ceiling: str | None = None, protocol: str | None = None,
+          stores: Stores | None = None, out: Path | None = None) -> Path:
+    """Write ``reports/<study>/`` (or ``out``) and return its index.html. ``ceiling``: a real-only
+    study on the whole training split, drawn as a line; ``protocol``: the same grid under another
+    ``data.validation``, for the protocol table."""
+    stores = stores or Stores.resolve()
+    df = study_runs(study, stores)
+    wall, commands, machine = invocations(study, stores)
+    commands = commands or [f"ganft study run studies/{study}.yaml"]
+    extra: dict[str, pd.DataFrame] = {}
+    for flag, other in (("ceiling", ceiling), ("protocol", protocol)):
+        if other:
+            extra[flag] = study_runs(other, stores)
+            commands += invocations(other, stores)[1] or [f"ganft study run studies/{other}.yaml"]
+    flags = "".join(f" --{flag} {other}" for flag, other in (("ceiling", ceiling), ("protocol", protocol))
+                    if other)
+    history, importances = optuna_frames(study, stores.storage)
+    meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}{flags}"]),
+                      machine=machine, wall_seconds=wall, ceiling_study=ceiling or "",
+                      protocol_study=protocol or "", class_names=_class_names(df))
+    return write_report(df, out or project_root() / "reports" / study, meta, ceiling=extra.get("ceiling"),
+                        history=history, importances=importances, protocol=extra.get("protocol"))
+
+
+def build_compare(a: str, b: str, *, stores: Stores | None = None, out: Path | None = None) -> Path:
+    """``reports/compare-A-vs-B/``: the same cells of two studies side by side."""
+    stores = stores or Stores.resolve()
+    df_a, df_b = study_runs(a, stores), study_runs(b, stores)
+    machine = invocations(b, stores)[2] or invocations(a, stores)[2]
+    meta = ReportMeta(study=f"{a} vs {b}", command=f"ganft report --compare {a} {b}", machine=machine,
+                      wall_seconds=math.nan)
+    return write_compare_report(df_a, df_b, out or project_root() / "reports" / f"compare-{a}-vs-{b}",
+                                a, b, meta)

@@ -1,0 +1,118 @@
+"""A study's report: tidy runs in, reports/<study>/ out (results.csv, cells.csv, classes.csv, the
+figures, index.md and a self-contained index.html).
+
+The question each report answers: for each training-set size N and synthetic ratio, did adding GAN
+images change test accuracy compared with the real-only run of the same N, seed and other factors,
+by how much, and how sure are we (after multiple testing)? The statistics live in ``stats``
+(paired differences, 95% t-intervals, paired t-tests, Benjamini-Hochberg from scipy.stats), the
+figures in ``figures`` (pure functions), the sections in ``sections``, the page in ``page``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ganft.report import sections as sec
+from ganft.report.page import Page, render_html, render_md
+from ganft.report.stats import MIN_PAIRS, SEED_COL, class_cells, paired_cells, varying_factors
+from ganft.report.text import ReportMeta, _n, cell_name, ci_text, pp, study_time
+
+
+def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None = None) -> list[str]:
+    """The three-line answer the index opens with: the best cell with its gain and CI, where GAN
+    data hurt, and the study's size and wall time."""
+    factors = varying_factors(df)
+    lines = []
+    if cells.empty:
+        lines += ["No (N, ratio) cell has both a GAN run and its real-only pair yet.",
+                  "Where GAN data hurt: nothing to compare until GAN runs have real-only partners."]
+    else:
+        # a gain that survives BH outranks a larger mean that does not
+        helped = cells[cells["significant"] & (cells["mean_diff"] > 0)]
+        best = (helped if len(helped) else cells).sort_values("mean_diff", ascending=False).iloc[0]
+        ci = best["note"] if math.isnan(best["ci_low"]) else \
+            f"95% CI {ci_text(best)}, paired t, p = {best['p_value']:.2g}, q = {best['q_value']:.2g}"
+        stat = f"{pp(best['mean_diff'])} test accuracy vs real only ({ci}, {int(best['n_pairs'])} pairs)"
+        if len(helped):
+            lines.append(f"Best cell: {cell_name(best, factors)}: {stat}; {len(helped)} of {len(cells)} "
+                         f"cells show a gain that survives Benjamini-Hochberg (q < 0.05).")
+        elif best["mean_diff"] > 0:
+            why = "nominal only (its 95% CI excludes 0, its q does not pass)" if best["nominal"] else \
+                "its CI includes 0"
+            lines.append(f"Best cell: {cell_name(best, factors)}: {stat}; {why}, so no cell shows a "
+                         f"gain after Benjamini-Hochberg.")
+        else:
+            lines.append(f"GAN data helped in no cell; the best was {cell_name(best, factors)}: {stat}.")
+        hurt = cells[cells["significant"] & (cells["mean_diff"] < 0)].sort_values("mean_diff")
+        nominal = int((cells["verdict"] == "nominal loss").sum())
+        nominal_txt = f"; {nominal} more {'is a nominal loss' if nominal == 1 else 'are nominal losses'} " \
+            f"(95% CI below 0, q ≥ 0.05)" if nominal else ""
+        if len(hurt):
+            where = "; ".join(f"{cell_name(r, factors)} ({pp(r['mean_diff'])}, q = {r['q_value']:.2g})"
+                              for _, r in hurt.head(4).iterrows())
+            more = f"; and {len(hurt) - 4} more" if len(hurt) > 4 else ""
+            lines.append(f"GAN data hurt (Benjamini-Hochberg q < 0.05) in {len(hurt)} of {len(cells)} "
+                         f"cells: {where}{more}{nominal_txt}.")
+        else:
+            worse = int((cells["mean_diff"] < 0).sum())
+            lines.append(f"GAN data hurt significantly (q < 0.05) in no cell; the mean was below real "
+                         f"only in {worse} of {len(cells)} cells{nominal_txt}.")
+        thin = int((cells["n_pairs"] < MIN_PAIRS).sum())
+        if thin:
+            lines.append(f"Warning: {thin} of {len(cells)} cells have fewer than {MIN_PAIRS} pairs; their "
+                         f"intervals rest on too few seeds to read (canonical studies use at least 5).")
+    gans = int(df["gan/trained_here"].sum()) if "gan/trained_here" in df else None
+    seeds = df[SEED_COL].nunique() if SEED_COL in df else 0
+    lines.append(f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, {_n(seeds, 'seed')}"
+                 + (f", {gans} GANs trained" if gans is not None else "") + f"); {study_time(df, meta)}.")
+    return lines
+
+
+def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,
+                 history: pd.DataFrame | None = None, importances: pd.DataFrame | None = None,
+                 protocol: pd.DataFrame | None = None) -> Path:
+    """Write results.csv, cells.csv, classes.csv, the PNG figures, index.md and a self-contained
+    index.html. ``ceiling``: tidy runs of a real-only study on the full training split (drawn as a
+    line); ``history`` / ``importances``: Optuna frames from ``ganft.study.optuna_frames``;
+    ``protocol``: tidy runs of the same grid under another ``data.validation`` (protocol.csv)."""
+    if df.empty:
+        raise ValueError(f"study {meta.study!r} has no finished trials to report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.png"):  # figures of an earlier report that this one may not draw
+        stale.unlink()
+    factors = varying_factors(df)
+    cells = paired_cells(df)
+    classes = class_cells(df, meta.class_names)
+    df.to_csv(out_dir / "results.csv", index=False)
+    cells.to_csv(out_dir / "cells.csv", index=False)
+    sections = [sec.accuracy_section(df, out_dir, ceiling, meta), sec.gain_section(cells, factors, out_dir)]
+    if len(classes):
+        classes.to_csv(out_dir / "classes.csv", index=False)
+        sections.append(sec.class_section(classes, factors, out_dir))
+    sections.append(sec.quality_section(df, out_dir))
+    if importances is not None and len(importances) or history is not None and len(history):
+        sections.append(sec.optuna_section(history, importances, out_dir))
+    if protocol is not None and len(protocol):
+        sections.append(sec.protocol_section(df, protocol, meta.protocol_study, out_dir))
+    sections += [s for s in (sec.objective_section(df), sec.convergence_section(df)) if s is not None]
+    sections.append(sec.method_section(df, ceiling is not None))
+    facts = [("Command", f"`{meta.command}`")] if meta.command else []
+    facts.append(("Time", study_time(df, meta).capitalize()))
+    facts += [("Machine", meta.machine)] if meta.machine else []
+    if "device" in df:
+        facts.append(("Trials ran on", ", ".join(sorted(df["device"].dropna().astype(str).unique()))))
+    facts.append(("Data", "[results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one "
+                  "row per cell)" + (", [classes.csv](classes.csv) (per class)" if len(classes) else "")))
+    page = Page(f"ganft report: {meta.study}", answer_lines(df, cells, meta), facts, sections)
+    return write_page(page, out_dir)
+
+
+def write_page(page: Page, out_dir: Path) -> Path:
+    (out_dir / "index.md").write_text(render_md(page))
+    (out_dir / "index.html").write_text(render_html(page, out_dir))
+    return out_dir / "index.html"
+
+

@@ -1,0 +1,115 @@
+"""A grid study's points as Optuna sees them: names, parameters and distributions, and the state of
+every point read back from the trials in the storage (``survey``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+from ganft.config import StudyConfig, field_annotation
+
+GRID_KEY_ATTR = "ganft.grid_key"  # user attr: canonical JSON of the trial's grid point
+OWNER_ATTR = "ganft.owner"  # user attr: {host, pid, pid_start, trial} of the worker running it
+SHORT_NAMES = {"data.train_size": "n", "synth.ratio": "r", "seed": "s"}
+
+
+def grid_key(point: dict[str, Any]) -> str:
+    return json.dumps(point, sort_keys=True)
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """``n100-r1.0-s0`` for the common keys, then ``key=value`` for any other grid key."""
+    parts = []
+    for key, short in SHORT_NAMES.items():
+        if key in point:
+            value = float(point[key]) if key == "synth.ratio" else point[key]
+            parts.append(f"{short}{value}")
+    for key, value in point.items():
+        if key not in SHORT_NAMES:
+            shown = "+".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"{key}={shown}")
+    return "-".join(parts) or "base"
+
+
+def distribution(key: str, values: list[Any]) -> BaseDistribution:
+    """Int/float grid keys get numeric distributions (their range may grow when a grid is extended,
+    and the dashboard plots them as numbers); anything else is categorical."""
+    kind = _field_type(key)
+    if kind is int and all(isinstance(v, int) for v in values):
+        return IntDistribution(min(values), max(values))
+    if kind is float:
+        return FloatDistribution(float(min(values)), float(max(values)))
+    return CategoricalDistribution([encode(v) for v in values])
+
+
+def suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(key, dist.low, dist.high)
+    return trial.suggest_categorical(key, dist.choices)
+
+
+def _field_type(key: str) -> type | None:
+    ann = field_annotation(key)
+    return ann if ann in (int, float) else None
+
+
+def encode(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | tuple | dict) else value
+
+
+def config_hash(cfg: StudyConfig) -> str:
+    return hashlib.sha256(cfg.base.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class PointState:
+    point: dict[str, Any]
+    name: str
+    state: str = "missing"  # complete | running | queued | failed | missing
+    attempts: int = 0  # finished FAIL trials that count against max_retries
+    reason: str = ""
+    trials: list[int] = field(default_factory=list)
+    owner: dict[str, Any] | None = None  # running: the worker running it
+
+
+def survey(study: optuna.Study, cfg: StudyConfig) -> list[PointState]:
+    """The state of every grid point, from the trials in the storage."""
+    points = {grid_key(p): PointState(p, point_name(p)) for p in cfg.points()}
+    rank = {"complete": 4, "running": 3, "queued": 2, "failed": 1, "missing": 0}
+    for t in study.get_trials(deepcopy=False):
+        ps = points.get(t.user_attrs.get(GRID_KEY_ATTR, ""))
+        if ps is None:
+            continue  # spare trials and points no longer in the grid
+        ps.trials.append(t.number)
+        state = {TrialState.COMPLETE: "complete", TrialState.RUNNING: "running",
+                 TrialState.WAITING: "queued", TrialState.FAIL: "failed"}.get(t.state, "missing")
+        if t.state == TrialState.FAIL:
+            # only the point's own errors count as attempts; a killed or interrupted worker does not
+            reason = t.user_attrs.get("ganft.fail_reason")
+            ps.attempts += reason is not None
+            ps.reason = reason or "interrupted (its worker stopped before the trial ended)"
+        if t.state == TrialState.RUNNING:
+            ps.owner = trial_owner(t)
+        if rank[state] > rank[ps.state]:
+            ps.state = state
+    return list(points.values())
+
+
+def trial_owner(t: FrozenTrial) -> dict[str, Any] | None:
+    """The worker running ``t``, as it recorded itself. Attrs copied from another trial (Optuna's
+    retry callback copies them) name that trial's number and do not count."""
+    owner = t.user_attrs.get(OWNER_ATTR)
+    return owner if isinstance(owner, dict) and owner.get("trial") == t.number else None

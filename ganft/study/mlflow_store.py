@@ -1,0 +1,262 @@
+"""The study's side of MLflow: one experiment per study, parent and child runs, closing runs of
+dead workers, reading runs back as a DataFrame, and checkpoints shared through a tracking server.
+With ganft/tracking.py, the only module that imports mlflow."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ganft.redact import redact
+from ganft.tracking import MlflowTracker
+
+PARENT_TAG = "ganft.role"  # "parent" (one per invocation) or "trial"
+
+
+def is_remote(uri: str) -> bool:
+    """A tracking server (http/https), as opposed to a local file store: the GAN cache is then
+    shared through its artifact store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def default_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _quiet() -> None:
+    # alembic prints every schema migration at INFO when a store is created
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class MlflowStore:
+    """One MLflow tracking store (SQLite file or server) and one experiment in it."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None,
+                 create: bool = True) -> None:
+        from mlflow import MlflowClient
+
+        _quiet()
+        self.uri, self.experiment_name = uri, experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            raise LookupError(f"no MLflow experiment {experiment!r} in {redact(uri)}")
+        if exp is None:
+            # A SQLite store would otherwise fix <cwd>/mlruns as the artifact place: pin it to the root
+            location = (artifact_root / experiment).as_uri() if artifact_root and _is_local(uri) else None
+            self.experiment_id = _create_experiment(self.client, experiment, location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    @classmethod
+    def prepare(cls, uri: str, experiment: str, artifact_root: Path | None = None) -> MlflowStore:
+        """Preflight: create the store (schema migration happens once, here), enable WAL on a
+        SQLite file, create the experiment. Call before any worker starts."""
+        store = cls(uri, experiment, artifact_root)
+        path = sqlite_path(uri)
+        if path is not None:
+            with sqlite3.connect(path) as conn:  # stored in the file: later connections use WAL
+                conn.execute("PRAGMA journal_mode=WAL")
+        return store
+
+    # ---------------------------------------------------------------- runs
+
+    def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> str:
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id  # what the UI nests child runs by
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def tracker(self, run_id: str) -> MlflowTracker:
+        return MlflowTracker(self.client, run_id)
+
+    def end_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None,
+                only_if_running: bool = False) -> bool:
+        """End a run as FINISHED, FAILED or KILLED; a reason is kept as tag ``ganft.failure``.
+        With ``only_if_running``, a run that already ended is left as it is. Returns whether it
+        was ended here."""
+        if only_if_running and self.client.get_run(run_id).info.status != "RUNNING":
+            return False
+        if reason:
+            self.client.set_tag(run_id, "ganft.failure", reason[:4000])
+        self.client.set_terminated(run_id, status)
+        return True
+
+    def running_runs(self) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                       max_results=10000)
+
+    def runs_frame(self, role: str = "trial") -> pd.DataFrame:
+        """All runs of the experiment with ``ganft.role == role`` as one DataFrame row each:
+        run_id, run_name, status, start/end times and ``params.*``, ``metrics.*``, ``tags.*``
+        columns. Params come back as strings (MLflow stores them so); the report casts them."""
+        rows, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`{PARENT_TAG}` = '{role}'",
+                                           max_results=1000, page_token=token)
+            for r in page:
+                row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                       "start_time": r.info.start_time, "end_time": r.info.end_time}
+                row.update({f"params.{k}": v for k, v in r.data.params.items()})
+                row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+                row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+                rows.append(row)
+            token = page.token
+            if not token:
+                return pd.DataFrame(rows)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+
+def experiment_names(uri: str) -> list[str]:
+    """The experiments (studies) in a store, sorted."""
+    from mlflow import MlflowClient
+
+    _quiet()
+    return sorted(e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default")
+
+
+def _create_experiment(client: Any, name: str, location: str | None) -> str:
+    """Create an experiment; if another worker or machine created it a moment earlier, use theirs."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --------------------------------------------------------------------------- shared checkpoints
+
+CACHE_EXPERIMENT = "ganft-cache"  # one experiment for all studies: entries are content-addressed
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One MLflow run holding (or about to hold) a checkpoint file."""
+
+    run_id: str
+    status: str  # RUNNING: claimed, its owner is producing it; FINISHED: published; KILLED/FAILED: given up
+    start_time: int
+    beat: str  # the owner's heartbeat counter; a value that stops changing means the owner is gone
+    sha256: str  # of the published file ("" until published)
+
+
+class MlflowCheckpointStore:
+    """Checkpoint files shared through a tracking server's artifact store, so that a GAN trained on
+    one machine is reused on another (study.shared_cache.SharedStore over it is the cache's sync when
+    the tracking URI is remote).
+
+    Each entry is one run in experiment ``ganft-cache`` named ``<kind>/<key>``, tagged with the key;
+    the file is its artifact ``checkpoint/<key>.pt``. A run is created RUNNING when a worker claims
+    the key (others then wait instead of training the same GAN), and ends FINISHED only after the
+    file is uploaded with its sha256 as a tag: an upload cut short is never FINISHED, never used.
+    """
+
+    def __init__(self, uri: str, kind: str) -> None:
+        from mlflow import MlflowClient
+
+        _quiet()
+        self.uri, self.kind = uri, kind
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(CACHE_EXPERIMENT)
+        self.experiment_id = (exp.experiment_id if exp
+                              else _create_experiment(self.client, CACHE_EXPERIMENT, None))
+
+    def entries(self, key: str) -> list[RemoteEntry]:
+        runs = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
+            f"tags.`ganft.cache_key` = '{key}' and tags.`ganft.cache_kind` = '{self.kind}'"))
+        return sorted((RemoteEntry(r.info.run_id, r.info.status, r.info.start_time,
+                                   r.data.tags.get("ganft.beat", ""), r.data.tags.get("ganft.sha256", ""))
+                        for r in runs), key=lambda e: (e.start_time, e.run_id))
+
+    def claim(self, key: str, owner: dict[str, Any]) -> str:
+        tags = {"ganft.cache_key": key, "ganft.cache_kind": self.kind, "ganft.beat": "0",
+                **{f"ganft.{k}": str(v) for k, v in owner.items()}}
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.kind}/{key}", tags=tags)
+        return run.info.run_id
+
+    def running_claims(self) -> list[tuple[str, dict[str, str]]]:
+        """(run id, tags) of every claim still RUNNING, of any kind."""
+        runs = self.client.search_runs([self.experiment_id], max_results=10000,
+                                       filter_string="attributes.status = 'RUNNING'")
+        return [(r.info.run_id, r.data.tags) for r in runs]
+
+    def beat(self, run_id: str, count: int) -> None:
+        self.client.set_tag(run_id, "ganft.beat", str(count))
+
+    def publish(self, run_id: str, path: Path, sha256: str) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path="checkpoint")
+        self.client.set_tag(run_id, "ganft.sha256", sha256)
+        self.client.set_terminated(run_id, "FINISHED")  # last: FINISHED means the upload is whole
+
+    def abandon(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "ganft.failure", reason)
+        self.client.set_terminated(run_id, "KILLED")
+
+    def fetch(self, entry: RemoteEntry, key: str, dst: Path) -> Path:
+        return Path(self.client.download_artifacts(entry.run_id, f"checkpoint/{key}.pt", str(dst)))
+
+
+def sqlite_path(uri: str) -> str | None:
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith("sqlite:") or "://" not in uri
+
+
+def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
+    """``ganft ui``: the MLflow UI (``mlflow ui``) on the store, in a process group of its own that
+    is stopped whole (the server and its workers) on Ctrl-C or SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    from ganft.paths import project_root
+
+    uri = tracking_uri or default_tracking_uri(project_root())
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port)]
+    print(f"MLflow UI on http://{host}:{port} for {redact(uri)} (Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: one signal stops it all
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return _stop_group(proc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_group(proc: Any, grace_s: float = 10.0) -> int:
+    import os
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    return 0

@@ -1,0 +1,157 @@
+"""One trial of a study: the Optuna objective, its MLflow child run, and the test hook that makes a
+trial's training diverge. The training stack (torch) is imported only when an objective is made,
+so commands that find nothing to run never load it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ganft.config import StudyConfig
+from ganft.redact import redact
+from ganft.study import workers
+from ganft.study.grid import (
+    GRID_KEY_ATTR,
+    OWNER_ATTR,
+    distribution,
+    encode,
+    grid_key,
+    point_name,
+    suggest,
+    trial_owner,
+)
+from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
+from ganft.study.queue import superseded
+from ganft.study.stores import Stores
+
+log = logging.getLogger(__name__)
+# Test hook, read only in _injected_fault: grid point names (comma-separated) whose trials get a
+# non-finite loss. It exists so a test can make a trial diverge inside a worker subprocess.
+FAULT_ENV = "GANFT_TEST_NONFINITE"
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+@contextlib.contextmanager
+def _injected_fault(name: str) -> Iterator[None]:
+    """Test hook: when ``$GANFT_TEST_NONFINITE`` names this grid point, every module output in its
+    trial becomes NaN, so training meets a real non-finite loss and its own guard (gan_train,
+    finetune) fails the trial. Never set it outside tests."""
+    if name not in {p.strip() for p in os.environ.get(FAULT_ENV, "").split(",")}:
+        yield
+        return
+    import torch
+
+    def poison(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return output * float("nan")
+        return output
+
+    log.warning("%s: %s is set; this trial's losses will be non-finite", name, FAULT_ENV)
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_id: str,
+                   device_name: str) -> Callable[[optuna.Trial], float]:
+    from ganft.pipeline import run_trial  # the training stack, loaded once there is work
+    from ganft.runtime import current_speed, pick_device, precision_name, uses_channels_last
+
+    device = pick_device(device_name)
+    cache = stores.gan_cache()  # one per worker
+    dists = {k: distribution(k, v) for k, v in cfg.grid.items()}
+    by_key = {grid_key(p): p for p in cfg.points()}
+
+    def objective(trial: optuna.Trial) -> float:
+        me = workers.identity()
+        trial.set_user_attr(OWNER_ATTR, {**me, "trial": trial.number})  # first: reapers look for it
+        trial.set_user_attr("ganft.parent_run_id", parent_id)
+        point = _take_point(trial, by_key)
+        for k, dist in dists.items():  # record the point as Optuna params (fixed by the queue)
+            suggest(trial, k, dist)
+        name = point_name(point)
+        tags = {PARENT_TAG: "trial", "ganft.study": cfg.name, "ganft.grid_point": name,
+                "ganft.trial_number": trial.number, "ganft.storage": redact(stores.storage),
+                "ganft.device": str(device), "ganft.precision": precision_name(device),
+                "ganft.channels_last": uses_channels_last(device),
+                "ganft.compile": current_speed().compile,
+                **{f"ganft.{k}": v for k, v in me.items()},
+                **{f"grid.{k}": encode(v) for k, v in point.items()}}
+        with _trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):
+            metrics = run_trial(cfg.trial_config(point), device=device, tracker=store.tracker(run_id),
+                                cache=cache)
+        trial.set_user_attr("test_acc", metrics["test/acc"])
+        trial.set_user_attr("gan_trained", bool(metrics.get("gan/trained_here", 0.0)))
+        return objective_value(metrics)
+
+    return objective
+
+
+def objective_value(metrics: dict[str, float]) -> float:
+    """The Optuna objective, from budget data only, never the test split: the kept checkpoint's
+    validation accuracy; under data.validation none (no validation images) the last weights'
+    accuracy on the budget's training images."""
+    return metrics.get("clf/best_val_acc", metrics["clf/train_acc_last"])
+
+
+def _take_point(trial: optuna.Trial, by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The grid point the queue gave this trial; prunes the trial as spare when another trial holds
+    the point (a queue race) or the queue ran dry before this worker popped it."""
+    key = trial.user_attrs.get(GRID_KEY_ATTR)
+    spare = superseded(trial.study, trial.number, key) if key in by_key else "no grid point left"
+    if spare:
+        trial.set_user_attr("ganft.spare", spare)
+        raise optuna.TrialPruned(spare)
+    return by_key[key]
+
+
+@contextlib.contextmanager
+def _trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str, Any],
+               parent_id: str) -> Iterator[str]:
+    """The trial's MLflow child run. An error ends it FAILED with the reason (also the trial's
+    ``ganft.fail_reason``: an attempt against max_retries); Ctrl-C ends it KILLED (not an attempt).
+    On success it stays RUNNING: end_trial_run ends it once Optuna has stored COMPLETE."""
+    run_id = None
+    try:
+        run_id = store.start_run(name, tags, parent_id=parent_id)
+        trial.set_user_attr("ganft.mlflow_run_id", run_id)
+        yield run_id
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        trial.set_user_attr("ganft.fail_reason", reason[:1000])
+        if run_id:
+            store.end_run(run_id, "FAILED", reason)
+        raise
+    except BaseException:  # Ctrl-C, SystemExit: not the point's fault
+        if run_id:
+            store.end_run(run_id, "KILLED", "interrupted")
+        raise
+
+
+def end_trial_run(store: MlflowStore) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna callback, called after the trial's state is stored: its MLflow run ends FINISHED only
+    once the trial is COMPLETE (a worker killed in between leaves the trial RUNNING and the run
+    RUNNING; the point runs again and the run ends KILLED, so a point never has two FINISHED runs)."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("ganft.mlflow_run_id")
+        if not run_id or trial_owner(trial) is None:
+            return
+        if trial.state == TrialState.COMPLETE:
+            store.end_run(run_id, "FINISHED")
+        elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
+            store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
+
+    return callback
+
+
