@@ -189,6 +189,31 @@ def test_no_significant_gain_is_said_plainly(tmp_path: Path) -> None:
     assert "GAN data hurt significantly (q < 0.05) in no cell" in md
 
 
+def test_the_canonical_study_its_protocol_twin_and_its_ceiling_share_the_classifier_recipe() -> None:
+    from ganft.data import budget_range
+    from ganft.study.queue import check_config_sizes
+
+    studies = Path(__file__).parents[1] / "studies"
+    grid, pool, ceiling = (load_study(studies / f"{name}.yaml") for name in
+                           ("fashion_grid", "fashion_grid_pool", "fashion_ceiling"))
+    for cfg in (grid, pool, ceiling):
+        check_config_sizes(cfg)
+    assert grid.grid == {"data.train_size": [100, 500, 1000, 5000], "synth.ratio": [0, 1, 2, 4],
+                         "seed": [0, 1, 2, 3, 4]} and len(grid.points()) == 80
+    assert grid.base.data.validation == ceiling.base.data.validation == "from-budget"
+    # the protocol twin: the same grid at ratios 0 and 1, only the validation protocol differs
+    assert pool.base.data.validation == "pool" and pool.base.data.val_size == 5000
+    assert pool.grid == {**grid.grid, "synth.ratio": [0, 1]}
+    assert pool.base.model_dump(exclude={"data"}) == grid.base.model_dump(exclude={"data"})
+    assert ceiling.points() == [{}] and ceiling.base.synth.ratio == 0
+    assert ceiling.base.data.train_size == budget_range(ceiling.base.data)[1] == 60000
+    assert ceiling.base.data.dataset == grid.base.data.dataset == "fashion-mnist"
+    same = {"arch", "init", "batch_size", "lr", "width", "schedule", "augment"}
+    assert {k: getattr(ceiling.base.classifier, k) for k in same} == \
+        {k: getattr(grid.base.classifier, k) for k in same}
+    assert grid.base.classifier.arch == "bn-cnn"  # the strong default, not the seed article's CNN
+
+
 def test_wall_time_counts_resumed_invocations_and_overlapping_workers_once() -> None:
     parents = pd.DataFrame({"start_time": [0, 10_000, 100_000, 500_000],
                             "end_time": [60_000, 50_000, 160_000, None]})  # the last is still running

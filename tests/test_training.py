@@ -179,3 +179,33 @@ def test_unknown_precision_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="--precision fp8: unknown; allowed: auto, fp32, bf16"):
         Speed(precision="fp8")
+
+
+@pytest.mark.parametrize(("module", "changes"), [("quality", False), ("report.write", False),
+                                                  ("finetune", False), ("losses", True), ("gan_train", True),
+                                                  ("diffaugment", True), ("models.gan", True)])
+def test_a_gan_key_changes_with_the_code_that_trains_a_gan_only(module: str, changes: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Editing a comment in quality.py (or a report) retrains no GAN; editing losses.py does.
+    (finetune.py counts only when the GAN's best step is chosen with a budget classifier.)"""
+    import importlib
+    import inspect
+
+    from ganft import cache
+
+    s = load_splits("digits")
+    cfg = TrialConfig()
+    budget = labelled_budget(s, cfg.data, cfg.seed)
+    before = gan_key(cfg, budget)
+    target = importlib.import_module(f"ganft.{module}")
+    real = inspect.getsource
+    monkeypatch.setattr(cache.inspect, "getsource",
+                        lambda obj: real(obj) + ("\n# an edited comment\n" if obj is target else ""))
+    assert (gan_key(cfg, budget) != before) is changes
+    selecting = with_overrides(cfg, {"gan.eval_every": 50})
+    if module == "finetune":  # ...unless it picks the best step
+        monkeypatch.setattr(cache.inspect, "getsource", real)
+        key = gan_key(selecting, budget)
+        monkeypatch.setattr(cache.inspect, "getsource",
+                            lambda obj: real(obj) + ("\n# edited\n" if obj is target else ""))
+        assert gan_key(selecting, budget) != key
