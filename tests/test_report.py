@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ganft.config import load_study
 from ganft.report.stats import (
     class_cells,
     class_extremes,
