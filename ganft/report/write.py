@@ -29,6 +29,7 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
     if cells.empty:
         lines += ["No (N, ratio) cell has both a GAN run and its real-only pair yet.",
                   "Where GAN data hurt: nothing to compare until GAN runs have real-only partners."]
+        lines += choice_lines(df)
     else:
         # a gain that survives BH outranks a larger mean that does not
         helped = cells[cells["significant"] & (cells["mean_diff"] > 0)]
@@ -69,6 +70,19 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
     lines.append(f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, {_n(seeds, 'seed')}"
                  + (f", {gans} GANs trained" if gans is not None else "") + f"); {study_time(df, meta)}.")
     return lines
+
+
+def choice_lines(df: pd.DataFrame) -> list[str]:
+    """For a study that chooses a setting (no real-only pairs): what budget-validation accuracy picks."""
+    table = sec.objective_by_setting(df)
+    out = []
+    for setting, g in table.groupby("setting", sort=False) if len(table) else []:
+        best = g[g["best"] == "best"].iloc[0]
+        others = g[g["best"] != "best"]
+        rest = ", ".join(f"{r['value']} {r['budget val acc (%)']:.1f}%" for _, r in others.iterrows())
+        out.append(f"Chosen on budget-validation accuracy: {setting} = {best['value']} "
+                   f"({best['budget val acc (%)']:.1f}%, {int(best['runs'])} runs; {rest}).")
+    return out
 
 
 def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,
