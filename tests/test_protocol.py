@@ -252,12 +252,13 @@ def test_report_states_the_protocol_convergence_and_the_choice_on_budget_data(tm
 
 
 def test_a_study_that_only_chooses_says_what_budget_validation_picks() -> None:
+    from ganft.report.stats import paired_cells
     from ganft.report.write import answer_lines
 
     df = pd.DataFrame([{"data.train_size": 1000, "synth.ratio": 1.0, "seed": s, "gan.recipe": r,
                         "test/acc": 0.8, "clf/best_val_acc": v + 0.001 * s}
                        for r, v in (("default", 0.84), ("hinge-sn", 0.83)) for s in range(3)])
-    from ganft.report.stats import paired_cells
 
     lines = answer_lines(df, paired_cells(df))
-    assert "Chosen on budget-validation accuracy: gan.recipe = default (84.1%, 3 runs; hinge-sn 83.1%)." in lines
+    assert "Chosen on budget-validation accuracy: gan.recipe = default (84.1%, 3 runs; " \
+           "hinge-sn 83.1%)." in lines
