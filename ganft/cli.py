@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ganft.config import ConfigError, StudyConfig, load_study
+from ganft import __version__
+from ganft.config import ConfigError, StudyConfig, check_study_name, describe_keys, load_study
 
 log = logging.getLogger("ganft")
 
@@ -57,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganft", description="Does GAN data make a small-data "
                                      "classifier better? Run studies, then read their reports.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"ganft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     study = sub.add_parser("study", help="run or inspect an Optuna study defined by a YAML file")
     ssub = study.add_subparsers(dest="study_command", required=True)
     run = ssub.add_parser("run", help="run every grid point not yet complete (rerun to resume)")
-    run.add_argument("file", help="study YAML file, e.g. studies/quick.yaml")
+    run.add_argument("file", metavar="study",
+                     help="study YAML file or name (studies/<name>.yaml), e.g. quick")
     _store_flags(run)
     _device_flags(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "workers and end their MLflow runs (study run does this by itself)")
     repair.add_argument("study", help="study YAML file or name (studies/<name>.yaml)")
     _store_flags(repair)
+    ssub.add_parser("keys", help="every config key a study file or grid can set, with its type and default")
 
     report = sub.add_parser("report", help="write reports/<study>/ (index.html, index.md, CSVs, figures)")
     report.add_argument("study", nargs="?", help="study YAML file or name, e.g. quick")
@@ -94,27 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="train (once, cached) the source-dataset classifiers that "
                          "a study's classifier.init: pretrained trials start from")
-    pre.add_argument("file", help="study YAML file, e.g. studies/finetune_inits.yaml")
+    pre.add_argument("file", metavar="study", help="study YAML file or name, e.g. finetune_inits")
     _device_flags(pre)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the default store")
     ui.add_argument("--tracking-uri", help="MLflow backend store (default: sqlite:///mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this "
                     "machine only; the UI has no authentication, so expose it deliberately)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="port to serve on (default: 5000)")
     return parser
 
 
 def resolve_study(arg: str) -> StudyConfig:
-    """A YAML path, or a name looked up as studies/<name>.yaml here or at the project root."""
+    """A YAML path, or a name looked up as studies/<name>.yaml here or at the project root (the
+    file used is logged)."""
     from ganft.paths import project_root
 
     path = Path(arg)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return load_study(path)
+    check_study_name(arg)
     for folder in (Path.cwd() / "studies", project_root() / "studies"):
         cand = folder / f"{arg}.yaml"
         if cand.is_file():
+            log.info("study %s: %s", arg, cand)
             return load_study(cand)
     known = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
     raise ConfigError(f"no study file for {arg!r}; give a path or one of: {', '.join(known) or 'none'}")
@@ -132,7 +139,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     from ganft.study.queue import check_config_sizes
     from ganft.study.run import run_study
 
-    cfg = load_study(args.file)
+    cfg = resolve_study(args.file)
     check_config_sizes(cfg)
     speed = Speed(precision=args.precision, compile=args.compile,
                   channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
@@ -184,8 +191,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _study_name(arg: str) -> str:
-    """A study name from a name or a study file's path."""
-    return load_study(arg).name if arg.endswith((".yaml", ".yml")) or Path(arg).is_file() else arg
+    """A study name from a name or a study file's path; a name follows the study files' rule, so a
+    path-like one (``../x``) never writes outside reports/."""
+    if arg.endswith((".yaml", ".yml")) or Path(arg).is_file():
+        return load_study(arg).name
+    return check_study_name(arg)
+
+
+def cmd_study_keys(args: argparse.Namespace) -> int:
+    print("\n".join(describe_keys()))
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -194,7 +209,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     configure_speed(Speed(precision=args.precision, compile=args.compile,
                           channels_last={"auto": None, "on": True, "off": False}[args.channels_last]))
-    for line in pretrain_study(load_study(args.file), args.device):
+    for line in pretrain_study(resolve_study(args.file), args.device):
         print(line)
     return 0
 
@@ -207,16 +222,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ganft.redact import redact, redact_logging
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    redact_logging()  # no credential reaches a log line, whoever logs it (MLflow, SQLAlchemy, ganft)
     handlers = {("study", "run"): cmd_study_run, ("study", "status"): cmd_study_status,
-                ("study", "repair"): cmd_study_repair,
+                ("study", "repair"): cmd_study_repair, ("study", "keys"): cmd_study_keys,
                 ("report", None): cmd_report, ("ui", None): cmd_ui, ("pretrain", None): cmd_pretrain}
     handler = handlers[(args.command, getattr(args, "study_command", None))]
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"ganft: error: {exc}", file=sys.stderr)
+        print(f"ganft: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nganft: interrupted; rerun the same command to continue where it stopped",
@@ -225,13 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ganft study status NAME | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
-    except Exception as exc:  # a stored study this file cannot continue: one line, non-zero
+    except Exception as exc:
         from ganft.study.storage import StudyError
 
-        if isinstance(exc, StudyError):
-            print(f"ganft: error: {exc}", file=sys.stderr)
+        if isinstance(exc, StudyError):  # the stores cannot be used as asked: one line, exit 2
+            print(f"ganft: error: {redact(str(exc))}", file=sys.stderr)
             return 2
-        raise
+        # anything else is unexpected: one line (credentials redacted), the traceback with -v
+        first = redact(f"{type(exc).__name__}: {exc}").splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"ganft: unexpected error: {first}\nganft: rerun with -v for the traceback; "
+              f"`ganft study status STUDY` says what is stored", file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr)
+        return 1
 
 
 def console_main() -> None:

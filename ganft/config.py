@@ -8,6 +8,7 @@ re-validates.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from pathlib import Path
@@ -18,6 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # The dataset names are checked here (a Literal), their sizes in data.py (which knows the pools).
 DatasetName = Literal["digits", "fashion-mnist"]
+
+
+# Bounds that catch a typo before it becomes a week of compute or an allocation no machine has: a
+# GAN or classifier of 10^6 steps of 8192 images is already far past what a study here runs.
+MAX_STEPS = 1_000_000
+MAX_BATCH = 8192
+MAX_SAMPLES = 100_000
 
 
 class ConfigError(ValueError):
@@ -31,14 +39,15 @@ class _Model(BaseModel):
 class DataConfig(_Model):
     dataset: DatasetName = "digits"
     root: str | None = None  # a folder holding the dataset files; None: the dataset's default places
-    train_size: int = Field(100, ge=10)  # N, the labelled budget (stratified, chosen by (N, seed))
+    # N, the labelled budget (stratified, chosen by (N, seed))
+    train_size: int = Field(100, ge=10, le=10_000_000)
     # what every selection (checkpoint, early stopping, GAN best step, filtering, Optuna objective)
     # looks at: from-budget = a stratified val_fraction of the N images (the rest is trained on);
     # none = nothing, fixed steps and the last checkpoint; pool = a fixed set of val_size images
     # from outside the budget (the earlier protocol: labelled data beyond N, for comparison only)
     validation: Literal["from-budget", "none", "pool"] = "from-budget"
     val_fraction: float = Field(0.2, gt=0, lt=1)  # from-budget: share of each class held out
-    val_size: int | None = Field(None, ge=10)  # pool only, and required there
+    val_size: int | None = Field(None, ge=10, le=10_000_000)  # pool only, and required there
 
     @model_validator(mode="after")
     def _protocol(self) -> DataConfig:
@@ -75,12 +84,12 @@ class GanConfig(_Model):
     # (pytorch/examples dcgan, ngf = ndf = width), data resized to 64 for training, samples back
     arch: Literal["dcgan", "seed-dcgan"] = "dcgan"
     loss: Literal["ns", "hinge", "wgan-gp"] = "ns"  # non-saturating (BCE) | hinge | WGAN + gradient penalty
-    steps: int = Field(600, ge=1)  # generator optimiser steps (d_steps D steps each)
-    batch_size: int = Field(64, ge=2)
-    z_dim: int = Field(64, ge=1)
+    steps: int = Field(600, ge=1, le=MAX_STEPS)  # generator optimiser steps (d_steps D steps each)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    z_dim: int = Field(64, ge=1, le=4096)
     # channels of the full-resolution D layer (G mirrors it); deeper layers double it, up to 512. 32 is
     # enough for 8x8-32x32 images from small labelled sets and is what the studies use (bench/README.md)
-    width: int = Field(32, ge=4)
+    width: int = Field(32, ge=4, le=512)
     lr_g: float = Field(2e-4, gt=0, le=1)
     lr_d: float = Field(2e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -95,13 +104,14 @@ class GanConfig(_Model):
     conditioning: Literal["projection", "acgan", "none"] = "projection"
     # D's normalisation: batch norm (DCGAN) | spectral norm on every D layer, no batch norm | none
     d_norm: Literal["batch", "spectral", "none"] = "batch"
-    d_steps: int = Field(1, ge=1)  # D steps per G step (n_critic)
+    d_steps: int = Field(1, ge=1, le=100)  # D steps per G step (n_critic)
     gp_weight: float = Field(10.0, ge=0)  # loss wgan-gp: lambda of the gradient penalty
     r1_gamma: float = Field(0.0, ge=0)  # R1 penalty gamma/2 * E|grad D(real)|^2 (Mescheder et al.); 0: off
     bcr_weight: float = Field(0.0, ge=0)  # balanced consistency regularisation lambda (Zhao et al.); 0: off
     acgan_weight: float = Field(1.0, ge=0)  # conditioning acgan: weight of the class cross-entropy
-    eval_every: int = Field(0, ge=0)  # validation FCD every K steps, best generator kept; 0: keep the last
-    eval_samples: int = Field(1000, ge=50)  # generated images per validation FCD
+    # budget-validation KID every K steps, best kept; 0: the last
+    eval_every: int = Field(0, ge=0, le=MAX_STEPS)
+    eval_samples: int = Field(1000, ge=50, le=MAX_SAMPLES)  # generated images per validation KID
 
     @model_validator(mode="before")
     @classmethod
@@ -156,8 +166,9 @@ class QualityConfig(_Model):
     # GAN quality in a domain feature space (quality.py), logged under quality/: FCD, KID,
     # precision/recall/density/coverage, per-class FCD and CAS; costs a CAS classifier training
     enabled: bool = False
-    num_samples: int = Field(2000, ge=100)  # generated images scored against the real test split
-    k: int = Field(5, ge=1)  # nearest neighbours for precision/recall/density/coverage (Naeem et al.)
+    # generated images scored against the real test split
+    num_samples: int = Field(2000, ge=100, le=MAX_SAMPLES)
+    k: int = Field(5, ge=1, le=100)  # nearest neighbours for precision/recall/density/coverage (Naeem et al.)
 
 
 class ClassifierConfig(_Model):
@@ -168,28 +179,32 @@ class ClassifierConfig(_Model):
     # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
     init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
     pretrained_source: DatasetName = "digits"  # init pretrained: source dataset, resized to the target size
-    pretrain_steps: int = Field(2000, ge=1)  # init pretrained: optimiser steps of the source training
+    # init pretrained: optimiser steps of the source training
+    pretrain_steps: int = Field(2000, ge=1, le=MAX_STEPS)
     # full | linear-probe (only the head trains; trunk frozen, BatchNorm statistics included) |
     # head-then-full (head alone for head_fraction of the fine-tuning steps, then all at lr * full_lr_scale)
     freeze: Literal["full", "linear-probe", "head-then-full"] = "full"
     head_fraction: float = Field(0.2, gt=0, lt=1)
     full_lr_scale: float = Field(0.1, gt=0, le=1)
     synth_fraction: float = Field(0.5, gt=0, lt=1)  # synth.mix pretrain-then-finetune: share on synthetic
-    steps: int = Field(400, ge=1)  # optimiser steps, identical whatever the ratio (equal budget)
-    batch_size: int = Field(64, ge=2)
+    # optimiser steps, identical whatever the ratio (equal budget)
+    steps: int = Field(400, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0, le=1)
     schedule: Literal["constant", "cosine", "step"] = "cosine"  # per phase; step: x step_gamma at 1/2, 3/4
     step_gamma: float = Field(0.1, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: Literal["none", "classic"] = "none"  # classic: crop+pad, small affine, h-flip if label-safe
-    width: int = Field(32, ge=4)  # first-stage channels of bn-cnn and seed-cnn (resnet18: fixed)
-    eval_every: int = Field(50, ge=1)  # validation accuracy every K steps; the best checkpoint is kept
-    patience: int = Field(0, ge=0)  # early stop after this many evaluations without a better val acc; 0: off
+    width: int = Field(32, ge=4, le=512)  # first-stage channels of bn-cnn and seed-cnn (resnet18: fixed)
+    # validation accuracy every K steps; the best checkpoint is kept
+    eval_every: int = Field(50, ge=1, le=MAX_STEPS)
+    # early stop after this many evaluations without a better val acc; 0: off
+    patience: int = Field(0, ge=0, le=MAX_STEPS)
 
 
 class TrialConfig(_Model):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
     data: DataConfig = DataConfig()
     gan: GanConfig = GanConfig()
     synth: SynthConfig = SynthConfig()
@@ -256,21 +271,39 @@ def check_classifier_recipe(cfg: TrialConfig) -> None:
 
 
 GridValue = int | float | str | bool | None | list[Any]
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also a folder name under reports/: no path separators
+RESERVED_NAMES = {"default": "MLflow's own experiment 0, whose artifacts go to ./mlruns of wherever it was "
+                             "created", "ganft-cache": "the experiment of the shared GAN cache"}
+
+
+def check_study_name(name: str) -> str:
+    """A study name as the command line gets it (``ganft report NAME``): the study files' rule."""
+    if not re.fullmatch(STUDY_NAME, name) or len(name) > 64 or name.lower() in RESERVED_NAMES:
+        raise ConfigError(f"{name!r} is not a study name: letters, digits, '_', '.', '-' (not first), at "
+                          f"most 64 characters, not {' or '.join(RESERVED_NAMES)}")
+    return name
 
 
 class StudyConfig(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    name: str = Field(pattern=STUDY_NAME, max_length=64)
     description: str = ""
     base: TrialConfig = TrialConfig()
     grid: dict[str, list[GridValue]] = Field(default_factory=dict)
-    max_retries: int = Field(1, ge=0)  # a point that failed is run again on rerun at most this often
+    max_retries: int = Field(1, ge=0, le=100)  # a point that failed is run again on rerun at most this often
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved ({RESERVED_NAMES[name.lower()]}); choose another name")
+        return name
 
     @field_validator("grid")
     @classmethod
     def _grid_keys(cls, grid: dict[str, list[GridValue]]) -> dict[str, list[GridValue]]:
         for key, values in grid.items():
             if key not in config_keys():
-                raise ValueError(f"unknown config key {key!r}; allowed: {', '.join(config_keys())}")
+                raise ValueError(unknown_key(key))
             if not values:
                 raise ValueError(f"{key}: needs at least one value")
             if len({repr(v) for v in values}) != len(values):
@@ -320,6 +353,31 @@ def field_annotation(key: str, model: type[BaseModel] = TrialConfig) -> Any:
     return model.model_fields[leaf].annotation
 
 
+def check_device(name: str) -> str:
+    """A --device value's form (no torch needed): auto, cpu, mps, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"--device {name}: unknown device; allowed: auto, cpu, cuda, cuda:N, mps")
+    return name
+
+
+def describe_keys() -> list[str]:
+    """``ganft study keys``: one line per dotted key: its type and default."""
+    base = flatten(TrialConfig())
+    lines = []
+    for key in config_keys():
+        ann = field_annotation(key)
+        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        lines.append(f"{key:28s} {kind:40.40s} default {base[key]!r}")
+    return lines
+
+
+def unknown_key(key: str) -> str:
+    """The message for a dotted key that is not a config key: the closest ones, and where the list is."""
+    close = difflib.get_close_matches(key, config_keys(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"unknown config key {key!r}; {hint}`ganft study keys` lists every key with its default"
+
+
 def flatten(cfg: BaseModel) -> dict[str, Any]:
     """Dotted-key view of a config (lists joined by '+' so they read well as MLflow params)."""
     out: dict[str, Any] = {}
@@ -345,10 +403,10 @@ def with_overrides(cfg: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:
         node = data
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(config_keys())}")
+                raise ConfigError(unknown_key(key))
             node = node[p]
         if leaf not in node:
-            raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(config_keys())}")
+            raise ConfigError(unknown_key(key))
         node[leaf] = value
     try:
         return TrialConfig.model_validate(data)
@@ -374,6 +432,16 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
     return loader.construct_mapping(node, deep=deep)
 
 
+def _no_aliases(loader: _StrictLoader, parent: Any, index: Any) -> Any:
+    """A YAML alias can expand exponentially (a few hundred bytes become gigabytes): refused."""
+    if loader.check_event(yaml.events.AliasEvent):
+        event = loader.peek_event()
+        raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed "
+                          f"in a study file; write the value out")
+    return yaml.composer.Composer.compose_node(loader, parent, index)
+
+
+_StrictLoader.compose_node = _no_aliases  # type: ignore[method-assign]
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 _StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -386,9 +454,14 @@ def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML file; raises ConfigError with one readable line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read study file ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a study file: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                          f"offset {exc.start}); a study file is YAML text") from None
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as exc:

@@ -67,11 +67,6 @@ class Splits:
         return tuple(self.train.x.shape[1:])  # (C, H, W)
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    load: Callable[[str | None], tuple[Images, Images]]  # root -> (train, test)
-    train_total: int  # size of the training split
-    num_classes: int
 
 
 # --------------------------------------------------------------------------- loaders
@@ -136,7 +131,11 @@ def load_fashion_tensors(root: str | None = None) -> tuple[Images, Images]:
                 y = torch.from_numpy(read_idx(found / f"{lbl_name}.gz").astype(np.int64))
                 out.append(Images(x, y))
             return out[0], out[1]
-    return _torchvision_fashion(Path(root).expanduser() if root else project_root() / "data")
+    if root:  # a folder the user gave is read, never written: no download into it
+        names = ", ".join(f"{n}.gz" for pair in FASHION_FILES.values() for n in pair)
+        raise ConfigError(f"data.root {root}: no Fashion-MNIST IDX files there or in its FashionMNIST/raw/ "
+                          f"(expected {names})")
+    return _torchvision_fashion(project_root() / "data")
 
 
 def _torchvision_fashion(root: Path) -> tuple[Images, Images]:
@@ -156,9 +155,9 @@ def _torchvision_fashion(root: Path) -> tuple[Images, Images]:
     return out[0], out[1]
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(load_digits_tensors, train_total=1437, num_classes=10),
-    "fashion-mnist": DatasetInfo(load_fashion_tensors, train_total=60000, num_classes=10),
+LOADERS: dict[str, Callable[[str | None], tuple[Images, Images]]] = {  # root -> (train, test)
+    "digits": load_digits_tensors,
+    "fashion-mnist": load_fashion_tensors,
 }
 
 
@@ -168,8 +167,7 @@ DATASETS: dict[str, DatasetInfo] = {
 @functools.lru_cache(maxsize=4)
 def load_splits(dataset: str, root: str | None = None) -> Splits:
     """Load a dataset once per process: its whole training split and its test split."""
-    info = DATASETS[dataset]
-    train, test = info.load(root)
+    train, test = LOADERS[dataset](root)
     return Splits(dataset, train, test, CLASS_NAMES[dataset])
 
 
@@ -247,28 +245,3 @@ def labelled_budget(splits: Splits, cfg: DataConfig, seed: int) -> Budget:
     train_idx, val_idx = budget_holdout(labelled.y, cfg.val_fraction,
                                         derive_seed("budget-val", cfg.train_size, seed) % 2**32)
     return Budget("from-budget", labelled.take(train_idx), labelled.take(val_idx))
-
-
-def budget_range(cfg: DataConfig) -> tuple[int, int]:
-    """The smallest and largest N the dataset can give under ``cfg.validation``."""
-    info = DATASETS[cfg.dataset]
-    if cfg.validation == "pool":
-        return info.num_classes, info.train_total - cfg.val_size
-    per_class = 2 if cfg.validation == "from-budget" else 1  # from-budget: one to train, one to validate
-    return per_class * info.num_classes, info.train_total
-
-
-def check_sizes(cfg: DataConfig) -> None:
-    """Range checks that need the dataset's size; run at study load, before any work."""
-    info = DATASETS[cfg.dataset]
-    if cfg.validation == "pool" and cfg.val_size >= info.train_total:
-        raise ConfigError(f"data.val_size: {cfg.val_size} leaves no training pool for {cfg.dataset} "
-                          f"(training split has {info.train_total:,} images)")
-    lo, hi = budget_range(cfg)
-    if not lo <= cfg.train_size <= hi:
-        why = {"pool": f"one per class up to the training split without the {cfg.val_size or 0:,} "
-                       f"validation images",
-               "from-budget": "two per class (one to train, one to validate) up to the whole training split",
-               "none": "one per class up to the whole training split"}[cfg.validation]
-        raise ConfigError(f"data.train_size: {cfg.train_size} is out of range for {cfg.dataset} with "
-                          f"data.validation {cfg.validation}; allowed: {lo}..{hi} ({why})")

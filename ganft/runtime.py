@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganft.config import ConfigError
+from ganft.config import ConfigError, check_device
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -29,10 +29,7 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: unknown device; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    device = torch.device(check_device(name))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine (try auto or cpu)")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -11,9 +11,9 @@ import torch
 from helpers import fake_fashion, write_idx
 
 from ganft import data
+from ganft.catalog import check_sizes
 from ganft.config import ConfigError, DataConfig
 from ganft.data import (
-    check_sizes,
     labelled_budget,
     labelled_subset,
     load_splits,

@@ -191,7 +191,7 @@ def test_no_significant_gain_is_said_plainly(tmp_path: Path) -> None:
 
 
 def test_the_canonical_study_its_protocol_twin_and_its_ceiling_share_the_classifier_recipe() -> None:
-    from ganft.data import budget_range
+    from ganft.catalog import budget_range
     from ganft.study.queue import check_config_sizes
 
     studies = Path(__file__).parents[1] / "studies"

@@ -21,6 +21,7 @@ from ganft.config import StudyConfig, field_annotation
 
 GRID_KEY_ATTR = "ganft.grid_key"  # user attr: canonical JSON of the trial's grid point
 OWNER_ATTR = "ganft.owner"  # user attr: {host, pid, pid_start, trial} of the worker running it
+LOST_ATTR = "ganft.lost_run_trials"  # study user attr: COMPLETE trials whose MLflow run is gone
 SHORT_NAMES = {"data.train_size": "n", "synth.ratio": "r", "seed": "s"}
 
 
@@ -83,16 +84,26 @@ class PointState:
     reason: str = ""
     trials: list[int] = field(default_factory=list)
     owner: dict[str, Any] | None = None  # running: the worker running it
+    lost_runs: int = 0  # COMPLETE trials of this point whose MLflow run is gone
+
+
+def lost_trials(study: optuna.Study) -> set[int]:
+    """COMPLETE trials whose MLflow run is gone from the tracking store (``queue.find_lost_runs``):
+    their points count as missing and run again."""
+    return set(study.user_attrs.get(LOST_ATTR, []))
 
 
 def survey(study: optuna.Study, cfg: StudyConfig) -> list[PointState]:
     """The state of every grid point, from the trials in the storage."""
     points = {grid_key(p): PointState(p, point_name(p)) for p in cfg.points()}
     rank = {"complete": 4, "running": 3, "queued": 2, "failed": 1, "missing": 0}
+    lost = lost_trials(study)
     for t in study.get_trials(deepcopy=False):
         ps = points.get(t.user_attrs.get(GRID_KEY_ATTR, ""))
-        if ps is None:
-            continue  # spare trials and points no longer in the grid
+        if ps is None or t.number in lost:
+            if ps is not None:
+                ps.lost_runs += 1
+            continue  # spare trials, points no longer in the grid, results whose run is gone
         ps.trials.append(t.number)
         state = {TrialState.COMPLETE: "complete", TrialState.RUNNING: "running",
                  TrialState.WAITING: "queued", TrialState.FAIL: "failed"}.get(t.state, "missing")

@@ -84,9 +84,22 @@ class MlflowStore:
         if only_if_running and self.client.get_run(run_id).info.status != "RUNNING":
             return False
         if reason:
-            self.client.set_tag(run_id, "ganft.failure", reason[:4000])
+            self.client.set_tag(run_id, "ganft.failure", redact(reason)[:4000])
         self.client.set_terminated(run_id, status)
         return True
+
+    def finished_trial_runs(self) -> dict[str, dict[str, str]]:
+        """run id -> tags of every FINISHED trial run of the experiment."""
+        runs = self.client.search_runs([self.experiment_id], max_results=50000, filter_string=(
+            f"attributes.status = 'FINISHED' and tags.`{PARENT_TAG}` = 'trial'"))
+        return {r.info.run_id: r.data.tags for r in runs}
+
+    def finished_run_for(self, grid_key: str, base_hash: str) -> Any | None:
+        """The latest FINISHED trial run of one grid point of this study's base config, if any."""
+        runs = self.client.search_runs([self.experiment_id], max_results=100, filter_string=(
+            f"attributes.status = 'FINISHED' and tags.`{PARENT_TAG}` = 'trial' and "
+            f"tags.`ganft.base_hash` = '{base_hash}'"), order_by=["attributes.start_time DESC"])
+        return next((r for r in runs if r.data.tags.get("ganft.grid_key") == grid_key), None)
 
     def running_runs(self) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
@@ -217,6 +230,9 @@ def _is_local(uri: str) -> bool:
     return uri.startswith("sqlite:") or "://" not in uri
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
     """``ganft ui``: the MLflow UI (``mlflow ui``) on the store, in a process group of its own that
     is stopped whole (the server and its workers) on Ctrl-C or SIGTERM."""
@@ -227,6 +243,12 @@ def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
     from ganft.paths import project_root
 
     uri = tracking_uri or default_tracking_uri(project_root())
+    if host not in LOOPBACK:
+        print(f"ganft ui: warning: --host {host} exposes the MLflow UI to the network, and it has no "
+              f"authentication: anyone who reaches port {port} can read, change and delete every run. "
+              f"Keep it on 127.0.0.1 and reach it through an SSH tunnel (ssh -L {port}:127.0.0.1:{port} "
+              f"HOST), or put it behind a reverse proxy that authenticates (or mlflow server "
+              f"--app-name basic-auth).", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
            "--port", str(port)]
     print(f"MLflow UI on http://{host}:{port} for {redact(uri)} (Ctrl-C stops it)", flush=True)

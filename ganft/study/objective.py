@@ -19,6 +19,7 @@ from ganft.study import workers
 from ganft.study.grid import (
     GRID_KEY_ATTR,
     OWNER_ATTR,
+    config_hash,
     distribution,
     encode,
     grid_key,
@@ -72,6 +73,8 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
     dists = {k: distribution(k, v) for k, v in cfg.grid.items()}
     by_key = {grid_key(p): p for p in cfg.points()}
 
+    base_hash = config_hash(cfg)
+
     def objective(trial: optuna.Trial) -> float:
         me = workers.identity()
         trial.set_user_attr(OWNER_ATTR, {**me, "trial": trial.number})  # first: reapers look for it
@@ -79,8 +82,12 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
         point = _take_point(trial, by_key)
         for k, dist in dists.items():  # record the point as Optuna params (fixed by the queue)
             suggest(trial, k, dist)
-        name = point_name(point)
+        name, key = point_name(point), grid_key(point)
+        adopted = store.finished_run_for(key, base_hash)
+        if adopted is not None:  # its Optuna record was lost (torn journal, deleted journal)
+            return _adopt(trial, adopted, name)
         tags = {PARENT_TAG: "trial", "ganft.study": cfg.name, "ganft.grid_point": name,
+                "ganft.grid_key": key, "ganft.base_hash": base_hash,
                 "ganft.trial_number": trial.number, "ganft.storage": redact(stores.storage),
                 "ganft.device": str(device), "ganft.precision": precision_name(device),
                 "ganft.channels_last": uses_channels_last(device),
@@ -95,6 +102,19 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
         return objective_value(metrics)
 
     return objective
+
+
+def _adopt(trial: optuna.Trial, run: Any, name: str) -> float:
+    """A grid point that already has a FINISHED MLflow run: the trial takes its result instead of
+    training again, so the point keeps exactly one FINISHED run."""
+    metrics = run.data.metrics
+    log.warning("%s: adopting its FINISHED MLflow run %s (its Optuna record was lost); not training "
+                "it again", name, run.info.run_id)
+    trial.set_user_attr("ganft.mlflow_run_id", run.info.run_id)
+    trial.set_user_attr("ganft.adopted", True)
+    trial.set_user_attr("test_acc", metrics.get("test/acc"))
+    trial.set_user_attr("gan_trained", False)
+    return objective_value(metrics)
 
 
 def objective_value(metrics: dict[str, float]) -> float:
@@ -127,7 +147,7 @@ def _trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[st
         trial.set_user_attr("ganft.mlflow_run_id", run_id)
         yield run_id
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = redact(f"{type(exc).__name__}: {exc}")
         trial.set_user_attr("ganft.fail_reason", reason[:1000])
         if run_id:
             store.end_run(run_id, "FAILED", reason)
@@ -148,7 +168,7 @@ def end_trial_run(store: MlflowStore) -> Callable[[optuna.Study, FrozenTrial], N
         if not run_id or trial_owner(trial) is None:
             return
         if trial.state == TrialState.COMPLETE:
-            store.end_run(run_id, "FINISHED")
+            store.end_run(run_id, "FINISHED", only_if_running=True)  # an adopted run is already
         elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
             store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
 

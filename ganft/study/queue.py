@@ -25,11 +25,13 @@ from ganft.config import StudyConfig
 from ganft.study import workers
 from ganft.study.grid import (
     GRID_KEY_ATTR,
+    LOST_ATTR,
     PointState,
     config_hash,
     distribution,
     encode,
     grid_key,
+    lost_trials,
     survey,
     trial_owner,
 )
@@ -149,12 +151,26 @@ def reclaim(study: optuna.Study, cfg: StudyConfig, store: MlflowStore) -> int:
     return queued
 
 
+def find_lost_runs(study: optuna.Study, store: MlflowStore) -> int:
+    """Mark the COMPLETE trials whose MLflow run is not FINISHED in the tracking store (a deleted or
+    replaced ``mlflow.db``): their points count as missing and run again. Returns how many."""
+    finished = store.finished_trial_runs()
+    lost = lost_trials(study)
+    new = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+           if GRID_KEY_ATTR in t.user_attrs and t.number not in lost
+           and t.user_attrs.get("ganft.mlflow_run_id") not in finished]
+    if new:
+        study.set_user_attr(LOST_ATTR, sorted(lost | set(new)))
+    return len(new)
+
+
 def superseded(study: optuna.Study, number: int, key: str) -> str | None:
     """Another trial holds this grid point: one is COMPLETE, or an earlier one is running or queued.
     Two workers that take two copies of a point at once both see each other; the earlier wins."""
+    lost = lost_trials(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
                                                       TrialState.WAITING)):
-        if t.number != number and t.user_attrs.get(GRID_KEY_ATTR) == key \
+        if t.number != number and t.number not in lost and t.user_attrs.get(GRID_KEY_ATTR) == key \
                 and (t.state == TrialState.COMPLETE or t.number < number):
             return f"trial {t.number} holds this grid point"
     return None
@@ -162,7 +178,7 @@ def superseded(study: optuna.Study, number: int, key: str) -> str | None:
 
 def check_config_sizes(cfg: StudyConfig) -> None:
     """Dataset-size range checks for every grid point, before any work (raises ConfigError)."""
-    from ganft.data import check_sizes
+    from ganft.catalog import check_sizes
 
     for point in cfg.points() or [{}]:
         check_sizes(cfg.trial_config(point).data)

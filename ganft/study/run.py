@@ -23,8 +23,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig
-from ganft.redact import redact, redact_argv
+from ganft.config import StudyConfig, check_device
+from ganft.redact import redact, redact_argv, redact_logging
 from ganft.study import workers
 from ganft.study.grid import PointState, survey, trial_owner
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
@@ -32,12 +32,20 @@ from ganft.study.objective import end_trial_run, make_objective
 from ganft.study.queue import (
     close_orphan_runs,
     enqueue_missing,
+    find_lost_runs,
     load_or_create_study,
     owner_dead,
     reap_dead_trials,
     reclaim,
 )
-from ganft.study.storage import StudyError, check_disk, coordination, is_journal, repair_journal
+from ganft.study.storage import (
+    StudyError,
+    check_disk,
+    coordination,
+    damaged_journal,
+    is_journal,
+    repair_journal,
+)
 from ganft.study.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,7 @@ def _worker_main(index: int, n: int, cfg: StudyConfig, stores: Stores, parent_id
 
     logging.basicConfig(level=log_level, format=f"%(asctime)s w{index} %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    redact_logging()
     configure_speed(speed)  # a spawned interpreter starts with the defaults
     workers.interrupt_once()
     workers.pin_threads(workers.threads_per_worker(n))
@@ -121,7 +130,10 @@ class Summary:
         out += [f"  failed {ps.name} ({ps.attempts} attempt(s), max_retries {cfg.max_retries}): {ps.reason}"
                 for ps in self.failed]
         if self.workers_lost:
-            out.append(f"  {self.workers_lost} worker process(es) died; rerun the same command to finish")
+            todo = self.total - self.complete - self.running
+            out.append(f"  {self.workers_lost} worker process(es) died; " +
+                       (f"rerun the same command to finish the {todo} point(s) left" if todo else
+                        "the other workers finished their points"))
         return out
 
 
@@ -139,9 +151,15 @@ def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.
         raise StudyError("--storage sqlite:// is not safe for several workers (SQLite has no row "
                          "locks; two workers can take the same trial). Use the default journal file "
                          "or PostgreSQL.")
-    store = MlflowStore.prepare(stores.tracking_uri, cfg.name, stores.root / "mlartifacts")
-    study = load_or_create_study(cfg, stores.open(store))
+    stores.check()
+    with stores.init_lock(), damaged_journal(cfg, stores):
+        store = MlflowStore.prepare(stores.tracking_uri, cfg.name, stores.root / "mlartifacts")
+        study = load_or_create_study(cfg, stores.open(store))
     with coordination(stores.storage):
+        lost = find_lost_runs(study, store)
+        if lost:
+            log.warning("%d complete grid point(s) have no FINISHED run in the MLflow store %s (deleted or "
+                        "replaced?); they run again", lost, redact(stores.tracking_uri))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -173,19 +191,20 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ganft.runtime import configure_speed, current_speed, machine_description, pick_device
-
-    if speed is not None:
-        configure_speed(speed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
-    pick_device(device)  # fail on a bad --device before anything is written
+    check_device(device)  # a malformed --device fails before anything is written
     study, store, queued = preflight(cfg, stores, workers_n)
     states = survey(study, cfg)
     todo = sum(ps.state == "queued" for ps in states)
     done = sum(ps.state == "complete" for ps in states)
-    if todo == 0:
+    if todo == 0:  # nothing to run: the training stack is never loaded
         return _summary(states, seconds=time.perf_counter() - t0)
+    from ganft.runtime import configure_speed, current_speed, machine_description, pick_device
+
+    if speed is not None:
+        configure_speed(speed)
+    pick_device(device)  # an unavailable device (cuda without a GPU) fails before any trial
 
     n = max(1, min(workers_n, todo))
     parent_id = store.start_run(
@@ -231,8 +250,7 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
 def _report_lost_workers(codes: list[int]) -> int:
     lost = [(i, c) for i, c in enumerate(codes) if c not in (0, 130)]
     for i, code in lost:
-        log.error("worker %d ended with %s; rerun the same command to finish its point", i,
-                  workers.describe_exit(code))
+        log.error("worker %d ended with %s", i, workers.describe_exit(code))
     return len(lost)
 
 

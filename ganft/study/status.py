@@ -11,31 +11,73 @@ import optuna
 from optuna.trial import TrialState
 
 from ganft.config import StudyConfig
+from ganft.redact import redact
+from ganft.study import workers
 from ganft.study.grid import GRID_KEY_ATTR, survey
-from ganft.study.storage import is_journal, open_storage
-from ganft.study.stores import Stores
+from ganft.study.mlflow_store import MlflowStore, sqlite_path
+from ganft.study.storage import damaged_journal, is_journal, open_storage
+from ganft.study.stores import Stores, probe_rdb
 
-KINDS = ("complete", "running", "queued", "failed", "missing")
+KINDS = ("complete", "running", "queued", "failed", "missing", "lost")
 
 
 def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
-    """The lines ``ganft study status`` prints and its exit status (0 only when all are complete)."""
+    """The lines ``ganft study status`` prints and its exit status (0 only when all are complete,
+    in both stores). Checks Optuna against MLflow: a point is complete when its trial is COMPLETE
+    and its MLflow run FINISHED; any disagreement is said with the command that mends it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not is_journal(stores.storage):
+        probe_rdb(stores.storage)
+    runs = _finished_runs(cfg, stores)
     try:
         if is_journal(stores.storage) and not Path(stores.storage).is_file():
             raise KeyError(cfg.name)  # no journal yet (opening one would create the file)
-        study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
+        with damaged_journal(cfg, stores):
+            study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     except KeyError:
-        return [f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)"], 1
+        lines = [f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)"]
+        if runs:
+            lines.append(f"  but the MLflow store has {len(runs)} FINISHED run(s) of it (the Optuna storage "
+                         f"was deleted or replaced?): `ganft study run {cfg.name}` adopts them without "
+                         f"training again")
+        return lines, 1
     states = survey(study, cfg)
+    for ps in states:
+        if ps.state == "running" and ps.owner and not workers.alive(ps.owner):
+            ps.state = "lost"  # its worker is dead; the next `study run` fails it and runs it again
+    finished_by_trial = {t.number: t.user_attrs.get("ganft.mlflow_run_id") in runs
+                         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    no_run = [ps for ps in states if ps.state == "complete"
+              and not any(finished_by_trial.get(n, False) for n in ps.trials)]
     counts = {k: sum(ps.state == k for ps in states) for k in KINDS}
-    lines = [f"study {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(states)}"]
+    lines = [f"study {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "lost")
+             + f" of {len(states)}"]
     for ps in states:
         extra = f"  ({ps.attempts} attempt(s)) {ps.reason}" if ps.state == "failed" else ""
-        if ps.state == "running" and ps.owner:
+        if ps.state in ("running", "lost") and ps.owner:
             extra = f"  (pid {ps.owner.get('pid')} on {ps.owner.get('host')})"
         lines.append(f"  {ps.state:9s} {ps.name}{extra}")
-    return lines, 0 if counts["complete"] == len(states) else 1
+    if no_run:
+        lines.append(f"  {len(no_run)} complete point(s) have no FINISHED run in the MLflow store "
+                     f"{redact(stores.tracking_uri)} (deleted or replaced?): `ganft study run {cfg.name}` "
+                     f"runs them again")
+    lost = counts["lost"]
+    if lost:
+        lines.append(f"  {lost} trial(s) lost their worker: `ganft study run {cfg.name}` runs them again")
+    ok = counts["complete"] == len(states) and not no_run
+    return lines, 0 if ok else 1
+
+
+def _finished_runs(cfg: StudyConfig, stores: Stores) -> dict[str, dict[str, str]]:
+    """FINISHED trial runs of the study in MLflow (none when the store does not exist: a SQLite file
+    that does not exist is not created)."""
+    db = sqlite_path(stores.tracking_uri)
+    if db is not None and not Path(db).is_file():
+        return {}
+    try:
+        return MlflowStore(stores.tracking_uri, cfg.name, create=False).finished_trial_runs()
+    except LookupError:
+        return {}
 
 
 def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:

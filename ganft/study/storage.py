@@ -168,6 +168,20 @@ def coordination(spec: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def damaged_journal(cfg: Any, stores: Any) -> Iterator[None]:
+    """A journal line that cannot be read (a damaged middle line) is a StudyError pointing to
+    `ganft study repair`, not a JSONDecodeError traceback."""
+    try:
+        yield
+    except ValueError as exc:  # json.JSONDecodeError, and Optuna's own "invalid log" errors
+        if not is_journal(stores.storage):
+            raise
+        raise StudyError(f"the Optuna journal {stores.storage} has a line that cannot be read ({exc}); "
+                         f"run `ganft study repair {cfg.name}` (it keeps a .bak copy), then this command "
+                         f"again") from None
+
+
 # --------------------------------------------------------------------------- opening
 
 

@@ -3,11 +3,17 @@ that the default stores, artifacts and the GAN cache live under."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from ganft.paths import project_root
+from ganft.redact import redact
 from ganft.study.mlflow_store import (
     MlflowCheckpointStore,
     MlflowStore,
@@ -15,7 +21,7 @@ from ganft.study.mlflow_store import (
     is_remote,
     sqlite_path,
 )
-from ganft.study.storage import StaleTrialCallback, is_journal, open_storage
+from ganft.study.storage import StaleTrialCallback, StudyError, is_journal, open_storage
 
 KILLED_RETRIES = 3  # a point whose worker dies is queued again at most this often (then on rerun)
 
@@ -65,3 +71,74 @@ class Stores:
         if db:
             paths.append(Path(db))
         return paths
+
+    def check(self) -> None:
+        """Before anything is created or started: each store is reachable and writable, or one
+        StudyError line says which and what to do (nothing is written either way)."""
+        if is_journal(self.storage):
+            _writable(Path(self.storage), "the Optuna journal", "--storage")
+        else:
+            probe_rdb(self.storage)
+        db = sqlite_path(self.tracking_uri)
+        if db is not None:
+            _writable(Path(db), "the MLflow store", "--tracking-uri")
+        elif is_remote(self.tracking_uri):
+            probe_tracking_server(self.tracking_uri)
+
+    @contextlib.contextmanager
+    def init_lock(self) -> Iterator[None]:
+        """Held while the stores are created (schema migrations, experiment, study): two `ganft
+        study run` started at once on a fresh store would otherwise break its migration."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root / ".ganft-init.lock"):
+            yield
+
+
+def _writable(path: Path, what: str, flag: str) -> None:
+    folder = next((p for p in path.parents if p.exists()), None)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StudyError(f"{what} {path} is read-only for this user; make it writable, or give another "
+                         f"{flag}")
+    if folder is None or not os.access(folder, os.W_OK | os.X_OK):
+        raise StudyError(f"{what} {path}: its folder {folder} is not writable for this user; give another "
+                         f"{flag} or set GANFT_HOME")
+
+
+def probe_rdb(url: str, timeout_s: int = 10) -> None:
+    """Connect once to an RDB storage, with a timeout; a failure is a StudyError naming the store
+    (password redacted), not a traceback."""
+    import sqlalchemy
+
+    args = {"connect_timeout": timeout_s} if url.startswith("postgresql") else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=args)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError:
+        raise StudyError(f"{redact(url)}: its database driver is not installed; for PostgreSQL: "
+                         f"pip install 'ganft[postgres]'") from None
+    except Exception as exc:  # OperationalError, ArgumentError, ...: say it in one line
+        reason = redact(str(getattr(exc, "orig", None) or exc)).strip().splitlines()[0]
+        raise StudyError(f"cannot reach the Optuna storage {redact(url)}: {reason}; check its host, port "
+                         f"and credentials (PGPASSWORD or ~/.pgpass), or give another --storage") from None
+
+
+def probe_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
+    """One GET of the tracking server's /health, with a timeout (MLflow's own client retries for
+    minutes before it gives up)."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)  # credentials stay out of the probe's URL (and of its error)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{parts.port}" if parts.port else str(host)
+    health = urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+            resp.read(64)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = redact(str(getattr(exc, "reason", exc)))
+        raise StudyError(f"cannot reach the MLflow tracking server {redact(uri)} ({reason}); start it, or "
+                         f"check --tracking-uri") from None
