@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--workers", type=_positive, default=1, metavar="N",
                      help="worker processes on this machine, each with cores/N torch threads (default: 1)")
+    run.add_argument("--threads", type=_positive, metavar="N",
+                     help="torch threads per worker (default: the CPUs this process may use, minus those "
+                     "other jobs keep busy, shared among the workers)")
     run.add_argument("--heartbeat", type=_positive, default=30, metavar="SECONDS",
                      help="RDB storage: seconds between a trial's heartbeats; a trial with three missed "
                      "is failed and its point queued again (default: 30)")
@@ -95,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ratio-1 gain per N under both")
     _store_flags(report)
     report.add_argument("--out", type=Path, help="output folder (default: reports/<study>/)")
+    report.add_argument("--results", type=Path, metavar="CSV", help="rebuild from a report's own "
+                        "results.csv (and the meta.json beside it) instead of the stores, e.g. "
+                        "reports/gan_zoo/results.csv")
 
     pre = sub.add_parser("pretrain", help="train (once, cached) the source-dataset classifiers that "
                          "a study's classifier.init: pretrained trials start from")
@@ -147,7 +153,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     log.info("study %s: %d grid points; Optuna storage %s; MLflow %s; %d worker(s)", cfg.name,
              len(cfg.points()), redact(stores.storage), redact(stores.tracking_uri), args.workers)
     summary = run_study(cfg, stores, device=args.device, progress=not args.no_progress,
-                        workers_n=args.workers, speed=speed)
+                        workers_n=args.workers, speed=speed, threads=args.threads)
     for line in summary.lines(cfg):
         print(line)
     return 0 if summary.ok else 1
@@ -171,13 +177,15 @@ def cmd_study_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ganft.report.build import NothingToReport, build, build_compare
+    from ganft.report.build import NothingToReport, build, build_compare, build_from_results
 
     if bool(args.study) == bool(args.compare):
         print("ganft report: give a study, or --compare A B", file=sys.stderr)
         return 2
     try:
-        if args.compare:
+        if args.results:
+            index = build_from_results(_study_name(args.study), args.results, out=args.out)
+        elif args.compare:
             index = build_compare(*(_study_name(s) for s in args.compare), stores=_stores(args), out=args.out)
         else:
             index = build(_study_name(args.study), ceiling=args.ceiling and _study_name(args.ceiling),

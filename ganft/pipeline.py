@@ -56,7 +56,8 @@ def obtain_gan(cfg: TrialConfig, budget: Budget, splits: Splits, device: torch.d
                 log.info("GAN %s: reused from the cache", key)
     tracker.set_tags({"gan.cache": "hit" if hit else "miss", "gan.key": key})
     tracker.log_metrics(entry.metrics)
-    log_image_tensor(tracker, entry.samples, "gan_samples.png", nrow=SAMPLES_PER_CLASS)
+    log_image_tensor(tracker, entry.samples, "gan_samples.png", nrow=SAMPLES_PER_CLASS,
+                     row_labels=list(splits.classes))  # one row per class
     return entry, not hit
 
 

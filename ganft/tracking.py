@@ -79,13 +79,41 @@ class MlflowTracker:
         self.client.log_artifact(self.run_id, str(path))
 
 
-def log_image_tensor(tracker: Tracker, images: Any, name: str, nrow: int) -> None:
-    """Save a (B, C, H, W) tensor in [-1, 1] as a PNG grid and log it as an artifact ``name``."""
-    from torchvision.utils import save_image
+MIN_GRID_WIDTH = 256  # px: a sample grid narrower than this is unreadable in the MLflow UI
 
+
+def sample_grid_image(images: Any, nrow: int, row_labels: list[str] | None = None) -> Any:
+    """A (B, C, H, W) tensor in [-1, 1] as a PIL image: ``nrow`` images per row, upscaled by an
+    integer factor (nearest neighbour: pixels stay pixels) to at least MIN_GRID_WIDTH wide, each
+    row labelled on the left (e.g. with its class name)."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.float(), nrow=nrow, padding=1, normalize=True, value_range=(-1, 1),
+                     pad_value=1.0)  # (3, H', W') in [0, 1]
+    pixels = (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    tile = Image.fromarray(pixels)
+    scale = max(1, -(-MIN_GRID_WIDTH // tile.width))  # ceil
+    tile = tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
+    if not row_labels:
+        return tile
+    draw = ImageDraw.Draw(tile)
+    margin = 8 + max(int(draw.textlength(label)) for label in row_labels)
+    out = Image.new("RGB", (tile.width + margin, tile.height), "white")
+    out.paste(tile, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    row_h = tile.height / max(1, len(row_labels))
+    for i, label in enumerate(row_labels):
+        draw.text((4, i * row_h + row_h / 2 - 5), label, fill="black")
+    return out
+
+
+def log_image_tensor(tracker: Tracker, images: Any, name: str, nrow: int,
+                     row_labels: list[str] | None = None) -> None:
+    """Log ``sample_grid_image`` of a (B, C, H, W) tensor in [-1, 1] as the PNG artifact ``name``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
-        save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+        sample_grid_image(images, nrow, row_labels).save(path)
         tracker.log_artifact(path)
 
 

@@ -38,7 +38,8 @@ def test_accuracy_figure_marks_real_only_levels_the_ceiling_and_facets_other_fac
     real_only = df[df["synth.ratio"] == 0].groupby("data.train_size")["test/acc"].mean()
     assert {round(100 * v, 3) for v in real_only} | {91.2} <= hlines
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "N = 100 real" in legend and any("ceiling" in t and "55,000" in t for t in legend)
+    assert any(t.startswith("N = 100 real (band") for t in legend)
+    assert any("ceiling" in t and "55,000" in t for t in legend)
     assert ax.get_ylim()[1] > 91.2  # the ceiling is inside the plot
 
     two = pd.concat([frame({(100, 1.0): 0.05}, extra={"gan.loss": "ns"}),
@@ -112,3 +113,22 @@ def test_report_modules_import_neither_optuna_nor_pyplot() -> None:
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not {m for m in names if m.startswith("optuna") or m == "matplotlib.pyplot"}, path.name
+
+
+def test_accuracy_bands_fit_the_axis_have_distinct_colours_and_matching_legend() -> None:
+    df = frame({(100, 1.0): 0.05, (500, 1.0): 0.0, (1000, 1.0): 0.0, (5000, 1.0): 0.0}, noise=0.03)
+    fig = figs.fig_accuracy_vs_ratio(df)
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    for band in ax.collections:  # seaborn's error bands
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert lo <= ys.min() and ys.max() <= hi
+    colours = [tuple(np.round(band.get_facecolor()[0][:3], 3)) for band in ax.collections]
+    assert len(set(colours)) == len(colours) == 4
+    swatches = [h for h in fig.legends[0].legend_handles]
+    assert len(swatches) >= 4
+    saturated = frame({(100, 1.0): 0.0}, seeds=(0, 1))
+    saturated["test/acc"] = [0.999 if s == 0 else 0.95 for s in saturated["seed"]]  # band past 100%
+    fig = figs.fig_accuracy_vs_ratio(saturated)
+    assert fig.axes[0].get_ylim()[1] == 100 and "clipped at the axis" in fig._suptitle.get_text()
+    assert "clipped" not in figs.fig_accuracy_vs_ratio(df)._suptitle.get_text()

@@ -10,7 +10,10 @@ Nothing here imports the training stack (torch), and nothing here creates a stor
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +23,7 @@ from ganft.paths import project_root
 from ganft.redact import redact
 from ganft.report.compare import write_compare_report
 from ganft.report.text import ReportMeta, busy_seconds
-from ganft.report.tidy import tidy_runs
+from ganft.report.tidy import tidy_from_csv, tidy_runs
 from ganft.report.write import write_report
 from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
 from ganft.study.status import optuna_frames
@@ -83,6 +86,19 @@ def _class_names(df: pd.DataFrame) -> dict[int, str]:
     return dict(enumerate(CLASS_NAMES.get(datasets[0], ()))) if len(datasets) == 1 else {}
 
 
+def build_from_results(study: str, results: Path, out: Path | None = None) -> Path:
+    """Rebuild a committed report from its own results.csv (and meta.json: command, wall time and
+    machine as the report first stated them), when the study's stores are gone."""
+    df = tidy_from_csv(results)
+    meta_file = results.parent / "meta.json"
+    facts = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = ReportMeta(study=study, command=facts.get("command", ""), machine=facts.get("machine", ""),
+                      wall_seconds=facts.get("wall_seconds"), class_names=_class_names(df))
+    saved = results.parent / "importances.csv"  # Optuna's importances, as the report first had them
+    importances = pd.read_csv(saved) if saved.is_file() else None
+    return write_report(df, out or results.parent, meta, importances=importances)
+
+
 def build(study: str, *, ceiling: str | None = None, protocol: str | None = None,
           stores: Stores | None = None, out: Path | None = None) -> Path:
     """Write ``reports/<study>/`` (or ``out``) and return its index.html. ``ceiling``: a real-only
@@ -100,11 +116,34 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
     flags = "".join(f" --{flag} {other}" for flag, other in (("ceiling", ceiling), ("protocol", protocol))
                     if other)
     history, importances = optuna_frames(study, stores.storage)
+    out = out or project_root() / "reports" / study
+    samples = sample_grids(df, stores, study, out)
     meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}{flags}"]),
                       machine=machine, wall_seconds=wall, ceiling_study=ceiling or "",
                       protocol_study=protocol or "", class_names=_class_names(df))
-    return write_report(df, out or project_root() / "reports" / study, meta, ceiling=extra.get("ceiling"),
-                        history=history, importances=importances, protocol=extra.get("protocol"))
+    return write_report(df, out, meta, ceiling=extra.get("ceiling"), history=history,
+                        importances=importances, protocol=extra.get("protocol"), samples=samples)
+
+
+def sample_grids(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dict[int, str]:
+    """One GAN sample grid per N (``gan_samples.png`` of its lowest-seed GAN run, one row per
+    class), copied into the report folder: N -> file name. Runs without the artifact are skipped."""
+    if "run_id" not in df or "synth.ratio" not in df:
+        return {}
+    gan_runs = df[df["synth.ratio"] > 0].sort_values(["data.train_size", "seed", "synth.ratio"])
+    store = MlflowStore(stores.tracking_uri, study, create=False)
+    out.mkdir(parents=True, exist_ok=True)
+    grids: dict[int, str] = {}
+    for n, g in gan_runs.groupby("data.train_size", sort=True):
+        name = f"samples_n{int(n)}.png"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                got = store.download(g["run_id"].iloc[0], "gan_samples.png", Path(tmp))
+                shutil.copy(got, out / name)
+        except Exception:  # noqa: BLE001 - an artifact store that cannot be read: no grid, not no report
+            continue
+        grids[int(n)] = name
+    return grids
 
 
 def build_compare(a: str, b: str, *, stores: Stores | None = None, out: Path | None = None) -> Path:

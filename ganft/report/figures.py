@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from scipy import stats
@@ -97,11 +98,15 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
     pos = {r: i for i, r in enumerate(ratios)}
     data = df.assign(N=df[N_COL].astype(int), acc_pct=100 * df[ACC_COL], x=df[RATIO_COL].map(pos))
     sizes = sorted(data["N"].unique())
-    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes)), strict=True))
+    # a qualitative palette: neighbouring N get clearly different colours (a sequential one made
+    # N=500 and N=1,000 two similar teals)
+    palette = dict(zip(sizes, sns.color_palette("colorblind", len(sizes)), strict=True))
     panels = _facets(data, factors)
     ceil_acc = 100 * float(ceiling[ACC_COL].mean()) if ceiling is not None and len(ceiling) else None
-    values = [*data["acc_pct"], *([ceil_acc] if ceil_acc is not None else [])]
-    lo, hi = max(0.0, min(values) - 4), min(100.0, max(values) + 3)
+    bands = [t_interval(g["acc_pct"]) for _, g in data.groupby(["N", "x", *factors], sort=False)]
+    values = [v for band in bands for v in band] + ([ceil_acc] if ceil_acc is not None else [])
+    lo, hi = max(0.0, min(values) - 1.5), min(100.0, max(values) + 1.5)  # every band fits...
+    clipped = min(values) < 0 or max(values) > 100  # ...unless it runs past 0 or 100%
     with _style():
         cols = min(len(panels), 2)
         fig = Figure(figsize=(8.5 if cols == 1 else 13, 5.2 * math.ceil(len(panels) / cols)), dpi=DPI,
@@ -120,16 +125,19 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
             ax.set_ylabel("test accuracy (%)")
             if label:
                 ax.set_title(label)
-        handles = [Line2D([], [], color=palette[n], marker="o", label=f"N = {n:,} real") for n in sizes]
-        handles += [Line2D([], [], color="grey", ls="--", label="real-only level of that N"),
-                    Patch(color="grey", alpha=0.25, label="95% t-interval over seeds")]
+        handles = [(Line2D([], [], color=palette[n], marker="o"), Patch(color=palette[n], alpha=0.2))
+                   for n in sizes]
+        labels = [f"N = {n:,} real (band: 95% t-interval over seeds)" for n in sizes]
+        handles.append(Line2D([], [], color="grey", ls="--"))
+        labels.append("real-only level of that N")
         if ceil_acc is not None:
             n_ceil = int(ceiling[N_COL].iloc[0]) if N_COL in ceiling else 0
-            handles.append(Line2D([], [], color="black", ls=":", lw=2,
-                                  label=f"ceiling: all {n_ceil:,} real, {ceil_acc:.1f}%"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=9.5,
-                   frameon=False)
-        fig.suptitle("Test accuracy with GAN images, per training-set size N")
+            handles.append(Line2D([], [], color="black", ls=":", lw=2))
+            labels.append(f"ceiling: all {n_ceil:,} real, {ceil_acc:.1f}%")
+        fig.legend(handles=handles, labels=labels, handler_map={tuple: HandlerTuple(ndivide=None)},
+                   loc="outside lower center", ncols=min(len(handles), 2), fontsize=9.5, frameon=False)
+        fig.suptitle("Test accuracy with GAN images, per training-set size N"
+                     + ("\n(bands clipped at the axis: an interval ran past 0 or 100%)" if clipped else ""))
     return fig
 
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -47,7 +48,7 @@ def render_md(page: Page) -> str:
         if s.bullets:
             out += [f"- {b}" for b in s.bullets] + [""]
         if s.table is not None and len(s.table):
-            out += [s.table.to_markdown(index=False), ""]
+            out += [s.table.map(_fmt).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(out)
 
 
@@ -69,9 +70,17 @@ def _table_html(df: pd.DataFrame, row_classes: list[str] | None) -> str:
 
 
 def _fmt(v: object) -> str:
+    """One number format for every table: thousands separators (5,000), no -0, n/a for missing."""
     if v is None or (isinstance(v, float) and v != v):
         return "n/a"
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, int | np.integer):
+        return f"{int(v):,}"
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        return "0" if v == 0 else f"{v:,.10g}" if abs(v) >= 1000 else f"{v:g}"
+    return str(v)
 
 
 def render_html(page: Page, folder: Path) -> str:

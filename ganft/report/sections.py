@@ -94,6 +94,14 @@ def class_section(classes: pd.DataFrame, factors: list[str], out_dir: Path) -> S
                              for part in (gains, losses) for _, r in part.iterrows()])
 
 
+def samples_section(samples: dict[int, str]) -> Section:
+    return Section("What the GAN made", [
+        "One grid per N: the generator of its lowest seed, the same fixed noise in every grid, one row "
+        "per class (the label the images were made for). A reader can see here why the images helped "
+        "or hurt: blur, wrong classes, one image repeated."],
+        [(name, f"GAN samples at N={n:,}, one row per class.") for n, name in sorted(samples.items())])
+
+
 def quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
     present = [m for m in QUALITY_FIGURES if m in df and df[m].notna().any()]
     section = Section("GAN quality against gain")

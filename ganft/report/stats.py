@@ -56,20 +56,23 @@ def cell_keys(df: pd.DataFrame) -> list[str]:
     return [N_COL, RATIO_COL, *varying_factors(df)]
 
 
-def summarise(diffs: np.ndarray) -> dict[str, Any]:
+def summarise(diffs: np.ndarray, min_pairs: int = 2) -> dict[str, Any]:
     """Mean, 95% t-interval and paired t-test p-value of per-seed differences; ``nominal``: the
     interval excludes 0 (before any multiple-testing adjustment).
 
     Fewer than 2 pairs, or differences that are all equal (common with 2-3 seeds and a small test
     set), give no interval and no p-value: the t-test is undefined there, and a zero-width interval
-    would claim a certainty the data do not have. ``note`` says why."""
+    would claim a certainty the data do not have. ``note`` says why. ``min_pairs`` (3 for the
+    per-class table) raises the minimum: with 2 pairs a t-interval has 1 degree of freedom and
+    spans hundreds of points. An interval is never wider than an accuracy difference can be
+    (-100 to +100 pp): it is clipped there, and the note says so."""
     diffs = np.asarray(diffs, dtype=float)
     n = len(diffs)
     out: dict[str, Any] = {"n_pairs": n, "mean_diff": float(np.mean(diffs)) if n else math.nan,
                            "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
                            "nominal": False, "ci_method": CI_METHOD, "note": ""}
-    if n < 2:
-        out["note"] = f"{n} pair: no CI (needs 2)"
+    if n < min_pairs:
+        out["note"] = f"{n} pair{'s' if n != 1 else ''}: no CI (needs {min_pairs})"
     elif np.ptp(diffs) == 0:
         out["note"] = f"all {n} differences equal: no CI"
     else:
@@ -77,8 +80,10 @@ def summarise(diffs: np.ndarray) -> dict[str, Any]:
             warnings.simplefilter("ignore", RuntimeWarning)
             res = stats.ttest_1samp(diffs, 0.0)
         ci = res.confidence_interval(0.95)
-        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue),
-                   nominal=bool(ci.low > 0 or ci.high < 0))
+        low, high = max(float(ci.low), -1.0), min(float(ci.high), 1.0)
+        out.update(ci_low=low, ci_high=high, p_value=float(res.pvalue), nominal=bool(low > 0 or high < 0))
+        if (low, high) != (float(ci.low), float(ci.high)):
+            out["note"] = "interval clipped to the -100..+100 pp an accuracy difference can span"
     return out
 
 
@@ -100,7 +105,7 @@ def paired_runs(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     return merged.sort_values([N_COL, RATIO_COL, *factors, SEED_COL]).reset_index(drop=True)
 
 
-def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
+def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) -> pd.DataFrame:
     """Per (N, ratio > 0, other factors): the paired difference of ``metric`` to real only.
     Columns: the cell keys, ``mean_acc``, ``baseline_acc``, then STAT_COLS and Q_COLS."""
     keys = cell_keys(df)
@@ -111,7 +116,8 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
     rows = []
     for cell, g in pairs.groupby(keys, sort=True, dropna=False):
         rows.append({**dict(zip(keys, cell, strict=True)), "mean_acc": g[metric].mean(),
-                     "baseline_acc": g[f"{metric}:base"].mean(), **summarise(g[f"{metric}:diff"])})
+                     "baseline_acc": g[f"{metric}:base"].mean(),
+                     **summarise(g[f"{metric}:diff"], min_pairs)})
     out = pd.DataFrame(rows, columns=cols)
     return add_q_values(out)
 
@@ -178,7 +184,7 @@ def class_cells(df: pd.DataFrame, class_names: dict[int, str] | None = None) -> 
     ks = sorted(int(c.removeprefix(CLASS_PREFIX)) for c in df.columns if c.startswith(CLASS_PREFIX))
     parts = []
     for k in ks:
-        cells = paired_cells(df, f"{CLASS_PREFIX}{k}")
+        cells = paired_cells(df, f"{CLASS_PREFIX}{k}", min_pairs=MIN_PAIRS)
         if len(cells):
             name = (class_names or {}).get(k, str(k))
             parts.append(cells.assign(**{"class": k, "class_name": name}))
@@ -189,14 +195,15 @@ def class_cells(df: pd.DataFrame, class_names: dict[int, str] | None = None) -> 
 
 
 def class_extremes(classes: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The k (class, cell) rows that gain most and the k that lose most (by mean paired difference;
-    a row with a CI that excludes 0 ranks before one without at equal mean)."""
+    """The k classes that gain most and the k that lose most, each in its most extreme cell (by
+    mean paired difference; a significant row ranks before one that is not at equal mean): a class
+    is listed once per side."""
     if classes.empty:
         return classes, classes
     ranked = classes.sort_values(["mean_diff", "significant"], ascending=[False, False])
-    gains = ranked[ranked["mean_diff"] > 0].head(k)
+    gains = ranked[ranked["mean_diff"] > 0].drop_duplicates("class").head(k)
     losses = classes.sort_values(["mean_diff", "significant"], ascending=[True, False])
-    return gains, losses[losses["mean_diff"] < 0].head(k)
+    return gains, losses[losses["mean_diff"] < 0].drop_duplicates("class").head(k)
 
 
 # --------------------------------------------------------------------------- two studies

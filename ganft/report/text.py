@@ -28,8 +28,14 @@ def duration(seconds: float) -> str:
         else f"{seconds / 3600:.2f} h"
 
 
+def signed(value: float, digits: int = 1) -> str:
+    """``+1.2`` / ``-0.4`` / ``0.0``: a signed number that never reads ``-0.0``."""
+    shown = round(value, digits)
+    return f"{0.0:.{digits}f}" if shown == 0 else f"{shown:+.{digits}f}"
+
+
 def pp(x: float) -> str:
-    return f"{100 * x:+.1f} pp"
+    return f"{signed(100 * x)} pp"
 
 
 def p_text(p: float) -> str:
@@ -38,8 +44,9 @@ def p_text(p: float) -> str:
 
 def ci_text(row: pd.Series, lo: str = "ci_low", hi: str = "ci_high") -> str:
     if math.isnan(row[lo]):
-        return "no CI"
-    return f"{100 * row[lo]:+.1f} to {100 * row[hi]:+.1f} pp"
+        note = row.get("note") if hasattr(row, "get") else None
+        return note if isinstance(note, str) and "no CI" in note else "no CI"  # and why
+    return f"{signed(100 * row[lo])} to {signed(100 * row[hi])} pp"
 
 
 def cell_name(row: pd.Series, factors: list[str]) -> str:

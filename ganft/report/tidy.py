@@ -4,6 +4,7 @@ columns under their dotted keys, metrics under their names."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -60,3 +61,16 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
             cols[name] = runs[tag].to_numpy()
     out = pd.DataFrame(cols)  # built at once: column-by-column inserts fragment wide frames
     return out.sort_values([c for c in (N_COL, RATIO_COL, SEED_COL) if c in out]).reset_index(drop=True)
+
+
+def tidy_from_csv(path: Path) -> pd.DataFrame:
+    """A report's own results.csv read back as tidy runs (config columns typed again): a committed
+    report can be rebuilt with today's report code when its stores are gone."""
+    df = pd.read_csv(path, keep_default_na=True)
+    for key, ann in _field_types().items():
+        if key in df:
+            df[key] = [cast_param(v, ann) for v in df[key]]
+    for col in ("start_time", "end_time"):
+        if col in df:
+            df[col] = pd.to_datetime(df[col])
+    return df

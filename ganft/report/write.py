@@ -10,6 +10,7 @@ figures in ``figures`` (pure functions), the sections in ``sections``, the page 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -87,25 +88,32 @@ def choice_lines(df: pd.DataFrame) -> list[str]:
 
 def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,
                  history: pd.DataFrame | None = None, importances: pd.DataFrame | None = None,
-                 protocol: pd.DataFrame | None = None) -> Path:
+                 protocol: pd.DataFrame | None = None, samples: dict[int, str] | None = None) -> Path:
     """Write results.csv, cells.csv, classes.csv, the PNG figures, index.md and a self-contained
     index.html. ``ceiling``: tidy runs of a real-only study on the full training split (drawn as a
     line); ``history`` / ``importances``: Optuna frames from ``ganft.study.optuna_frames``;
-    ``protocol``: tidy runs of the same grid under another ``data.validation`` (protocol.csv)."""
+    ``protocol``: tidy runs of the same grid under another ``data.validation`` (protocol.csv);
+    ``samples``: N -> a GAN sample grid already in ``out_dir`` (report.build.sample_grids)."""
     if df.empty:
         raise ValueError(f"study {meta.study!r} has no finished trials to report")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.png"):  # figures of an earlier report that this one may not draw
-        stale.unlink()
+        if stale.name not in (samples or {}).values():
+            stale.unlink()
     factors = varying_factors(df)
     cells = paired_cells(df)
     classes = class_cells(df, meta.class_names)
     df.to_csv(out_dir / "results.csv", index=False)
+    facts = {"study": meta.study, "command": meta.command, "machine": meta.machine,
+             "wall_seconds": meta.wall_seconds}  # for rebuilding the report from results.csv
+    (out_dir / "meta.json").write_text(json.dumps(facts, indent=2) + "\n")
     cells.to_csv(out_dir / "cells.csv", index=False)
     sections = [sec.accuracy_section(df, out_dir, ceiling, meta), sec.gain_section(cells, factors, out_dir)]
     if len(classes):
         classes.to_csv(out_dir / "classes.csv", index=False)
         sections.append(sec.class_section(classes, factors, out_dir))
+    if samples:
+        sections.append(sec.samples_section(samples))
     sections.append(sec.quality_section(df, out_dir))
     if importances is not None and len(importances) or history is not None and len(history):
         sections.append(sec.optuna_section(history, importances, out_dir))

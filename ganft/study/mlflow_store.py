@@ -16,6 +16,8 @@ from ganft.redact import redact
 from ganft.tracking import MlflowTracker
 
 PARENT_TAG = "ganft.role"  # "parent" (one per invocation) or "trial"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to choose its view
+MODEL_TRAINING = "custom_model_development"
 
 
 def is_remote(uri: str) -> bool:
@@ -59,6 +61,11 @@ class MlflowStore:
         """Preflight: create the store (schema migration happens once, here), enable WAL on a
         SQLite file, create the experiment. Call before any worker starts."""
         store = cls(uri, experiment, artifact_root)
+        exp = store.client.get_experiment(store.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            # MLflow 3 opens an experiment without this tag in its GenAI view (traces, evaluations,
+            # child runs collapsed); a model-training experiment opens on its runs table
+            store.client.set_experiment_tag(store.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         path = sqlite_path(uri)
         if path is not None:
             with sqlite3.connect(path) as conn:  # stored in the file: later connections use WAL

@@ -65,6 +65,8 @@ def _injected_fault(name: str) -> Iterator[None]:
 
 def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_id: str,
                    device_name: str) -> Callable[[optuna.Trial], float]:
+    import torch
+
     from ganft.pipeline import run_trial  # the training stack, loaded once there is work
     from ganft.runtime import current_speed, pick_device, precision_name, uses_channels_last
 
@@ -91,7 +93,7 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
                 "ganft.trial_number": trial.number, "ganft.storage": redact(stores.storage),
                 "ganft.device": str(device), "ganft.precision": precision_name(device),
                 "ganft.channels_last": uses_channels_last(device),
-                "ganft.compile": current_speed().compile,
+                "ganft.compile": current_speed().compile, "ganft.threads": torch.get_num_threads(),
                 **{f"ganft.{k}": v for k, v in me.items()},
                 **{f"grid.{k}": encode(v) for k, v in point.items()}}
         with _trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):

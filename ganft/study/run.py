@@ -76,7 +76,7 @@ def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
     log.warning("the process that started this worker is gone; stopping after the trial")
 
 
-def _worker_main(index: int, n: int, cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
+def _worker_main(index: int, threads: int, cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
                  log_level: int, speed: Any) -> None:
     """Entry point of a spawned worker process (``--workers N``); ``speed`` is the parent's
     runtime.Speed."""
@@ -87,7 +87,7 @@ def _worker_main(index: int, n: int, cfg: StudyConfig, stores: Stores, parent_id
     redact_logging()
     configure_speed(speed)  # a spawned interpreter starts with the defaults
     workers.interrupt_once()
-    workers.pin_threads(workers.threads_per_worker(n))
+    workers.pin_threads(threads)
     watch = workers.ParentWatch()
     try:
         work(cfg, stores, parent_id, device, should_stop=watch.gone)
@@ -184,10 +184,11 @@ def _close_dead_claims(stores: Stores) -> None:
 
 
 def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progress: bool = True,
-              workers_n: int = 1, speed: Any = None) -> Summary:
+              workers_n: int = 1, speed: Any = None, threads: int | None = None) -> Summary:
     """Run every grid point of ``cfg`` that is not yet COMPLETE, exactly once each, in this process
     (``workers_n`` 1) or in ``workers_n`` worker processes, with the runtime.Speed ``speed``
-    (default: the current one)."""
+    (default: the current one) and ``threads`` torch threads per worker (default: what
+    workers.choose_threads finds free on this machine now)."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -207,13 +208,16 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
     pick_device(device)  # an unavailable device (cuda without a GPU) fails before any trial
 
     n = max(1, min(workers_n, todo))
+    threads = threads or workers.choose_threads(n)
+    log.info("%d worker(s), %d torch thread(s) each", n, threads)
     parent_id = store.start_run(
         f"{cfg.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})",
         {PARENT_TAG: "parent", "ganft.study": cfg.name,
          **{f"ganft.{k}": v for k, v in workers.identity().items()},
          "ganft.storage": redact(stores.storage), "ganft.tracking_uri": redact(stores.tracking_uri),
          "ganft.grid_points": len(states), "ganft.queued": queued, "ganft.workers": n,
-         "ganft.argv": redact_argv(sys.argv), "ganft.machine": machine_description()})
+         "ganft.argv": redact_argv(sys.argv), "ganft.machine": machine_description(),
+         "ganft.threads": threads})
     bar = tqdm(total=len(states), initial=done, desc=f"study {cfg.name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
 
@@ -227,9 +231,10 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
     try:
         with logging_redirect_tqdm():  # log lines print above the bar, not through it
             if n == 1:
+                workers.pin_threads(threads)
                 work(cfg, stores, parent_id, device, on_trial_done=refresh)
             else:
-                codes = workers.run_pool(n, _worker_main, (n, cfg, stores, parent_id, device,
+                codes = workers.run_pool(n, _worker_main, (threads, cfg, stores, parent_id, device,
                                                            logging.getLogger().getEffectiveLevel(),
                                                            current_speed()),
                                          on_tick=refresh)

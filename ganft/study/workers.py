@@ -103,8 +103,37 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_worker(n_workers: int) -> int:
-    return max(1, cpu_count() // n_workers)
+def cgroup_cpus() -> float | None:
+    """The CPU quota of this process's cgroup in cores (cgroup v2 ``cpu.max``, or v1 CFS quota),
+    None where there is none."""
+    candidates = [("/sys/fs/cgroup/cpu.max", None),
+                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")]
+    for quota_file, period_file in candidates:
+        try:
+            fields = open(quota_file).read().split()
+            if period_file:
+                fields.append(open(period_file).read().strip())
+        except OSError:
+            continue
+        if fields[0] in ("max", "-1"):
+            return None
+        return int(fields[0]) / int(fields[1])
+    return None
+
+
+def choose_threads(n_workers: int, sample_s: float = 0.5) -> int:
+    """Torch threads per worker from the CPUs this process can really use: its affinity, its
+    cgroup quota, and how busy those CPUs are right now (other jobs' threads compete with ours,
+    and oversubscribed torch threads slow down far more than their fair share)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    usable = float(len(allowed) if allowed else cpu_count())
+    quota = cgroup_cpus()
+    if quota is not None:
+        usable = min(usable, quota)
+    per_cpu = psutil.cpu_percent(interval=sample_s, percpu=True)
+    busy = sum(per_cpu[i] for i in allowed if i < len(per_cpu)) / 100 if allowed else sum(per_cpu) / 100
+    free = max(1.0, usable - busy)
+    return max(1, int(free + 0.25) // n_workers)  # a mostly idle core counts as free
 
 
 def pin_threads(n_threads: int) -> None:
