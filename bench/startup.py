@@ -6,7 +6,8 @@ nothing and exits).
     python bench/startup.py --repo ../old-checkout # another checkout of ganft, for before/after
 
 For each subcommand: the total self time of every import (the sum of `-X importtime`'s "self"
-column), whether torch was imported, and the median wall time of --runs runs.
+column), whether torch was imported, and the median wall time of --runs runs; with --noop, the
+same for `ganft study run quick` on a study that is already complete.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--noop", action="store_true", help="also time a no-op rerun of the quick study "
+                        "(runs the quick study once first, a minute or two)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     repo = args.repo.resolve()
@@ -74,6 +77,14 @@ def main() -> None:
             runs = [measure(repo, argv, Path(tmp)) for _ in range(args.runs)]
             imports = statistics.median(r[0] for r in runs)
             wall = statistics.median(r[2] for r in runs)
+            rows.append({"command": label, "imports_s": imports, "torch": runs[0][1], "wall_s": wall})
+            print(f"| `{label}` | {imports:.2f} | {'yes' if runs[0][1] else 'no'} | {wall:.2f} |", flush=True)
+        if args.noop:  # the no-op rerun of a complete study: the quick study, run once first
+            measure(repo, ["study", "run", str(study), "--no-progress"], Path(tmp))
+            runs = [measure(repo, ["study", "run", str(study), "--no-progress"], Path(tmp))
+                    for _ in range(args.runs)]
+            imports, wall = statistics.median(r[0] for r in runs), statistics.median(r[2] for r in runs)
+            label = "ganft study run quick (complete: nothing to run)"
             rows.append({"command": label, "imports_s": imports, "torch": runs[0][1], "wall_s": wall})
             print(f"| `{label}` | {imports:.2f} | {'yes' if runs[0][1] else 'no'} | {wall:.2f} |", flush=True)
     if args.json:

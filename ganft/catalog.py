@@ -9,21 +9,46 @@ from pathlib import Path
 from ganft.config import ConfigError, DataConfig
 
 # dataset -> (images in its training split, classes)
-SIZES: dict[str, tuple[int, int]] = {"digits": (1437, 10), "fashion-mnist": (60000, 10)}
+SIZES: dict[str, tuple[int, int]] = {"digits": (1437, 10), "fashion-mnist": (60000, 10),
+                                     "mnist": (60000, 10), "cifar10": (50000, 10)}  # imagefolder: scanned
+IMAGE_SIZES = {"digits": 8, "fashion-mnist": 28, "mnist": 28, "cifar10": 32}  # imagefolder: data.image_size
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CLASS_NAMES: dict[str, tuple[str, ...]] = {"digits": tuple(str(i) for i in range(10)),
-                                           "fashion-mnist": FASHION_CLASSES}
+                                           "mnist": tuple(str(i) for i in range(10)),
+                                           "fashion-mnist": FASHION_CLASSES, "cifar10": CIFAR10_CLASSES}
 
 
-def budget_range(cfg: DataConfig) -> tuple[int, int]:
-    """The smallest and largest N the dataset can give under ``cfg.validation``."""
-    train_total, num_classes = SIZES[cfg.dataset]
+def train_counts(cfg: DataConfig) -> list[int]:
+    """Images per class in the training split (an image folder is listed, not decoded)."""
+    if cfg.dataset != "imagefolder":
+        total, k = SIZES[cfg.dataset]
+        return [total // k + (i < total % k) for i in range(k)]  # nearly balanced, summing to total
+    from ganft.datasets import scan_folder  # an image folder's counts need a listing
+
+    scan = scan_folder(cfg)
+    if "train" in scan.files:
+        return [len(v) for v in scan.files["train"].values()]
+    # the carved test split takes round(test_fraction * n) of each class (at least 1, 1 left)
+    sizes = [len(v) for v in scan.files["all"].values()]
+    return [n - min(max(1, round(cfg.test_fraction * n)), n - 1) for n in sizes]
+
+
+def budget_range(cfg: DataConfig, counts: list[int] | None = None) -> tuple[int, int]:
+    """The smallest and largest N the dataset can give under ``cfg.validation``: every class needs
+    one image in the budget (two under from-budget: one to train, one to validate), in proportion
+    to its share of the training split; the pool protocol keeps ``val_size`` images out."""
+    counts = counts or train_counts(cfg)
+    total = sum(counts)
+    per_class = 2 if cfg.validation == "from-budget" else 1
+    lo = per_class * len(counts)
+    if cfg.dataset == "imagefolder":  # classes may be far from balanced: the smallest one decides
+        lo = max(lo, -(-per_class * total // min(counts)))
     if cfg.validation == "pool":
-        return num_classes, train_total - cfg.val_size
-    per_class = 2 if cfg.validation == "from-budget" else 1  # from-budget: one to train, one to validate
-    return per_class * num_classes, train_total
+        return len(counts), total - cfg.val_size
+    return lo, total
 
 
 def check_root(root: str | None) -> None:
@@ -43,15 +68,31 @@ def check_sizes(cfg: DataConfig) -> None:
     """Checks that need the file system or the dataset's size (``data.root``, N's range); run at
     study load, before any work."""
     check_root(cfg.root)
-    train_total, num_classes = SIZES[cfg.dataset]
+    counts = train_counts(cfg)
+    train_total = sum(counts)
     if cfg.validation == "pool" and cfg.val_size >= train_total:
         raise ConfigError(f"data.val_size: {cfg.val_size} leaves no training pool for {cfg.dataset} "
                           f"(training split has {train_total:,} images)")
-    lo, hi = budget_range(cfg)
+    lo, hi = budget_range(cfg, counts)
     if not lo <= cfg.train_size <= hi:
         why = {"pool": f"one per class up to the training split without the {cfg.val_size or 0:,} "
                        f"validation images",
                "from-budget": "two per class (one to train, one to validate) up to the whole training split",
                "none": "one per class up to the whole training split"}[cfg.validation]
-        raise ConfigError(f"data.train_size: {cfg.train_size} is out of range for {cfg.dataset} with "
+        where = f"imagefolder {cfg.root}" if cfg.dataset == "imagefolder" else cfg.dataset
+        if cfg.dataset == "imagefolder" and cfg.train_size < lo:
+            names = train_class_names(cfg)
+            small = names[counts.index(min(counts))]
+            why = (f"its smallest class {small!r} has {min(counts)} training images, too few for one "
+                   f"per class" + (" to train and one to validate" if cfg.validation == "from-budget" else "")
+                   + f" below N={lo}")
+        raise ConfigError(f"data.train_size: {cfg.train_size} is out of range for {where} with "
                           f"data.validation {cfg.validation}; allowed: {lo}..{hi} ({why})")
+
+
+def train_class_names(cfg: DataConfig) -> tuple[str, ...]:
+    if cfg.dataset != "imagefolder":
+        return CLASS_NAMES[cfg.dataset]
+    from ganft.datasets import scan_folder
+
+    return scan_folder(cfg).classes

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 # Whether a left-right mirror image keeps its class. Digits do not (a mirrored 2, 3, 7 is not a
 # digit); clothes do. A dataset added to ganft must say which (a test checks every dataset name).
-HFLIP_PRESERVES_LABEL = {"digits": False, "fashion-mnist": True}
+# An image folder says so itself (data.hflip, off by default).
+HFLIP_PRESERVES_LABEL = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
 MAX_DEGREES = 10.0
 SCALE_RANGE = (0.9, 1.1)
 BACKGROUND = -1.0  # images are in [-1, 1] on a black background: what shifted-in pixels get
@@ -77,11 +78,13 @@ class ClassicAugment:
         return warp(x, affine_theta(offset, degrees, scale, flip, self.size))
 
 
-def _none(dataset: str, size: int) -> None:
+def _none(dataset: str, size: int, hflip: bool | None) -> None:
     return None
 
 
-def _classic(dataset: str, size: int) -> ClassicAugment:
+def _classic(dataset: str, size: int, hflip: bool | None) -> ClassicAugment:
+    if hflip is not None:
+        return ClassicAugment(size=size, hflip=hflip)
     if dataset not in HFLIP_PRESERVES_LABEL:
         raise ValueError(f"classic augmentation does not know whether a horizontal flip preserves "
                          f"{dataset!r} labels; add it to HFLIP_PRESERVES_LABEL "
@@ -92,9 +95,11 @@ def _classic(dataset: str, size: int) -> ClassicAugment:
 AUGMENTS = {"none": _none, "classic": _classic}
 
 
-def classifier_augment(name: str, dataset: str, size: int) -> ClassicAugment | None:
-    """The ``classifier.augment`` variant for a dataset, or None for no augmentation."""
+def classifier_augment(name: str, dataset: str, size: int,
+                       hflip: bool | None = None) -> ClassicAugment | None:
+    """The ``classifier.augment`` variant for a dataset, or None for no augmentation; ``hflip``
+    says whether a mirror image keeps its label where the dataset table does not (image folders)."""
     if name not in AUGMENTS:
         raise ValueError(f"unknown classifier.augment {name!r}; known: {', '.join(AUGMENTS)}")
-    return AUGMENTS[name](dataset, size)
+    return AUGMENTS[name](dataset, size, hflip)
 

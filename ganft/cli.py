@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("file", metavar="study", help="study YAML file or name, e.g. finetune_inits")
     _device_flags(pre)
 
+    data = sub.add_parser("data", help="look at a study's dataset before a long study")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    check = dsub.add_parser("check", help="load the dataset of a study file: per-split and per-class "
+                            "counts, image shape, cache location; the same one-line errors as a study")
+    check.add_argument("study", help="study YAML file or name")
+
     ui = sub.add_parser("ui", help="open the MLflow UI on the default store")
     ui.add_argument("--tracking-uri", help="MLflow backend store (default: sqlite:///mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this "
@@ -222,6 +228,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from ganft.datasets import describe
+
+    cfg = resolve_study(args.study)
+    seen = set()
+    for point in cfg.points() or [{}]:
+        data = cfg.trial_config(point).data
+        key = data.model_dump_json(include={"dataset", "root", "image_size", "channels", "test_fraction"})
+        if key not in seen:
+            seen.add(key)
+            print("\n".join(describe(data)))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from ganft.study.mlflow_store import serve_ui
 
@@ -237,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     redact_logging()  # no credential reaches a log line, whoever logs it (MLflow, SQLAlchemy, ganft)
     handlers = {("study", "run"): cmd_study_run, ("study", "status"): cmd_study_status,
                 ("study", "repair"): cmd_study_repair, ("study", "keys"): cmd_study_keys,
-                ("report", None): cmd_report, ("ui", None): cmd_ui, ("pretrain", None): cmd_pretrain}
-    handler = handlers[(args.command, getattr(args, "study_command", None))]
+                ("report", None): cmd_report, ("ui", None): cmd_ui, ("pretrain", None): cmd_pretrain,
+                ("data", "check"): cmd_data_check}
+    handler = handlers[(args.command, getattr(args, "study_command", None) or getattr(args, "data_command",
+                                                                                        None))]
     try:
         return handler(args)
     except ConfigError as exc:

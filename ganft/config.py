@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The dataset names are checked here (a Literal), their sizes in data.py (which knows the pools).
-DatasetName = Literal["digits", "fashion-mnist"]
+DatasetName = Literal["digits", "fashion-mnist", "mnist", "cifar10", "imagefolder"]
+BuiltinDataset = Literal["digits", "fashion-mnist", "mnist", "cifar10"]
 
 
 # Bounds that catch a typo before it becomes a week of compute or an allocation no machine has: a
@@ -48,6 +49,22 @@ class DataConfig(_Model):
     validation: Literal["from-budget", "none", "pool"] = "from-budget"
     val_fraction: float = Field(0.2, gt=0, lt=1)  # from-budget: share of each class held out
     val_size: int | None = Field(None, ge=10, le=10_000_000)  # pool only, and required there
+    # imagefolder only: images are centre-cropped to a square, resized to image_size (antialiased)
+    # and converted to `channels`; without root/train and root/test, a fixed test_fraction of each
+    # class (by file content) is the test split; skip_unreadable skips files that do not decode
+    image_size: int = Field(28, ge=8, le=256)
+    channels: Literal[1, 3] = 1
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    skip_unreadable: bool = False
+    hflip: bool = False  # imagefolder: whether a mirror image keeps its class (classic augmentation)
+
+    @model_validator(mode="after")
+    def _image_size(self) -> DataConfig:
+        if self.image_size % 4:
+            raise ValueError(f"data.image_size {self.image_size} cannot be built: the GAN and the default "
+                             f"classifier halve it twice; allowed: multiples of 4 from 8 to 256 "
+                             f"(e.g. 8, 28, 32, 64)")
+        return self
 
     @model_validator(mode="after")
     def _protocol(self) -> DataConfig:
@@ -178,7 +195,8 @@ class ClassifierConfig(_Model):
     # scratch | discriminator (the trained GAN's D trunk, new head) | pretrained (a `ganft pretrain`
     # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
     init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
-    pretrained_source: DatasetName = "digits"  # init pretrained: source dataset, resized to the target size
+    # init pretrained: source dataset, resized to the target size
+    pretrained_source: BuiltinDataset = "digits"
     # init pretrained: optimiser steps of the source training
     pretrain_steps: int = Field(2000, ge=1, le=MAX_STEPS)
     # full | linear-probe (only the head trains; trunk frozen, BatchNorm statistics included) |

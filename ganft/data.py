@@ -1,7 +1,7 @@
-"""Datasets as tensors, deterministic splits and the labelled budget.
+"""The labelled budget of a trial and its validation protocols, over the datasets of datasets.py.
 
-Every dataset becomes two tensor sets: ``train`` (its training split) and ``test`` (its own test
-split; for digits a fixed stratified split), touched only for final metrics. A trial's labelled
+Every dataset is two tensor sets: ``train`` (its training split) and ``test`` (its own test split,
+or a fixed one), touched only for final metrics. A trial's labelled
 budget is N images of ``train``, stratified and chosen by (N, seed); ``data.validation`` divides
 it (``labelled_budget``): ``from-budget`` holds out a stratified fraction of the N images for every
 selection, ``none`` selects nothing, ``pool`` validates on a fixed set carved from the rest of the
@@ -11,168 +11,29 @@ once: no per-item PIL decoding anywhere.
 
 from __future__ import annotations
 
-import functools
-import gzip
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from ganft.catalog import CLASS_NAMES
+from ganft import datasets
 from ganft.config import ConfigError, DataConfig
-from ganft.paths import project_root
+from ganft.datasets import Images, Splits
 from ganft.runtime import derive_seed
 
-DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = {  # split -> (images, labels), the names used by the dataset's authors and Debian
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+__all__ = ["Budget", "Images", "Splits", "labelled_budget", "labelled_subset", "load_splits", "splits_for"]
 
-
-@dataclass(frozen=True)
-class Images:
-    """A labelled image set held as tensors."""
-
-    x: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
-    y: torch.Tensor  # (N,) int64 class indices
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx: np.ndarray | torch.Tensor) -> Images:
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return Images(self.x[idx], self.y[idx])
-
-    def to(self, device: torch.device | str) -> Images:
-        return Images(self.x.to(device), self.y.to(device))
-
-
-@dataclass(frozen=True)
-class Splits:
-    name: str
-    train: Images  # the dataset's whole training split: labelled budgets come from here
-    test: Images  # touched only for final metrics
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # (C, H, W)
-
-
-
-
-# --------------------------------------------------------------------------- loaders
-
-
-def _to_unit(x: np.ndarray, max_value: float) -> torch.Tensor:
-    # uint8/float pixels -> float32 in [-1, 1], with a channel axis
-    t = torch.from_numpy(np.ascontiguousarray(x)).float() / max_value
-    if t.ndim == 3:
-        t = t.unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
-    return t * 2 - 1
-
-
-def load_digits_tensors(root: str | None = None) -> tuple[Images, Images]:
-    """scikit-learn's bundled 8x8 digits (values 0..16); test = fixed stratified 20% split."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = _to_unit(bunch.images.astype(np.float32), 16.0)
-    y = torch.from_numpy(bunch.target).long()
-    train_idx, test_idx = train_test_split(
-        np.arange(len(y)), test_size=360, stratify=bunch.target, random_state=0
-    )
-    return Images(x, y).take(np.sort(train_idx)), Images(x, y).take(np.sort(test_idx))
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (.gz or plain), the MNIST family's on-disk format.
-
-    Written here because torchvision's reader only takes uncompressed files and the Debian package
-    ships them gzipped; the format is a 4-byte magic (0, 0, dtype, ndim), big-endian dims, data.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} values)")
-    return data.reshape(dims).copy()  # frombuffer is read-only; torch wants writable memory
-
-
-def _find_idx_dir(root: Path) -> Path | None:
-    for d in (root, root / "FashionMNIST" / "raw"):
-        if all((d / f"{name}.gz").is_file() for pair in FASHION_FILES.values() for name in pair):
-            return d
-    return None
-
-
-def load_fashion_tensors(root: str | None = None) -> tuple[Images, Images]:
-    """Fashion-MNIST from IDX .gz files in ``root`` or the Debian package, else torchvision."""
-    candidates = [Path(root).expanduser()] if root else [DEBIAN_FASHION_DIR]
-    for cand in candidates:
-        found = _find_idx_dir(cand)
-        if found is not None:
-            out = []
-            for img_name, lbl_name in FASHION_FILES.values():
-                x = _to_unit(read_idx(found / f"{img_name}.gz"), 255.0)
-                y = torch.from_numpy(read_idx(found / f"{lbl_name}.gz").astype(np.int64))
-                out.append(Images(x, y))
-            return out[0], out[1]
-    if root:  # a folder the user gave is read, never written: no download into it
-        names = ", ".join(f"{n}.gz" for pair in FASHION_FILES.values() for n in pair)
-        raise ConfigError(f"data.root {root}: no Fashion-MNIST IDX files there or in its FashionMNIST/raw/ "
-                          f"(expected {names})")
-    return _torchvision_fashion(project_root() / "data")
-
-
-def _torchvision_fashion(root: Path) -> tuple[Images, Images]:
-    # torchvision keeps the decoded tensors in .data/.targets: read those, never __getitem__ (PIL)
-    from torchvision.datasets import FashionMNIST
-
-    out = []
-    for train in (True, False):
-        try:
-            ds = FashionMNIST(str(root), train=train, download=True)
-        except Exception as exc:  # URLError, RuntimeError on a bad checksum, ...
-            raise RuntimeError(
-                f"fashion-mnist: no IDX files in {DEBIAN_FASHION_DIR} (apt-get install "
-                f"dataset-fashion-mnist) or data.root, and the download into {root} failed: {exc}"
-            ) from exc
-        out.append(Images(_to_unit(ds.data.numpy(), 255.0), ds.targets.long()))
-    return out[0], out[1]
-
-
-LOADERS: dict[str, Callable[[str | None], tuple[Images, Images]]] = {  # root -> (train, test)
-    "digits": load_digits_tensors,
-    "fashion-mnist": load_fashion_tensors,
-}
-
-
-# --------------------------------------------------------------------------- splits
-
-
-@functools.lru_cache(maxsize=4)
 def load_splits(dataset: str, root: str | None = None) -> Splits:
-    """Load a dataset once per process: its whole training split and its test split."""
-    train, test = LOADERS[dataset](root)
-    return Splits(dataset, train, test, CLASS_NAMES[dataset])
+    """A built-in dataset by name (and its files' folder): training split, test split, classes."""
+    return splits_for(DataConfig(dataset=dataset, root=root))
 
 
 def splits_for(cfg: DataConfig) -> Splits:
-    return load_splits(cfg.dataset, cfg.root)
+    """The dataset of a trial, loaded once per process whatever the trial's N or protocol."""
+    return datasets.load(cfg.model_copy(update={"train_size": DataConfig().train_size,
+                                                "validation": "from-budget", "val_size": None,
+                                                "val_fraction": DataConfig().val_fraction}))
 
 
 def pool_and_validation(splits: Splits, val_size: int) -> tuple[Images, Images]:

@@ -3,6 +3,7 @@ test metrics). Returns the metrics dict; everything else goes to the tracker."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     t0 = time.perf_counter()
     tracker.log_params(flatten(cfg))
     splits = splits_for(cfg.data)
+    tracker.set_tags({"data.classes": json.dumps(list(splits.classes))})  # the labels, for reports
     budget = labelled_budget(splits, cfg.data, cfg.seed)  # everything below sees these images only
     n_synth = synthetic_count(cfg.synth.ratio, len(budget.train))
     labeller = real_labeller(cfg, budget, splits.num_classes, device)  # trained only if asked for
@@ -86,7 +88,8 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
                                               seed=derive_seed(cfg.seed, "synth"), device=device)
         quality_metrics = quality.trial_quality(cfg, G, labeller, splits, device, tracker)
     trunk = initial_trunk_state(cfg, splits.image_shape, splits.num_classes, gan, tracker)  # init
-    augment = classifier_augment(cfg.classifier.augment, cfg.data.dataset, splits.image_shape[1])
+    augment = classifier_augment(cfg.classifier.augment, cfg.data.dataset, splits.image_shape[1],
+                                 cfg.data.hflip if cfg.data.dataset == "imagefolder" else None)
     clf = train_classifier(cfg.classifier, budget.train, synthetic, budget.val, splits.num_classes,
                            seed=cfg.seed, device=device, tracker=tracker, mix=cfg.synth.mix,
                            synth_weight=cfg.synth.weight, real_fraction=cfg.synth.real_fraction,

@@ -25,7 +25,8 @@ BAD = {
     "out of range": ("name: x\nbase:\n  synth: {ratio: -1}\n",
                      r"base\.synth\.ratio: Input should be greater than or equal to 0"),
     "unknown dataset": ("name: x\nbase:\n  data: {dataset: cifar100}\n",
-                        r"base\.data\.dataset: Input should be 'digits' or 'fashion-mnist'"),
+                        r"base\.data\.dataset: Input should be 'digits', 'fashion-mnist', 'mnist', "
+                        r"'cifar10' or 'imagefolder'"),
     "unknown variant": ("name: x\nbase:\n  gan: {loss: wgan}\n",
                         r"base\.gan\.loss: Input should be 'ns'"),
     "unknown augment": ("name: x\nbase:\n  gan: {diffaugment: [rotate]}\n",
@@ -33,7 +34,8 @@ BAD = {
     "yaml syntax": ("name: x\nbase:\n  gan: {steps: 10\n", r"YAML syntax error at line \d+, column \d+"),
     "duplicate key": ("name: x\nname: y\n", r"line 2: duplicate key 'name'"),
     "unknown grid key": ("name: x\ngrid:\n  gan.lr: [1e-3]\n",
-                         r"grid: unknown config key 'gan\.lr'; allowed: seed, data\.dataset"),
+                         r"grid: unknown config key 'gan\.lr'; did you mean gan\.lr_g, gan\.lr_d.*"
+                         r"`ganft study keys` lists every key"),
     "bad grid value": ("name: x\ngrid:\n  synth.ratio: [0, 1, -2]\n",
                        r"grid\.synth\.ratio\[2\]: Input should be greater than or equal to 0"),
     "empty grid list": ("name: x\ngrid:\n  seed: []\n", r"grid: seed: needs at least one value"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import fake_fashion, write_idx
 
-from ganft import data
+from ganft import datasets
 from ganft.catalog import check_sizes
 from ganft.config import ConfigError, DataConfig
 from ganft.data import (
@@ -18,8 +18,14 @@ from ganft.data import (
     labelled_subset,
     load_splits,
     pool_and_validation,
-    read_idx,
 )
+from ganft.datasets import read_idx
+
+
+def fashion_files() -> tuple:
+    """Fashion-MNIST's loader with no data.root: local files, then torchvision's download."""
+    train, test, _ = datasets.LOADERS["fashion-mnist"](DataConfig(dataset="fashion-mnist"))
+    return train, test
 
 
 def test_digits_splits_are_fixed_disjoint_and_stratified() -> None:
@@ -87,7 +93,7 @@ def test_read_idx_rejects_truncated_files(tmp_path: Path) -> None:
     assert read_idx(tmp_path / "x.gz").shape == (4, 3, 3)
 
 
-@pytest.mark.skipif(not data.DEBIAN_FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist "
+@pytest.mark.skipif(not datasets.DEBIAN_FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist "
                     "is not installed (apt-get install dataset-fashion-mnist)")
 def test_fashion_from_the_debian_package() -> None:
     s = load_splits("fashion-mnist")
@@ -110,10 +116,10 @@ def test_fashion_download_path_through_torchvision(tmp_path: Path, home: Path,
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "absent")
+        monkeypatch.setattr(datasets, "DEBIAN_FASHION_DIR", tmp_path / "absent")
         monkeypatch.setattr(FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
         monkeypatch.setattr(FashionMNIST, "resources", resources)
-        train, test = data.load_fashion_tensors(None)
+        train, test = fashion_files()
     finally:
         server.shutdown()
     assert (len(train), len(test)) == (120, 40)
@@ -125,7 +131,7 @@ def test_fashion_download_failure_says_what_to_install(tmp_path: Path, home: Pat
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.datasets import FashionMNIST
 
-    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_DIR", tmp_path / "absent")
     monkeypatch.setattr(FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # discard port: refused
-    with pytest.raises(RuntimeError, match="apt-get install dataset-fashion-mnist"):
-        data.load_fashion_tensors(None)
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+        fashion_files()

@@ -235,12 +235,13 @@ def test_bad_data_root_is_refused_at_load_and_nothing_is_written(kind: str, fres
 
 
 def test_torchvision_creates_no_folder_under_a_root_the_user_gave(tmp_path: Path) -> None:
-    from ganft.data import load_fashion_tensors
+    from ganft.config import DataConfig
+    from ganft.datasets import LOADERS
 
     root = tmp_path / "mine"
     root.mkdir()
-    with pytest.raises(ConfigError, match=r"data.root .*mine: no Fashion-MNIST IDX files there"):
-        load_fashion_tensors(str(root))
+    with pytest.raises(ConfigError, match=r"data.root .*mine: no fashion-mnist IDX files there"):
+        LOADERS["fashion-mnist"](DataConfig(dataset="fashion-mnist", root=str(root)))
     assert list(root.iterdir()) == []
 
 

@@ -320,7 +320,10 @@ def test_classic_augmentation_matches_torchvision_for_fixed_parameters() -> None
 
 
 def test_classic_augmentation_flips_only_where_labels_survive_and_draws_per_image() -> None:
-    assert set(typing.get_args(DatasetName)) <= set(HFLIP_PRESERVES_LABEL)  # every dataset decided
+    # every built-in dataset decided; an image folder says it itself (data.hflip)
+    assert set(typing.get_args(DatasetName)) - {"imagefolder"} <= set(HFLIP_PRESERVES_LABEL)
+    assert classifier_augment("classic", "imagefolder", 28, hflip=True).hflip is True
+    assert classifier_augment("classic", "imagefolder", 28, hflip=False).hflip is False
     assert classifier_augment("classic", "digits", 8).hflip is False
     assert classifier_augment("classic", "fashion-mnist", 28).hflip is True
     assert classifier_augment("none", "digits", 8) is None

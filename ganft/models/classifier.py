@@ -85,9 +85,15 @@ class ResNet18Small(nn.Module):
         net.fc = nn.Identity()  # the trunk ends at the 512 pooled features
         self.trunk = net
         self.head = nn.Linear(512, num_classes)
+        rgb_mean, rgb_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        self.register_buffer("rgb_mean", rgb_mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("rgb_std", rgb_std.view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x + 1) / 2 - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD  # [-1, 1] -> ImageNet scale
+        x = (x + 1) / 2  # [-1, 1] -> [0, 1], then ImageNet's normalisation
+        if x.shape[1] == 3:
+            return self.head(self.trunk((x - self.rgb_mean) / self.rgb_std))  # (B, K)
+        x = (x - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD
         return self.head(self.trunk(x))  # (B, K)
 
 

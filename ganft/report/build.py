@@ -82,6 +82,8 @@ def invocations(study: str, stores: Stores) -> tuple[float | None, list[str], st
 
 
 def _class_names(df: pd.DataFrame) -> dict[int, str]:
+    if "classes" in df and df["classes"].notna().any():  # as the trials logged them (image folders)
+        return dict(enumerate(json.loads(df["classes"].dropna().iloc[0])))
     datasets = df["data.dataset"].unique() if "data.dataset" in df else []
     return dict(enumerate(CLASS_NAMES.get(datasets[0], ()))) if len(datasets) == 1 else {}
 

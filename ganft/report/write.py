@@ -124,6 +124,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     facts = [("Command", f"`{meta.command}`")] if meta.command else []
     facts.append(("Time", study_time(df, meta).capitalize()))
     facts += [("Machine", meta.machine)] if meta.machine else []
+    if meta.class_names:
+        facts.append(("Classes", ", ".join(meta.class_names[k] for k in sorted(meta.class_names))))
     if "device" in df:
         facts.append(("Trials ran on", ", ".join(sorted(df["device"].dropna().astype(str).unique()))))
     facts.append(("Data", "[results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one "

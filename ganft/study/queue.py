@@ -182,8 +182,19 @@ def superseded(study: optuna.Study, number: int, key: str) -> str | None:
 
 
 def check_config_sizes(cfg: StudyConfig) -> None:
-    """Dataset-size range checks for every grid point, before any work (raises ConfigError)."""
+    """Dataset checks for every grid point, before any work (raises ConfigError): data.root, the
+    range of N; an image folder is also decoded (and cached) here, so a file that is not an image
+    stops the study before any store is written."""
     from ganft.catalog import check_sizes
 
+    folders = set()
     for point in cfg.points() or [{}]:
-        check_sizes(cfg.trial_config(point).data)
+        data = cfg.trial_config(point).data
+        check_sizes(data)
+        if data.dataset == "imagefolder":
+            folders.add(data)
+    if folders:
+        from ganft.data import splits_for
+
+        for data in folders:
+            splits_for(data)
