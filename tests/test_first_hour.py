@@ -196,15 +196,23 @@ def test_mlflow_ui_shows_the_child_runs_in_its_runs_table(studies: Path, chrome_
         drv = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
         drv.set_page_load_timeout(90)
         drv.get(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs")
-        WebDriverWait(drv, 90).until(lambda d: "r1.0" in d.find_element(By.TAG_NAME, "body").text)
-        time.sleep(2)
-        text = drv.find_element(By.TAG_NAME, "body").text
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert drv.save_screenshot(str(ARTIFACTS / "mlflow_ui_runs.png"))
+        try:
+            # the parent run (one per invocation) lists first, its trials folded under it: unfold
+            parent = WebDriverWait(drv, 90).until(
+                lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'one (')]"))
+            cell = parent[0].find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]")
+            cell.find_element(By.TAG_NAME, "button").click()
+            WebDriverWait(drv, 30).until(lambda d: "r1.0" in d.find_element(By.TAG_NAME, "body").text)
+            time.sleep(2)
+        finally:  # the screenshot is the evidence either way
+            text = drv.find_element(By.TAG_NAME, "body").text
+            ARTIFACTS.mkdir(exist_ok=True)
+            drv.save_screenshot(str(ARTIFACTS / "mlflow_ui_runs.png"))
     finally:
         if drv is not None:
             drv.quit()
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=60)
-    assert "r0.0" in text and "r1.0" in text  # both child runs, not a collapsed parent
+    assert "r0.0" in text and "r1.0" in text, text[:2000]  # both child runs, under their parent
+    assert "3 matching runs" in text  # the parent and its two trials
     assert "Traces" not in text.split("\n")[:5]  # the runs table, not the GenAI view

@@ -114,8 +114,8 @@ def test_study_repair_command_fixes_a_journal_unless_a_worker_runs(
     journal = home / "optuna-journal.log"
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:3] + [lines[3][:30] + lines[3]] + lines[4:]))  # torn mid-file
-    with pytest.raises(ValueError):  # Optuna cannot read past the torn line
-        main(["study", "status", str(tiny_study)])
+    assert main(["study", "status", str(tiny_study)]) == 2  # Optuna cannot read past the torn line
+    assert "run `ganft study repair tiny`" in capsys.readouterr().err
     assert main(["study", "repair", str(tiny_study)]) == 0
     assert "kept the whole operation after a torn write" in capsys.readouterr().out
     assert main(["study", "status", str(tiny_study)]) == 1
