@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("study", help="study YAML file or name (studies/<name>.yaml)")
     _store_flags(repair)
     ssub.add_parser("keys", help="every config key a study file or grid can set, with its type and default")
+    best = ssub.add_parser("best", help="a search's best config, as a base: block for a study file")
+    best.add_argument("study", help="study YAML file or name")
+    _store_flags(best)
+    confirm = ssub.add_parser("confirm", help="re-run a search's best recipe and real only on fresh seeds, "
+                              "evaluated on the test split (study <name>-confirm)")
+    confirm.add_argument("study", help="study YAML file or name")
+    confirm.add_argument("--seeds", type=_positive, metavar="N", help="fresh seeds (default: the study "
+                         "file's confirm.seeds, else 5: 1000..1004)")
+    confirm.add_argument("--workers", type=_positive, default=1, metavar="N")
+    confirm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _store_flags(confirm)
+    _device_flags(confirm)
 
     report = sub.add_parser("report", help="write reports/<study>/ (index.html, index.md, CSVs, figures)")
     report.add_argument("study", nargs="?", help="study YAML file or name, e.g. quick")
@@ -156,13 +168,77 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     speed = Speed(precision=args.precision, compile=args.compile,
                   channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
     stores = _stores(args, heartbeat=args.heartbeat)
-    log.info("study %s: %d grid points; Optuna storage %s; MLflow %s; %d worker(s)", cfg.name,
-             len(cfg.points()), redact(stores.storage), redact(stores.tracking_uri), args.workers)
+    size = f"a {cfg.sampler} search of {cfg.search.n_trials} trials" if cfg.search is not None \
+        else f"{len(cfg.points())} grid points"
+    log.info("study %s: %s; Optuna storage %s; MLflow %s; %d worker(s)", cfg.name, size,
+             redact(stores.storage), redact(stores.tracking_uri), args.workers)
     summary = run_study(cfg, stores, device=args.device, progress=not args.no_progress,
                         workers_n=args.workers, speed=speed, threads=args.threads)
     for line in summary.lines(cfg):
         print(line)
+    if summary.ok and cfg.search is not None and cfg.confirm is not None:  # the file asks for it
+        return _confirm(args, cfg, stores, cfg.confirm.seeds, speed)
     return 0 if summary.ok else 1
+
+
+def _confirm(args: argparse.Namespace, cfg: Any, stores: Any, seeds: list[int], speed: Any) -> int:
+    """Run ``<name>-confirm``: the search's best recipe and real only on fresh seeds."""
+    import optuna
+
+    from ganft.study.run import run_study
+    from ganft.study.search import confirm_study
+    from ganft.study.storage import open_storage
+
+    study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
+    try:
+        confirm = confirm_study(study, cfg, seeds)
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
+    summary = run_study(confirm, stores, device=args.device, progress=not args.no_progress,
+                        workers_n=args.workers, speed=speed)
+    for line in summary.lines(confirm):
+        print(line)
+    return 0 if summary.ok else 1
+
+
+def _search_study(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    import optuna
+
+    from ganft.study.storage import open_storage
+
+    cfg = resolve_study(args.study)
+    if cfg.search is None:
+        raise ConfigError(f"study {cfg.name} is a grid, not a search (sampler grid)")
+    stores = _stores(args)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
+    except KeyError:
+        raise ConfigError(f"study {cfg.name} has not run yet; run `ganft study run {cfg.name}`") from None
+    return cfg, stores, study
+
+
+def cmd_study_best(args: argparse.Namespace) -> int:
+    from ganft.study.search import best_yaml
+
+    cfg, _, study = _search_study(args)
+    try:
+        print(best_yaml(study, cfg), end="")
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
+def cmd_study_confirm(args: argparse.Namespace) -> int:
+    from ganft.runtime import Speed
+
+    cfg, stores, _ = _search_study(args)
+    seeds = cfg.confirm.seeds if cfg.confirm else [1000, 1001, 1002, 1003, 1004]
+    if args.seeds:
+        seeds = list(range(1000, 1000 + args.seeds)) if args.seeds > len(seeds) else seeds[: args.seeds]
+    speed = Speed(precision=args.precision, compile=args.compile,
+                  channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+    return _confirm(args, cfg, stores, seeds, speed)
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
@@ -257,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     redact_logging()  # no credential reaches a log line, whoever logs it (MLflow, SQLAlchemy, ganft)
     handlers = {("study", "run"): cmd_study_run, ("study", "status"): cmd_study_status,
                 ("study", "repair"): cmd_study_repair, ("study", "keys"): cmd_study_keys,
+                ("study", "best"): cmd_study_best, ("study", "confirm"): cmd_study_confirm,
                 ("report", None): cmd_report, ("ui", None): cmd_ui, ("pretrain", None): cmd_pretrain,
                 ("data", "check"): cmd_data_check}
     handler = handlers[(args.command, getattr(args, "study_command", None) or getattr(args, "data_command",

@@ -302,12 +302,76 @@ def check_study_name(name: str) -> str:
     return name
 
 
+class SearchParam(_Model):
+    """One searched config key: ``choices`` (categorical), or a range ``low``..``high`` (an int key
+    draws ints, in multiples of ``step`` if given; a float key floats, log-uniform with ``log``).
+    ``when``: sampled only when these keys (searched earlier, or the base config) have these
+    values, e.g. ``gan.gp_weight`` only ``when: {gan.loss: wgan-gp}``."""
+
+    choices: list[GridValue] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    when: dict[str, GridValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give choices (a non-empty list) or low and high, not both")
+        elif self.low is None or self.high is None:
+            raise ValueError("needs choices, or low and high")
+        elif not self.low < self.high:
+            raise ValueError(f"empty range: low {self.low} is not below high {self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low above 0, not {self.low}")
+        return self
+
+
+class SearchConfig(_Model):
+    n_trials: int = Field(ge=1, le=100_000)  # complete (or pruned) trials to reach, over every run
+    # budget data only, never the test split: val/acc = the kept checkpoint's budget-validation
+    # accuracy; paired-gain = that minus the real-only run's at the same (N, seed, classifier config)
+    objective: Literal["val/acc", "paired-gain"] = "paired-gain"
+    repeats: int = Field(3, ge=1, le=20)  # seeds seed..seed+repeats-1 per trial; the objective is their mean
+    space: dict[str, SearchParam]
+
+
+class ConfirmConfig(_Model):
+    seeds: list[int] = Field(default_factory=lambda: [1000, 1001, 1002, 1003, 1004], min_length=2)
+
+
+SAMPLERS = ("grid", "tpe", "random", "cmaes")
+
+
 class StudyConfig(_Model):
     name: str = Field(pattern=STUDY_NAME, max_length=64)
     description: str = ""
     base: TrialConfig = TrialConfig()
     grid: dict[str, list[GridValue]] = Field(default_factory=dict)
     max_retries: int = Field(1, ge=0, le=100)  # a point that failed is run again on rerun at most this often
+    sampler: Literal["grid", "tpe", "random", "cmaes"] = "grid"  # grid: every point once; else a search
+    search: SearchConfig | None = None
+    pruner: Literal["none", "median", "successive-halving"] = "none"  # searches: stop hopeless trials
+    confirm: ConfirmConfig | None = None  # searches: re-run the best recipe and real only on fresh seeds
+
+    @model_validator(mode="after")
+    def _search_valid(self) -> StudyConfig:
+        if self.sampler == "grid":
+            if self.search is not None:
+                raise ValueError("search: needs a sampler (tpe, random or cmaes); sampler grid runs the grid")
+            return self
+        if self.search is None:
+            raise ValueError(f"sampler {self.sampler} needs a search: block (n_trials, objective, space)")
+        if self.grid:
+            raise ValueError(f"sampler {self.sampler} searches; a study has a grid or a search, not both")
+        for key, p in self.search.space.items():
+            check_search_param(self.base, key, p, self.search.space)
+            if self.sampler == "cmaes" and (p.choices is not None or p.when):
+                raise ValueError(f"search.space.{key}: sampler cmaes takes int and float ranges without "
+                                 f"conditions; use tpe for categorical or conditional parameters")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -339,6 +403,10 @@ class StudyConfig(_Model):
                     raise ValueError(f"grid.{key}[{i}]: {msg}") from None
         return self
 
+    @property
+    def is_search(self) -> bool:
+        return self.sampler != "grid"
+
     def points(self) -> list[dict[str, Any]]:
         """The full factorial grid, in a fixed order: one dict of dotted overrides per trial."""
         keys = list(self.grid)
@@ -346,6 +414,34 @@ class StudyConfig(_Model):
 
     def trial_config(self, point: dict[str, Any]) -> TrialConfig:
         return with_overrides(self.base, point)
+
+
+def check_search_param(base: TrialConfig, key: str, p: SearchParam, space: dict[str, SearchParam]) -> None:
+    """A searched key and its values, checked like a grid's: unknown keys, values the config
+    rejects (each choice, both ends of a range), conditions on keys that cannot hold the value."""
+    where = f"search.space.{key}"
+    if key not in config_keys():
+        raise ValueError(f"{where}: {unknown_key(key)}")
+    if key == "seed":
+        raise ValueError(f"{where}: the seed is not searched; search.repeats draws several per trial")
+    kind = field_annotation(key)
+    if p.choices is None and kind not in (int, float):
+        raise ValueError(f"{where}: {key} is not a number; give choices")
+    if kind is int and p.choices is None and not (float(p.low).is_integer() and float(p.high).is_integer()):
+        raise ValueError(f"{where}: {key} is an integer; low and high must be whole numbers")
+    for cond, value in p.when.items():
+        if cond in space and space[cond].choices is not None and value not in space[cond].choices:
+            raise ValueError(f"{where}: when {cond} = {value!r}, but {cond}'s choices are "
+                             f"{space[cond].choices}")
+        if cond not in space and cond not in config_keys():
+            raise ValueError(f"{where}: when {unknown_key(cond)}")
+    conditions = dict(p.when)
+    for value in p.choices if p.choices is not None else [p.low, p.high]:
+        value = int(value) if kind is int and p.choices is None else value
+        try:
+            with_overrides(base, {**conditions, key: value})
+        except ConfigError as exc:
+            raise ValueError(f"{where}: {value!r}: {str(exc).removeprefix(f'{key}: ')}") from None
 
 
 # --------------------------------------------------------------------------- dotted keys

@@ -198,6 +198,7 @@ class _Run:
     best: _Best = field(default_factory=_Best)
     step: int = 0  # optimiser steps taken so far, over all phases
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy)
+    on_eval: Callable[[int, float], None] | None = None  # told every validation accuracy (may stop the run)
 
 
 def helper_recipe(cfg: ClassifierConfig) -> ClassifierConfig:
@@ -212,12 +213,14 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
                      tracker: Tracker = NULL_TRACKER, mix: str = "union", synth_weight: float = 1.0,
                      real_fraction: float | None = None,
                      trunk_state: dict[str, torch.Tensor] | None = None,
-                     augment: Augment | None = None) -> FinetuneResult:
+                     augment: Augment | None = None,
+                     on_eval: Callable[[int, float], None] | None = None) -> FinetuneResult:
     """Train for ``cfg.steps`` steps (fewer only if early stopping ends the last phase) and return
     the best-on-validation model, or the last one when ``val`` is None (no selection).
     ``trunk_state`` is the starting trunk (``classifier.init``); None trains from scratch.
     ``augment`` is built from ``cfg.augment`` by the caller, who knows the dataset (a horizontal
-    flip preserves some datasets' labels, not others')."""
+    flip preserves some datasets' labels, not others'). ``on_eval(step, val_acc)`` is called after
+    every validation (a search's pruner: it may raise to stop the run)."""
     if val is None and cfg.patience:
         raise ValueError("classifier.patience needs validation images (early stopping selects on them)")
     synthetic = synthetic if synthetic is not None and len(synthetic) else None
@@ -228,7 +231,7 @@ def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | No
     model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, trunk_state), device)
     run = _Run(cfg, model, train, len(real), None if val is None else val.to(device),
                make_generator(derive_seed(seed, "clf-batches")), augment,
-               make_generator(derive_seed(seed, "clf-augment"), device), tracker)
+               make_generator(derive_seed(seed, "clf-augment"), device), tracker, on_eval=on_eval)
     phases = plan_phases(cfg, mix, synth_weight, synthetic is not None, real_fraction)
     t0 = time.perf_counter()
     phase_steps: dict[str, float] = {}
@@ -347,3 +350,5 @@ def _evaluate(run: _Run, mean_loss: float, lr: float) -> None:
         run.curve.append((run.step, val_acc))
         run.best.update(val_acc, run.step, run.model)
     run.tracker.log_metrics(logged, step=run.step)
+    if run.on_eval is not None and run.val is not None:
+        run.on_eval(run.step, logged["clf/val_acc"])

@@ -70,7 +70,10 @@ def load_generator(cfg: TrialConfig, entry: CachedGan, splits: Splits,
 
 
 def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,
-              cache: GanCache | None = None) -> dict[str, float]:
+              cache: GanCache | None = None,
+              on_eval: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """One trial; ``on_eval(step, budget val acc)`` is told every validation of the classifier
+    (a search's pruner, which may stop the trial by raising)."""
     t0 = time.perf_counter()
     tracker.log_params(flatten(cfg))
     splits = splits_for(cfg.data)
@@ -93,7 +96,7 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     clf = train_classifier(cfg.classifier, budget.train, synthetic, budget.val, splits.num_classes,
                            seed=cfg.seed, device=device, tracker=tracker, mix=cfg.synth.mix,
                            synth_weight=cfg.synth.weight, real_fraction=cfg.synth.real_fraction,
-                           trunk_state=trunk, augment=augment)
+                           trunk_state=trunk, augment=augment, on_eval=on_eval)
     test = splits.test.to(device)
     metrics, confusion = test_metrics(clf.model, test, splits.classes)
     metrics["test/acc_last"] = clf.last_accuracy(test)  # without selection: how much it mattered

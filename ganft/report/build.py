@@ -22,11 +22,12 @@ from ganft.catalog import CLASS_NAMES
 from ganft.paths import project_root
 from ganft.redact import redact
 from ganft.report.compare import write_compare_report
+from ganft.report.search import write_search_report
 from ganft.report.text import ReportMeta, busy_seconds
 from ganft.report.tidy import tidy_from_csv, tidy_runs
 from ganft.report.write import write_report
 from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
-from ganft.study.status import optuna_frames
+from ganft.study.status import optuna_frames, search_trials
 from ganft.study.stores import Stores
 
 
@@ -119,6 +120,17 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
                     if other)
     history, importances = optuna_frames(study, stores.storage)
     out = out or project_root() / "reports" / study
+    trials = search_trials(study, stores.storage)
+    if len(history) and not history["from_grid"].any() and len(trials):  # a search, not a grid
+        try:
+            confirm = study_runs(f"{study}-confirm", stores)
+        except NothingToReport:
+            confirm = None
+        meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}"]),
+                          machine=machine, wall_seconds=wall, class_names=_class_names(df))
+        objective = trials.attrs.get("objective", "the objective")
+        return write_search_report(df, trials, out, meta, objective=objective, history=history,
+                                   importances=importances, confirm=confirm)
     samples = sample_grids(df, stores, study, out)
     meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}{flags}"]),
                       machine=machine, wall_seconds=wall, ceiling_study=ceiling or "",

@@ -33,7 +33,7 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> str:
     return name
 
 
-def _cells_table(cells: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def cells_table(cells: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """The cells table as people read it, and one row class each (gain / loss / none)."""
     verdict = cells["verdict"].tolist()
     table = pd.DataFrame({"N": cells[N_COL].astype(int), "ratio": cells[RATIO_COL],
@@ -62,7 +62,7 @@ def accuracy_section(df: pd.DataFrame, out_dir: Path, ceiling: pd.DataFrame | No
 
 
 def gain_section(cells: pd.DataFrame, factors: list[str], out_dir: Path) -> Section:
-    table, classes = _cells_table(cells, factors)
+    table, classes = cells_table(cells, factors)
     figures = []
     if len(cells):
         figures.append((save_figure(figs.fig_gain_heatmap(cells), out_dir, "gain_heatmap.png"),

@@ -72,7 +72,12 @@ def encode(value: Any) -> Any:
 
 
 def config_hash(cfg: StudyConfig) -> str:
-    return hashlib.sha256(cfg.base.model_dump_json().encode()).hexdigest()[:16]
+    """What results of one study must share: its base config (and a search's space, objective,
+    sampler and pruner)."""
+    text = cfg.base.model_dump_json()
+    if cfg.search is not None:
+        text += cfg.model_dump_json(include={"search", "sampler", "pruner"})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -96,7 +96,7 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
                 "ganft.compile": current_speed().compile, "ganft.threads": torch.get_num_threads(),
                 **{f"ganft.{k}": v for k, v in me.items()},
                 **{f"grid.{k}": encode(v) for k, v in point.items()}}
-        with _trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):
+        with trial_run(trial, store, name, tags, parent_id) as run_id, _injected_fault(name):
             metrics = run_trial(cfg.trial_config(point), device=device, tracker=store.tracker(run_id),
                                 cache=cache)
         trial.set_user_attr("test_acc", metrics["test/acc"])
@@ -138,16 +138,25 @@ def _take_point(trial: optuna.Trial, by_key: dict[str, dict[str, Any]]) -> dict[
 
 
 @contextlib.contextmanager
-def _trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str, Any],
-               parent_id: str) -> Iterator[str]:
-    """The trial's MLflow child run. An error ends it FAILED with the reason (also the trial's
-    ``ganft.fail_reason``: an attempt against max_retries); Ctrl-C ends it KILLED (not an attempt).
-    On success it stays RUNNING: end_trial_run ends it once Optuna has stored COMPLETE."""
+def trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str, Any],
+              parent_id: str) -> Iterator[str]:
+    """One MLflow child run of a trial (a search trial has one per repeat, in
+    ``ganft.mlflow_run_ids``). An error ends it FAILED with the reason (also the trial's
+    ``ganft.fail_reason``: an attempt against max_retries); a pruned trial ends it KILLED with the
+    tag ``ganft.pruned`` (not a failure); Ctrl-C ends it KILLED (not an attempt). On success it
+    stays RUNNING: end_trial_run ends it once Optuna has stored COMPLETE."""
     run_id = None
     try:
         run_id = store.start_run(name, tags, parent_id=parent_id)
         trial.set_user_attr("ganft.mlflow_run_id", run_id)
+        earlier = trial.user_attrs.get("ganft.mlflow_run_ids", [])
+        trial.set_user_attr("ganft.mlflow_run_ids", [*earlier, run_id])
         yield run_id
+    except optuna.TrialPruned:
+        if run_id:
+            store.tracker(run_id).set_tags({"ganft.pruned": "true"})
+            store.end_run(run_id, "KILLED", "pruned by the search's pruner")
+        raise
     except Exception as exc:
         reason = redact(f"{type(exc).__name__}: {exc}")
         trial.set_user_attr("ganft.fail_reason", reason[:1000])
@@ -166,13 +175,15 @@ def end_trial_run(store: MlflowStore) -> Callable[[optuna.Study, FrozenTrial], N
     RUNNING; the point runs again and the run ends KILLED, so a point never has two FINISHED runs)."""
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("ganft.mlflow_run_id")
-        if not run_id or trial_owner(trial) is None:
+        run_ids = trial.user_attrs.get("ganft.mlflow_run_ids") or \
+            [trial.user_attrs.get("ganft.mlflow_run_id")]
+        if not any(run_ids) or trial_owner(trial) is None:
             return
-        if trial.state == TrialState.COMPLETE:
-            store.end_run(run_id, "FINISHED", only_if_running=True)  # an adopted run is already
-        elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
-            store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
+        for run_id in filter(None, run_ids):
+            if trial.state == TrialState.COMPLETE:
+                store.end_run(run_id, "FINISHED", only_if_running=True)  # an adopted run is already
+            elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
+                store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
 
     return callback
 

@@ -41,6 +41,7 @@ from ganft.study.stores import KILLED_RETRIES
 
 log = logging.getLogger(__name__)
 OBJECTIVE_NAME = "budget validation accuracy"  # never test accuracy (objective.objective_value)
+PAIRED_OBJECTIVE_NAME = "paired gain in budget validation accuracy"  # a search's paired-gain objective
 UNCLAIMED_AFTER_S = 600  # a RUNNING trial that never named its worker (who does so at once) is dead
 
 
@@ -94,10 +95,12 @@ def close_orphan_runs(study: optuna.Study, store: MlflowStore, storage_tag: str)
 def load_or_create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=cfg.name, direction="maximize",
                                 load_if_exists=True)
-    if study.metric_names != [OBJECTIVE_NAME]:
+    name = PAIRED_OBJECTIVE_NAME if cfg.search is not None and cfg.search.objective == "paired-gain" \
+        else OBJECTIVE_NAME
+    if study.metric_names != [name]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([OBJECTIVE_NAME])  # optuna-dashboard labels the value with it
+            study.set_metric_names([name])  # optuna-dashboard labels the value with it
     stored = study.user_attrs.get("ganft.base_hash")
     if stored is None:
         study.set_user_attr("ganft.base_hash", config_hash(cfg))

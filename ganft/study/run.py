@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ganft.config import StudyConfig, check_device
 from ganft.redact import redact, redact_argv, redact_logging
 from ganft.study import workers
-from ganft.study.grid import PointState, survey, trial_owner
+from ganft.study.grid import OWNER_ATTR, PointState, survey, trial_owner
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
 from ganft.study.objective import end_trial_run, make_objective
 from ganft.study.queue import (
@@ -90,7 +90,10 @@ def _worker_main(index: int, threads: int, cfg: StudyConfig, stores: Stores, par
     workers.pin_threads(threads)
     watch = workers.ParentWatch()
     try:
-        work(cfg, stores, parent_id, device, should_stop=watch.gone)
+        if cfg.search is not None:
+            work_search(cfg, stores, parent_id, device, seed=index, should_stop=watch.gone)
+        else:
+            work(cfg, stores, parent_id, device, should_stop=watch.gone)
     except KeyboardInterrupt:
         sys.exit(130)
     except StudyError as exc:
@@ -137,10 +140,59 @@ class Summary:
         return out
 
 
-def _summary(states: list[PointState], **kw: Any) -> Summary:
+def _summary(study: optuna.Study, cfg: StudyConfig, **kw: Any) -> Summary:
+    """Where the study stands: grid points (complete, running, failed), or a search's trials
+    (complete or pruned, against search.n_trials)."""
+    if cfg.search is not None:
+        done, running = search_counts(study)
+        return Summary(cfg.search.n_trials, min(done, cfg.search.n_trials), [], running=running, **kw)
+    states = survey(study, cfg)
     return Summary(len(states), sum(ps.state == "complete" for ps in states),
                    [ps for ps in states if ps.state == "failed"],
                    running=sum(ps.state == "running" for ps in states), **kw)
+
+
+def search_counts(study: optuna.Study) -> tuple[int, int]:
+    """(trials COMPLETE or PRUNED, trials RUNNING) of a search: a search reaches n_trials of the
+    first; a trial whose worker died is reaped to FAIL and counts for nothing."""
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return done, len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def work_search(cfg: StudyConfig, stores: Stores, parent_id: str, device: str, seed: int = 0,
+                on_trial_done: Callable[[FrozenTrial], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> None:
+    """One worker of a search: ask for a trial while fewer than n_trials are complete, pruned or
+    running (counted under the machine's coordination lock, so workers never overshoot), run it,
+    tell the result."""
+    from ganft.study.search import make_pruner, make_sampler, make_search_objective
+
+    assert cfg.search is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = MlflowStore(stores.tracking_uri, cfg.name)
+    study = optuna.load_study(study_name=cfg.name, storage=stores.open(store),
+                              sampler=make_sampler(cfg, seed), pruner=make_pruner(cfg))
+    objective = make_search_objective(cfg, store, stores, parent_id, device)
+    done_callback = end_trial_run(store)
+    while not should_stop():
+        with coordination(stores.storage):
+            reap_dead_trials(study, store)
+            if sum(search_counts(study)) >= cfg.search.n_trials:
+                return
+            trial = study.ask()
+            trial.set_user_attr(OWNER_ATTR, {**workers.identity(), "trial": trial.number})
+        check_disk(stores.local_paths())
+        try:
+            frozen = study.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+        except Exception as exc:  # the trial fails; the search goes on
+            log.warning("trial %d failed: %s", trial.number, redact(f"{type(exc).__name__}: {exc}"))
+            frozen = study.tell(trial, state=TrialState.FAIL)
+        done_callback(study, frozen)
+        if on_trial_done is not None:
+            on_trial_done(frozen)
+    log.warning("the process that started this worker is gone; stopping after the trial")
 
 
 def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.Study, MlflowStore, int]:
@@ -169,7 +221,7 @@ def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.
         closed = close_orphan_runs(study, store, redact(stores.storage))
         if closed:
             log.warning("closed %d MLflow run(s) left RUNNING by a dead worker", closed)
-        queued = enqueue_missing(study, survey(study, cfg), cfg.max_retries)
+        queued = 0 if cfg.search is not None else enqueue_missing(study, survey(study, cfg), cfg.max_retries)
     _close_dead_claims(stores)
     return study, store, queued
 
@@ -196,11 +248,13 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
     t0 = time.perf_counter()
     check_device(device)  # a malformed --device fails before anything is written
     study, store, queued = preflight(cfg, stores, workers_n)
-    states = survey(study, cfg)
-    todo = sum(ps.state == "queued" for ps in states)
-    done = sum(ps.state == "complete" for ps in states)
-    if todo == 0:  # nothing to run: the training stack is never loaded
-        return _summary(states, seconds=time.perf_counter() - t0)
+    now = _summary(study, cfg)
+    if cfg.search is not None:
+        todo = now.total - now.complete - now.running
+    else:
+        todo = sum(ps.state == "queued" for ps in survey(study, cfg))
+    if todo <= 0:  # nothing to run: the training stack is never loaded
+        return _summary(study, cfg, seconds=time.perf_counter() - t0)
     from ganft.runtime import configure_speed, current_speed, machine_description, pick_device
 
     if speed is not None:
@@ -215,14 +269,14 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
         {PARENT_TAG: "parent", "ganft.study": cfg.name,
          **{f"ganft.{k}": v for k, v in workers.identity().items()},
          "ganft.storage": redact(stores.storage), "ganft.tracking_uri": redact(stores.tracking_uri),
-         "ganft.grid_points": len(states), "ganft.queued": queued, "ganft.workers": n,
+         "ganft.grid_points": now.total, "ganft.queued": queued, "ganft.workers": n,
          "ganft.argv": redact_argv(sys.argv), "ganft.machine": machine_description(),
          "ganft.threads": threads})
-    bar = tqdm(total=len(states), initial=done, desc=f"study {cfg.name}", unit="trial",
+    bar = tqdm(total=now.total, initial=now.complete, desc=f"study {cfg.name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
 
     def refresh(trial: FrozenTrial | None = None) -> None:
-        bar.n = sum(ps.state == "complete" for ps in survey(study, cfg))
+        bar.n = _summary(study, cfg).complete
         if trial is not None:
             bar.set_postfix_str(f"{trial.user_attrs.get('ganft.grid_point', '')} {trial.state.name.lower()}")
         bar.refresh()
@@ -232,7 +286,10 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
         with logging_redirect_tqdm():  # log lines print above the bar, not through it
             if n == 1:
                 workers.pin_threads(threads)
-                work(cfg, stores, parent_id, device, on_trial_done=refresh)
+                if cfg.search is not None:
+                    work_search(cfg, stores, parent_id, device, on_trial_done=refresh)
+                else:
+                    work(cfg, stores, parent_id, device, on_trial_done=refresh)
             else:
                 codes = workers.run_pool(n, _worker_main, (threads, cfg, stores, parent_id, device,
                                                            logging.getLogger().getEffectiveLevel(),
@@ -264,10 +321,10 @@ def _finish(study: optuna.Study, cfg: StudyConfig, store: MlflowStore, stores: S
     """After the workers: fail what dead workers left RUNNING, sum up, end the parent run."""
     with coordination(stores.storage):
         reap_dead_trials(study, store)
-    states = survey(study, cfg)
-    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
+                                                                 TrialState.PRUNED))
             if t.user_attrs.get("ganft.parent_run_id") == parent_id and trial_owner(t)]
-    summary = _summary(states, ran=len(mine), parent_run_id=parent_id,
+    summary = _summary(study, cfg, ran=len(mine), parent_run_id=parent_id,
                        gans_trained=sum(bool(t.user_attrs.get("gan_trained")) for t in mine),
                        seconds=time.perf_counter() - t0)
     store.tracker(parent_id).log_metrics({"study/complete": summary.complete,

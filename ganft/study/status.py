@@ -41,6 +41,8 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
                          f"was deleted or replaced?): `ganft study run {cfg.name}` adopts them without "
                          f"training again")
         return lines, 1
+    if cfg.search is not None:
+        return search_status(study, cfg)
     states = survey(study, cfg)
     for ps in states:
         if ps.state == "running" and ps.owner and not workers.alive(ps.owner):
@@ -111,3 +113,43 @@ def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
         return history, empty[1]
     imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=sorted(varying))
     return history, pd.DataFrame({"param": list(imp), "importance": [float(v) for v in imp.values()]})
+
+
+def search_status(study: optuna.Study, cfg: StudyConfig) -> tuple[list[str], int]:
+    """A search's standing: trials complete, pruned, running, failed against n_trials, and the best."""
+    assert cfg.search is not None
+    by_state = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in
+                (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)}
+    done = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]
+    lines = [f"study {cfg.name}: search ({cfg.sampler}, objective {cfg.search.objective}): {done} of "
+             f"{cfg.search.n_trials} trials done ({by_state[TrialState.COMPLETE]} complete, "
+             f"{by_state[TrialState.PRUNED]} pruned), {by_state[TrialState.RUNNING]} running, "
+             f"{by_state[TrialState.FAIL]} failed"]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        lines.append(f"  best: trial {best.number}, {best.value:+.4f} on budget validation; "
+                     f"`ganft study best {cfg.name}` prints its config")
+    return lines, 0 if done >= cfg.search.n_trials else 1
+
+
+def search_trials(name: str, storage: str) -> Any:
+    """A search's trials as a DataFrame: number, state, value, repeat_sd, params (as sampled)."""
+    import pandas as pd
+
+    if is_journal(storage) and not Path(storage).is_file():
+        return pd.DataFrame()
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        return pd.DataFrame()
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = t.user_attrs.get("ganft.repeat_values") or []
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "repeat_sd": float(pd.Series(values).std()) if len(values) > 1 else float("nan"),
+                     "repeats": len(values),
+                     "params": ", ".join(f"{k}={v}" for k, v in sorted(t.params.items()))})
+    out = pd.DataFrame(rows)
+    out.attrs["objective"] = (study.metric_names or ["the objective"])[0]
+    return out
