@@ -148,3 +148,25 @@ def test_stores_default_to_the_project_root(home: Path) -> None:
     stores = Stores.resolve()
     assert stores.storage == str(home / "optuna-journal.log")
     assert stores.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+
+
+def test_importances_survive_a_grid_whose_range_changed_between_runs(tmp_path: Path) -> None:
+    """A grid sized down (or extended) between runs stores two ranges for one parameter; the
+    report's importances must still come out (Optuna's own refuse mixed distributions)."""
+    from optuna.distributions import IntDistribution
+    from optuna.trial import create_trial
+
+    from ganft.study.status import optuna_frames
+
+    storage = str(tmp_path / "j.log")
+    study = optuna.create_study(study_name="g", storage=open_storage(storage), direction="maximize")
+    for i, (n, r) in enumerate([(100, 0), (100, 1), (500, 0), (500, 1), (1000, 0), (1000, 1)]):
+        high = 5000 if i < 3 else 1000  # the first run's grid went up to 5000
+        study.add_trial(create_trial(params={"data.train_size": n, "synth.ratio": r},
+                                     distributions={"data.train_size": IntDistribution(100, high),
+                                                    "synth.ratio": IntDistribution(0, 1)},
+                                     value=0.5 + n / 4000 + 0.01 * r))
+    history, importances = optuna_frames("g", storage)
+    assert len(history) == 6
+    assert set(importances["param"]) == {"data.train_size", "synth.ratio"}
+    assert importances.set_index("param")["importance"]["data.train_size"] > 0.5

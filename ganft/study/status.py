@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ganft.config import StudyConfig
 from ganft.redact import redact
@@ -108,10 +108,12 @@ def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
     history = pd.DataFrame({"number": [t.number for t in done], "value": [t.value for t in done],
                             "from_grid": [GRID_KEY_ATTR in t.user_attrs for t in done]})
     history["best_so_far"] = history["value"].cummax()
-    varying = {k for k in done[0].params if len({repr(t.params.get(k)) for t in done}) > 1}
+    shared = set.intersection(*(set(t.params) for t in done))  # a conditional parameter is left out
+    varying = {k for k in shared if len({repr(t.params[k]) for t in done}) > 1}
     if len(done) < 4 or len(varying) < 2:
         return history, empty[1]
-    imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=sorted(varying))
+    imp = get_param_importances(_one_space(done, sorted(varying)),
+                                evaluator=FanovaImportanceEvaluator(seed=0))
     return history, pd.DataFrame({"param": list(imp), "importance": [float(v) for v in imp.values()]})
 
 
@@ -153,3 +155,28 @@ def search_trials(name: str, storage: str) -> Any:
     out = pd.DataFrame(rows)
     out.attrs["objective"] = (study.metric_names or ["the objective"])[0]
     return out
+
+
+def _one_space(done: list[FrozenTrial], params: list[str]) -> optuna.Study:
+    """The trials again, in memory, with one distribution per parameter: Optuna's importances
+    refuse trials whose distributions differ, which they do once a grid was extended or sized down
+    between runs (its range changed). Numeric ranges are widened to cover every trial, categorical
+    choices united; Optuna has no such merge, hence by hand."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    spaces = {}
+    for key in params:
+        dists = [t.distributions[key] for t in done]
+        first = dists[0]
+        if isinstance(first, CategoricalDistribution):
+            choices = list(dict.fromkeys(c for d in dists for c in d.choices))
+            spaces[key] = CategoricalDistribution(choices)
+        else:
+            kind = IntDistribution if isinstance(first, IntDistribution) else FloatDistribution
+            log = all(getattr(d, "log", False) for d in dists)
+            spaces[key] = kind(min(d.low for d in dists), max(d.high for d in dists), log=log)
+    study = optuna.create_study(direction="maximize")
+    for t in done:
+        study.add_trial(optuna.trial.create_trial(params={k: t.params[k] for k in params},
+                                                  distributions=spaces, value=t.value))
+    return study
