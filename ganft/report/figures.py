@@ -23,6 +23,7 @@ from scipy import stats
 
 from ganft.config import config_keys
 from ganft.report.stats import ACC_COL, N_COL, RATIO_COL, SEED_COL, varying_factors
+from ganft.report.text import signed
 
 DPI = 110
 HATCH = "///"
@@ -176,16 +177,16 @@ def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
                     row = row.iloc[0]
                     m = 100 * row["mean_diff"]
                     if row["significant"]:
-                        ci = f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+                        ci = f"[{signed(100 * row['ci_low'])}, {signed(100 * row['ci_high'])}]"
                         color, weight = _cell_text_color(m, lim), "bold"
                     else:
                         ci = ("no CI" if math.isnan(row["ci_low"])
-                              else f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]")
+                              else f"[{signed(100 * row['ci_low'])}, {signed(100 * row['ci_high'])}]")
                         ci += " nominal" if row["nominal"] else ""
                         color, weight = "#333333", "normal"  # on the faded cell below: always dark
                         ax.add_patch(Rectangle((j, i), 1, 1, facecolor=(1, 1, 1, 0.6), hatch=HATCH,
                                                edgecolor="#9a9a9a", lw=0))
-                    ax.text(j + 0.5, i + 0.42, f"{m:+.1f}", ha="center", va="center", color=color,
+                    ax.text(j + 0.5, i + 0.42, signed(m), ha="center", va="center", color=color,
                             fontsize=12, fontweight=weight)
                     ax.text(j + 0.5, i + 0.72, ci, ha="center", va="center", color=color, fontsize=8.5)
             ax.set_xlabel("synthetic : real ratio")
@@ -196,8 +197,8 @@ def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
                 ax.set_title(label)
         fig.legend(handles=[Patch(facecolor="white", edgecolor="#9a9a9a", hatch=HATCH,
                                   label="faded and hatched: not significant after Benjamini-Hochberg "
-                                        "(q ≥ 0.05, or no CI); 'nominal': the 95% CI excludes 0, "
-                                        "q does not")],
+                                        "(q ≥ 0.05, or no CI);\n'nominal': the 95% CI excludes 0, "
+                                        "q does not")],  # two lines: one is wider than a 3-column figure
                    loc="outside lower center", fontsize=9, frameon=False)
         fig.suptitle("Gain in test accuracy from GAN images, pp\n(mean paired difference to real only; "
                      "[95% t-interval])", fontsize=12)
@@ -227,7 +228,8 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
         fig = Figure(figsize=(1.8 + label_in + 0.85 * len(names), 2.6 + 0.42 * len(order)), dpi=DPI,
                      layout="constrained")
         ax = fig.subplots()
-        sns.heatmap(pivot, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=True, fmt="+.1f",
+        labels = pivot.map(lambda v: "" if math.isnan(v) else signed(v)).to_numpy()  # never "-0.0"
+        sns.heatmap(pivot, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=labels, fmt="",
                     annot_kws={"fontsize": 8.5}, cbar_kws={"label": "GAN minus real only (pp)"},
                     linewidths=0.5, linecolor="white")
         for i, cell in enumerate(order):
