@@ -151,6 +151,14 @@ def resolve_study(arg: str) -> StudyConfig:
     raise ConfigError(f"no study file for {arg!r}; give a path or one of: {', '.join(known) or 'none'}")
 
 
+def _speed(args: argparse.Namespace) -> Any:
+    """The speed settings of ``_device_flags``, as runtime.Speed."""
+    from ganft.runtime import Speed
+
+    return Speed(precision=args.precision, compile=args.compile,
+                 channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+
+
 def _stores(args: argparse.Namespace, **kw: Any) -> Any:
     from ganft.study.stores import Stores
 
@@ -159,14 +167,12 @@ def _stores(args: argparse.Namespace, **kw: Any) -> Any:
 
 def cmd_study_run(args: argparse.Namespace) -> int:
     from ganft.redact import redact
-    from ganft.runtime import Speed
     from ganft.study.queue import check_config_sizes
     from ganft.study.run import run_study
 
     cfg = resolve_study(args.file)
     check_config_sizes(cfg)
-    speed = Speed(precision=args.precision, compile=args.compile,
-                  channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+    speed = _speed(args)
     stores = _stores(args, heartbeat=args.heartbeat)
     size = f"a {cfg.sampler} search of {cfg.search.n_trials} trials" if cfg.search is not None \
         else f"{len(cfg.points())} grid points"
@@ -177,19 +183,16 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     for line in summary.lines(cfg):
         print(line)
     if summary.ok and cfg.search is not None and cfg.confirm is not None:  # the file asks for it
-        return _confirm(args, cfg, stores, cfg.confirm.seeds, speed)
+        return _confirm(args, cfg, stores, _load_search(cfg, stores), cfg.confirm.seeds, speed)
     return 0 if summary.ok else 1
 
 
-def _confirm(args: argparse.Namespace, cfg: Any, stores: Any, seeds: list[int], speed: Any) -> int:
+def _confirm(args: argparse.Namespace, cfg: Any, stores: Any, study: Any, seeds: list[int],
+             speed: Any) -> int:
     """Run ``<name>-confirm``: the search's best recipe and real only on fresh seeds."""
-    import optuna
-
     from ganft.study.run import run_study
     from ganft.study.search import confirm_study
-    from ganft.study.storage import open_storage
 
-    study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     try:
         confirm = confirm_study(study, cfg, seeds)
     except LookupError as exc:
@@ -202,20 +205,23 @@ def _confirm(args: argparse.Namespace, cfg: Any, stores: Any, seeds: list[int], 
 
 
 def _search_study(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    import optuna
-
-    from ganft.study.storage import open_storage
-
     cfg = resolve_study(args.study)
     if cfg.search is None:
         raise ConfigError(f"study {cfg.name} is a grid, not a search (sampler grid)")
     stores = _stores(args)
+    return cfg, stores, _load_search(cfg, stores)
+
+
+def _load_search(cfg: Any, stores: Any) -> Any:
+    import optuna
+
+    from ganft.study.storage import open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
+        return optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     except KeyError:
         raise ConfigError(f"study {cfg.name} has not run yet; run `ganft study run {cfg.name}`") from None
-    return cfg, stores, study
 
 
 def cmd_study_best(args: argparse.Namespace) -> int:
@@ -230,15 +236,14 @@ def cmd_study_best(args: argparse.Namespace) -> int:
 
 
 def cmd_study_confirm(args: argparse.Namespace) -> int:
-    from ganft.runtime import Speed
+    from ganft.config import ConfirmConfig
 
-    cfg, stores, _ = _search_study(args)
-    seeds = cfg.confirm.seeds if cfg.confirm else [1000, 1001, 1002, 1003, 1004]
+    cfg, stores, study = _search_study(args)
+    seeds = (cfg.confirm or ConfirmConfig()).seeds
     if args.seeds:
         seeds = list(range(1000, 1000 + args.seeds)) if args.seeds > len(seeds) else seeds[: args.seeds]
-    speed = Speed(precision=args.precision, compile=args.compile,
-                  channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
-    return _confirm(args, cfg, stores, seeds, speed)
+    speed = _speed(args)
+    return _confirm(args, cfg, stores, study, seeds, speed)
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
@@ -295,10 +300,9 @@ def cmd_study_keys(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ganft.pretrain import pretrain_study
-    from ganft.runtime import Speed, configure_speed
+    from ganft.runtime import configure_speed
 
-    configure_speed(Speed(precision=args.precision, compile=args.compile,
-                          channels_last={"auto": None, "on": True, "off": False}[args.channels_last]))
+    configure_speed(_speed(args))
     for line in pretrain_study(resolve_study(args.file), args.device):
         print(line)
     return 0

@@ -71,6 +71,7 @@ def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]
     """Budget-validation accuracy of the real-only run of ``cfg``'s (N, seed, classifier config):
     (value, whether it came from the cache)."""
     from ganft.cache import content_key
+    from ganft.study.objective import objective_value
 
     real_only = with_overrides(cfg, {"synth.ratio": 0.0})
     uses_gan = real_only.classifier.init == "discriminator"
@@ -83,7 +84,7 @@ def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]
         if entry is not None:
             return float(entry["val_acc"]), True
         metrics = run_trial(real_only, device=device)
-        value = float(metrics.get("clf/best_val_acc", metrics["clf/train_acc_last"]))
+        value = float(objective_value(metrics))
         cache.save(key, {"val_acc": value})
         return value, False
 
@@ -105,7 +106,7 @@ def make_search_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, 
     from ganft.pipeline import run_trial
     from ganft.redact import redact
     from ganft.runtime import pick_device
-    from ganft.study.objective import trial_run
+    from ganft.study.objective import objective_value, trial_run
 
     assert cfg.search is not None
     search = cfg.search
@@ -142,7 +143,7 @@ def make_search_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, 
                                     on_eval=on_eval)
                 if search.objective == "paired-gain":
                     store.tracker(run_id).log_metrics({"search/baseline_val_acc": base})
-            values.append(metrics.get("clf/best_val_acc", metrics["clf/train_acc_last"]) - base)
+            values.append(objective_value(metrics) - base)
             tests.append(metrics["test/acc"])
         trial.set_user_attr("ganft.repeat_values", values)
         trial.set_user_attr("test_acc", statistics.fmean(tests))  # reported, never optimised
