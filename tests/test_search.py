@@ -156,6 +156,17 @@ def test_tpe_finds_the_planted_optimum_and_best_prints_a_base_block(
     assert "30 of 30 trials done" in capsys.readouterr().out
 
 
+def test_a_search_can_be_lengthened_but_not_changed(home: Path, fake: FakeTrials,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "run", str(write_search(home, sampler="random", n_trials=3)), "--no-progress"]) == 0
+    assert main(["study", "run", str(write_search(home, sampler="random", n_trials=5)), "--no-progress"]) == 0
+    assert len(_study(home).get_trials(states=(TrialState.COMPLETE,))) == 5
+    changed = write_search(home, sampler="random", n_trials=5, repeats=2)
+    capsys.readouterr()
+    assert main(["study", "run", str(changed), "--no-progress"]) == 2
+    assert "different base config" in capsys.readouterr().err
+
+
 def test_a_conditional_parameter_is_sampled_only_for_its_variant(home: Path, fake: FakeTrials) -> None:
     space = """\
     gan.loss: {choices: [ns, wgan-gp]}

@@ -73,10 +73,10 @@ def encode(value: Any) -> Any:
 
 def config_hash(cfg: StudyConfig) -> str:
     """What results of one study must share: its base config (and a search's space, objective,
-    sampler and pruner)."""
+    repeats, sampler and pruner; not its n_trials: a search can be lengthened or shortened)."""
     text = cfg.base.model_dump_json()
     if cfg.search is not None:
-        text += cfg.model_dump_json(include={"search", "sampler", "pruner"})
+        text += cfg.model_dump_json(include={"search", "sampler", "pruner"}, exclude={"search": {"n_trials"}})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
