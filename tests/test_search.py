@@ -159,9 +159,13 @@ def test_tpe_finds_the_planted_optimum_and_best_prints_a_base_block(
 def test_a_search_can_be_lengthened_but_not_changed(home: Path, fake: FakeTrials,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "run", str(write_search(home, sampler="random", n_trials=3)), "--no-progress"]) == 0
-    assert main(["study", "run", str(write_search(home, sampler="random", n_trials=5)), "--no-progress"]) == 0
-    assert len(_study(home).get_trials(states=(TrialState.COMPLETE,))) == 5
-    changed = write_search(home, sampler="random", n_trials=5, repeats=2)
+    assert main(["study", "run", str(write_search(home, sampler="random", n_trials=6)), "--no-progress"]) == 0
+    trials = sorted(_study(home).get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    assert len(trials) == 6
+    # the second run samples new points, not the first run's again
+    first, second = ({t.params["classifier.lr"] for t in part} for part in (trials[:3], trials[3:]))
+    assert first.isdisjoint(second)
+    changed = write_search(home, sampler="random", n_trials=6, repeats=2)
     capsys.readouterr()
     assert main(["study", "run", str(changed), "--no-progress"]) == 2
     assert "different base config" in capsys.readouterr().err

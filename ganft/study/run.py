@@ -165,13 +165,16 @@ def work_search(cfg: StudyConfig, stores: Stores, parent_id: str, device: str, s
     """One worker of a search: ask for a trial while fewer than n_trials are complete, pruned or
     running (counted under the machine's coordination lock, so workers never overshoot), run it,
     tell the result."""
+    from ganft.runtime import derive_seed
     from ganft.study.search import make_pruner, make_sampler, make_search_objective
 
     assert cfg.search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = MlflowStore(stores.tracking_uri, cfg.name)
-    study = optuna.load_study(study_name=cfg.name, storage=stores.open(store),
-                              sampler=make_sampler(cfg, seed), pruner=make_pruner(cfg))
+    study = optuna.load_study(study_name=cfg.name, storage=stores.open(store), pruner=make_pruner(cfg))
+    # seeded by worker and by how far the search got: a resumed search samples new points instead of
+    # replaying the ones its first run drew (TPE's random start-up trials, a random sampler)
+    study.sampler = make_sampler(cfg, derive_seed("sampler", seed, len(study.trials)) % 2**32)
     objective = make_search_objective(cfg, store, stores, parent_id, device)
     done_callback = end_trial_run(store)
     while not should_stop():
