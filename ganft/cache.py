@@ -73,7 +73,34 @@ GAN_CODE = (gan_models, gan_train, losses, diffaugment)
 SELECTION_CODE = (selection, finetune, classifier_models)
 
 
-def gan_key(cfg: TrialConfig, budget: Budget) -> str:
+def tensor_digest(x: torch.Tensor) -> str:
+    """sha256 of a tensor's values (first 16 hex)."""
+    return hashlib.sha256(x.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def gan_sources_ident(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor | None) -> dict[str, Any]:
+    """What else determines a GAN that does not learn from the budget alone (gan_sources.py): the
+    unlabelled images by content, the real-subset classifier that labels them (its recipe, the
+    budget images it selects on, its code), and a built-in transfer source's loader."""
+    from ganft import datasets, gan_sources, synth
+
+    g = cfg.gan
+    if g.train_on == "budget":
+        return {}
+    ident: dict[str, Any] = {"sources_code": code_version(gan_sources)}
+    if g.learns_unlabelled:
+        if unlabelled is None:
+            raise ValueError(f"gan.train_on {g.train_on} needs the trial's unlabelled images")
+        ident["unlabelled"] = tensor_digest(unlabelled)
+        ident["labeller"] = {"recipe": finetune.helper_recipe(cfg.classifier).model_dump(mode="json"),
+                             "val": images_digest(budget.val),
+                             "code": code_version(finetune, classifier_models, synth.predict_labels)}
+    if g.train_on == "transfer" and g.transfer_source != "unlabelled":
+        ident["source_loader"] = datasets.LOADER_VERSION
+    return ident
+
+
+def gan_key(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor | None = None) -> str:
     """Everything that determines the generator: the images it trains on (by content, so the
     validation protocol, N and the subset seed are covered), the images and classifier recipe
     that pick its best step (gan.eval_every > 0 only), its seed, the GAN config and the code that
@@ -84,7 +111,8 @@ def gan_key(cfg: TrialConfig, budget: Budget) -> str:
         "select": images_digest(budget.val) if selects else None,
         "select_features": cfg.classifier.model_dump(mode="json") if selects else None,
         "seed": cfg.seed, "gan": cfg.gan.model_dump(mode="json"),
-        "code": code_version(*GAN_CODE, *(SELECTION_CODE if selects else ()))})
+        "code": code_version(*GAN_CODE, *(SELECTION_CODE if selects else ())),
+        **gan_sources_ident(cfg, budget, unlabelled)})
 
 
 # --------------------------------------------------------------------------- the cache

@@ -57,6 +57,17 @@ class DataConfig(_Model):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     skip_unreadable: bool = False
     hflip: bool = False  # imagefolder: whether a mirror image keeps its class (classic augmentation)
+    # U unlabelled images from the training split outside the budget (and outside the pool protocol's
+    # validation set), chosen by (N, U, seed); their labels are dropped on loading (data.py). all:
+    # every such image. 0: none (a study without unlabelled data)
+    unlabelled_size: int | Literal["all"] = 0
+
+    @field_validator("unlabelled_size", mode="before")
+    @classmethod
+    def _count_or_all(cls, v: Any) -> Any:
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10_000_000):
+            return v
+        raise ValueError(f"allowed: a count of images from 0 to 10000000, or all (got {v!r})")
 
     @model_validator(mode="after")
     def _image_size(self) -> DataConfig:
@@ -129,6 +140,17 @@ class GanConfig(_Model):
     # budget-validation KID every K steps, best kept; 0: the last
     eval_every: int = Field(0, ge=0, le=MAX_STEPS)
     eval_samples: int = Field(1000, ge=50, le=MAX_SAMPLES)  # generated images per validation KID
+    # what the GAN learns from (gan_sources.py): budget = the budget's training images; budget+unlabelled
+    # = those and the data.unlabelled_size images, pseudo-labelled by the real-subset classifier
+    # (S2GAN, Lucic et al., 2019); transfer = first source_steps on transfer_source, cached, then
+    # gan.steps on the budget from those weights (Wang et al., 2018), D's first freeze_d stages frozen
+    # (FreezeD, Mo et al., 2020)
+    train_on: Literal["budget", "budget+unlabelled", "transfer"] = "budget"
+    # transfer: unlabelled = the data.unlabelled_size images (pseudo-labelled, as above); a built-in
+    # dataset's training split (its own labels, resized and converted to the target's shape)
+    transfer_source: Literal["unlabelled", "digits", "fashion-mnist", "mnist", "cifar10"] = "unlabelled"
+    source_steps: int = Field(2000, ge=1, le=MAX_STEPS)  # transfer: G steps on the source
+    freeze_d: int = Field(0, ge=0, le=8)  # transfer: D's first stages (conv + norm) kept frozen
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +168,12 @@ class GanConfig(_Model):
                 raise ValueError(f"recipe {name} sets {', '.join(recipe)}; it conflicts with "
                                  f"{', '.join(clash)} (use recipe custom to choose them yourself)")
         return {**data, **recipe}
+
+    @property
+    def learns_unlabelled(self) -> bool:
+        """Whether the GAN learns from the unlabelled images (with the real-subset classifier's labels)."""
+        return self.train_on == "budget+unlabelled" or (self.train_on == "transfer"
+                                                         and self.transfer_source == "unlabelled")
 
     @model_validator(mode="after")
     def _consistent(self) -> GanConfig:
@@ -173,6 +201,10 @@ class SynthConfig(_Model):
     # this probability (its conditioning label; for gan.conditioning none, its own argmax, i.e. the
     # pseudo-label); 0 keeps every image (conditional) or every pseudo-label (unconditional)
     min_confidence: float = Field(0.0, ge=0, lt=1)
+    # gan: generated images; self-training: real data.unlabelled_size images labelled by the
+    # real-subset classifier, the most confident ones of each class at or above min_confidence,
+    # round(ratio * N) of them class balanced, used exactly as synthetic images (no GAN trained)
+    source: Literal["gan", "self-training"] = "gan"
     # mix union only: this share of every batch (round(real_fraction * batch_size) images) is drawn
     # from the real images and the rest from the synthetic ones, whatever the ratio, so every ratio
     # presents the real images equally often; None: batches drawn uniformly from real ∪ synthetic
@@ -232,6 +264,7 @@ class TrialConfig(_Model):
     @model_validator(mode="after")
     def _classifier_recipe_fits(self) -> TrialConfig:
         check_classifier_recipe(self)
+        check_unlabelled(self)
         return self
 
 
@@ -240,6 +273,23 @@ def split_steps(total: int, fraction: float) -> tuple[int, int]:
     pretrain-then-finetune and head-then-full, which together spend exactly ``total`` steps."""
     first = round(total * fraction)
     return first, total - first
+
+
+def check_unlabelled(cfg: TrialConfig) -> None:
+    """Rules that join data.unlabelled_size to the GAN and synthetic-set sections."""
+    needs = [(f"gan.train_on {cfg.gan.train_on}", cfg.gan.train_on == "budget+unlabelled"),
+             ("gan.transfer_source unlabelled", cfg.gan.train_on == "transfer"
+              and cfg.gan.transfer_source == "unlabelled"),
+             ("synth.source self-training", cfg.synth.source == "self-training")]
+    for what, applies in needs:
+        if applies and cfg.data.unlabelled_size == 0:
+            raise ValueError(f"{what} needs unlabelled images: set data.unlabelled_size (a count, or all)")
+    if cfg.gan.train_on == "transfer" and cfg.gan.transfer_source == cfg.data.dataset:
+        raise ValueError(f"gan.transfer_source must differ from data.dataset ({cfg.data.dataset}): "
+                         f"its whole labelled training split is labels the N-image setting does not "
+                         f"have; use transfer_source unlabelled for its images without labels")
+    if cfg.gan.freeze_d and cfg.gan.train_on != "transfer":
+        raise ValueError(f"gan.freeze_d {cfg.gan.freeze_d} applies to gan.train_on transfer only")
 
 
 def check_classifier_recipe(cfg: TrialConfig) -> None:

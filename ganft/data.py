@@ -22,7 +22,8 @@ from ganft.config import ConfigError, DataConfig
 from ganft.datasets import Images, Splits
 from ganft.runtime import derive_seed
 
-__all__ = ["Budget", "Images", "Splits", "labelled_budget", "labelled_subset", "load_splits", "splits_for"]
+__all__ = ["Budget", "Images", "Splits", "labelled_budget", "labelled_subset", "load_splits", "splits_for",
+           "unlabelled_images", "unlabelled_positions"]
 
 def load_splits(dataset: str, root: str | None = None) -> Splits:
     """A built-in dataset by name (and its files' folder): training split, test split, classes."""
@@ -106,3 +107,43 @@ def labelled_budget(splits: Splits, cfg: DataConfig, seed: int) -> Budget:
     train_idx, val_idx = budget_holdout(labelled.y, cfg.val_fraction,
                                         derive_seed("budget-val", cfg.train_size, seed) % 2**32)
     return Budget("from-budget", labelled.take(train_idx), labelled.take(val_idx))
+
+
+# --------------------------------------------------------------------------- unlabelled images
+
+
+def budget_positions(splits: Splits, cfg: DataConfig, seed: int) -> np.ndarray:
+    """Positions in ``splits.train`` of every image whose label the trial may read: the N budget
+    images, and under ``pool`` the fixed validation set too (the same choice ``labelled_budget`` makes)."""
+    if cfg.validation == "pool":
+        pool_idx, val_idx = train_test_split(np.arange(len(splits.train)), test_size=cfg.val_size,
+                                             stratify=splits.train.y.numpy(), random_state=0)
+        pool_idx = np.sort(pool_idx)
+        chosen = pool_idx if cfg.train_size == len(pool_idx) else pool_idx[subset_indices(
+            splits.train.y[torch.as_tensor(pool_idx)], cfg.train_size, seed)]
+        return np.sort(np.concatenate([chosen, val_idx]))
+    return subset_indices(splits.train.y, cfg.train_size, seed)
+
+
+def unlabelled_positions(splits: Splits, cfg: DataConfig, seed: int) -> np.ndarray:
+    """Sorted positions in ``splits.train`` of the trial's ``data.unlabelled_size`` unlabelled images:
+    outside the budget and any validation set (the test split is another tensor altogether), chosen
+    by (N, U, seed) uniformly, not stratified, since stratifying would need their labels."""
+    rest = np.setdiff1d(np.arange(len(splits.train)), budget_positions(splits, cfg, seed))
+    u = cfg.unlabelled_size
+    if u == "all" or u == len(rest):
+        return rest
+    if u > len(rest):
+        raise ConfigError(f"data.unlabelled_size {u} is more than the {len(rest)} images of "
+                          f"{cfg.dataset}'s training split outside the budget; allowed: 0 to "
+                          f"{len(rest)}, or all")
+    gen = np.random.default_rng(derive_seed("unlabelled", cfg.train_size, u, seed) % 2**32)
+    return np.sort(gen.choice(rest, size=u, replace=False))
+
+
+def unlabelled_images(splits: Splits, cfg: DataConfig, seed: int) -> torch.Tensor:
+    """The unlabelled images (U, C, H, W), pixels only: their labels are dropped here and no later
+    stage can read them (a test poisons them and checks that nothing changes)."""
+    if cfg.unlabelled_size == 0:
+        return splits.train.x[:0]
+    return splits.train.x[torch.as_tensor(unlabelled_positions(splits, cfg, seed))]

@@ -211,20 +211,29 @@ def _fp32(outputs: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tens
 
 def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
               device: torch.device, tracker: Tracker = NULL_TRACKER,
-              log_every: int = 50, scorer: Scorer | None = None) -> GanResult:
+              log_every: int = 50, scorer: Scorer | None = None,
+              init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None) -> GanResult:
     """Train G and D for ``cfg.steps`` G steps on ``real``; return the sampling generator and metrics.
-    ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0."""
+    ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0.
+    ``init``: (G, D) state dicts to start from (a transfer's source GAN); D's first ``cfg.freeze_d``
+    stages then stay as they are."""
     image_shape = tuple(real.x.shape[1:])
     with seeded(derive_seed(seed, "gan-init")):
-        G = prepare_model(build_generator(cfg, image_shape, num_classes), device)
-        D = prepare_model(build_discriminator(cfg, image_shape, num_classes), device)
+        G = build_generator(cfg, image_shape, num_classes)
+        D = build_discriminator(cfg, image_shape, num_classes)
+    if init is not None:
+        G.load_state_dict(init[0])
+        D.load_state_dict(init[1])
+        models.freeze_stages(D.trunk, cfg.freeze_d)
+    G, D = prepare_model(G, device), prepare_model(D, device)
     G_core = G.core  # what trains against D, at D's resolution (seed-dcgan: 64x64)
     x_all = resize(real.x, G_core.size).to(device)  # the whole subset lives on the device
     y_all = real.y.to(device)
     G_ema = Ema(G, cfg.ema_decay) if cfg.ema_decay else None
     G_sample = G_ema.module if G_ema is not None else G
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
+    d_params = [p for p in D.parameters() if p.requires_grad]  # gan.freeze_d: not the frozen stages
+    opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
     parts = StepParts.from_config(cfg)
     selector = make_selector(cfg, scorer, num_classes, seed, device)
     gen = make_generator(derive_seed(seed, "gan-train"), device)
@@ -263,7 +272,8 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     best = selector.restore(G_sample)
     G_sample.eval()
     samples = sample_grid(G_sample, num_classes, device)
-    final = {"gan/train_seconds": seconds, "gan/images_per_second": cfg.steps * B * cfg.d_steps / seconds}
+    final = {"gan/g_steps": float(step), "gan/train_seconds": seconds,
+             "gan/images_per_second": cfg.steps * B * cfg.d_steps / seconds}
     return GanResult(G_sample, D.eval(), samples, {**metrics, **final, **best})
 
 

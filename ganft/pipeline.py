@@ -11,37 +11,48 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ganft import quality
+from ganft import gan_sources, quality
 from ganft.cache import CachedGan, GanCache, gan_key
 from ganft.classic_augment import classifier_augment
 from ganft.config import TrialConfig, flatten
-from ganft.data import Budget, Splits, labelled_budget, splits_for
+from ganft.data import Budget, Splits, labelled_budget, splits_for, unlabelled_images
 from ganft.evaluate import test_metrics
 from ganft.finetune import train_classifier
 from ganft.gan_train import SAMPLES_PER_CLASS, build_generator, train_gan
 from ganft.pretrain import initial_trunk_state
 from ganft.runtime import derive_seed, prepare_model
 from ganft.selection import gan_scorer
-from ganft.synth import real_labeller, synthesise, synthetic_count
+from ganft.synth import real_labeller, self_training_set, synthesise, synthetic_count
 from ganft.tracking import NULL_TRACKER, Tracker, log_image_tensor
 
 log = logging.getLogger(__name__)
 
 
 def obtain_gan(cfg: TrialConfig, budget: Budget, splits: Splits, device: torch.device,
-               tracker: Tracker, cache: GanCache | None,
-               labeller: Callable[[], nn.Module]) -> tuple[CachedGan, bool]:
+               tracker: Tracker, cache: GanCache | None, labeller: Callable[[], nn.Module],
+               unlabelled: torch.Tensor) -> tuple[CachedGan, bool]:
     """The trained GAN for (dataset, budget images, seed, GAN config) and whether it was trained
-    now (False: reused from the cache). It sees only the budget's training part; its best step,
-    when chosen at all, is chosen on the budget's validation part (``selection.gan_scorer``)."""
-    key = gan_key(cfg, budget)
+    now (False: reused from the cache). Of the labelled images it sees only the budget's training
+    part (and, with gan.train_on, unlabelled ones or a source: gan_sources.py); its best step, when
+    chosen at all, is chosen on the budget's validation part (``selection.gan_scorer``)."""
+    key = gan_key(cfg, budget, unlabelled)
 
     def train() -> CachedGan:
-        log.info("GAN %s: training (%d steps on %d images)", key, cfg.gan.steps, len(budget.train))
+        images = gan_sources.gan_images(cfg, budget, unlabelled, labeller, device)
+        init, extra = None, {}
+        if cfg.gan.train_on == "transfer":
+            source = gan_sources.source_images(cfg, splits.image_shape, splits.num_classes, unlabelled,
+                                               labeller, device)
+            src, src_hit = gan_sources.source_gan(cfg, source, splits.num_classes, device, cache)
+            init = (src.state_dict, src.disc_state)
+            extra = {"gan/source_cached": float(src_hit), "gan/source_images": float(len(source)),
+                     "gan/source_g_steps": src.metrics.get("gan/g_steps", float("nan"))}
+        log.info("GAN %s: training (%d steps on %d images, %s)", key, cfg.gan.steps, len(images),
+                 cfg.gan.train_on)
         scorer = gan_scorer(cfg.gan, budget, labeller, device) if cfg.gan.eval_every else None
-        result = train_gan(cfg.gan, budget.train, splits.num_classes, seed=cfg.seed, device=device,
-                           tracker=tracker, scorer=scorer)
-        return CachedGan(result.generator.state_dict(), result.samples, result.metrics,
+        result = train_gan(cfg.gan, images, splits.num_classes, seed=cfg.seed, device=device,
+                           tracker=tracker, scorer=scorer, init=init)
+        return CachedGan(result.generator.state_dict(), result.samples, {**result.metrics, **extra},
                          result.discriminator.state_dict())
 
     if cache is None:
@@ -78,14 +89,21 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     tracker.log_params(flatten(cfg))
     splits = splits_for(cfg.data)
     tracker.set_tags({"data.classes": json.dumps(list(splits.classes))})  # the labels, for reports
-    budget = labelled_budget(splits, cfg.data, cfg.seed)  # everything below sees these images only
+    budget = labelled_budget(splits, cfg.data, cfg.seed)  # the only labels anything below reads
+    unlabelled = unlabelled_images(splits, cfg.data, cfg.seed)  # (U, C, H, W) pixels, no labels
     n_synth = synthetic_count(cfg.synth.ratio, len(budget.train))
     labeller = real_labeller(cfg, budget, splits.num_classes, device)  # trained only if asked for
     gan, synthetic, trained, synth_metrics, quality_metrics = None, None, False, {}, {}
-    # ratio 0 is the real-only baseline: no GAN, unless the classifier starts from its discriminator
-    if n_synth or cfg.classifier.init == "discriminator":
-        gan, trained = obtain_gan(cfg, budget, splits, device, tracker, cache, labeller)
-    if n_synth:
+    self_training = cfg.synth.source == "self-training"
+    # ratio 0 is the real-only baseline: no GAN, unless the classifier starts from its discriminator;
+    # self-training adds real unlabelled images instead of generated ones
+    if (n_synth and not self_training) or cfg.classifier.init == "discriminator":
+        gan, trained = obtain_gan(cfg, budget, splits, device, tracker, cache, labeller, unlabelled)
+    if n_synth and self_training:
+        synthetic, synth_metrics = self_training_set(unlabelled, n_synth, splits.num_classes, labeller(),
+                                                     min_confidence=cfg.synth.min_confidence,
+                                                     seed=derive_seed(cfg.seed, "synth"), device=device)
+    elif n_synth:
         G = load_generator(cfg, gan, splits, device)
         synthetic, synth_metrics = synthesise(cfg, G, n_synth, splits.num_classes, labeller,
                                               seed=derive_seed(cfg.seed, "synth"), device=device)
@@ -104,6 +122,7 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     metrics = {**clf.metrics, **metrics, "synth/count": n_synth, **synth_metrics, **quality_metrics,
                "data/real_count": len(budget.train),
                "data/val_count": 0 if budget.val is None else len(budget.val),
+               "data/unlabelled_count": len(unlabelled),
                "gan/trained_here": float(trained),
                "time/trial_seconds": time.perf_counter() - t0}
     tracker.log_metrics(metrics)

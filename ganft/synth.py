@@ -153,3 +153,46 @@ def synthesise(cfg: TrialConfig, generator: nn.Module, n: int, num_classes: int,
         return images, {"synth/count": float(len(images))}
     return sample_labelled(generator, n, num_classes, labeller(), conditioning=cfg.gan.conditioning,
                            min_confidence=cfg.synth.min_confidence, seed=seed, device=device)
+
+
+# --------------------------------------------------------------------------- real unlabelled images
+
+
+def predict_labels(labeller: nn.Module, x: torch.Tensor, device: torch.device,
+                   batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labeller's most probable class and its probability for each image of x (U, C, H, W):
+    (U,) int64 and (U,) float32, on the CPU."""
+    labeller.eval()
+    labels, confs = [], []
+    with torch.inference_mode():
+        for chunk in x.split(batch_size):
+            with autocast(device):
+                probs = F.softmax(labeller(chunk.to(device)).float(), dim=1)
+            conf, label = probs.max(dim=1)
+            labels.append(label.cpu())
+            confs.append(conf.cpu())
+    empty = torch.empty(0)
+    return torch.cat(labels) if labels else empty.long(), torch.cat(confs) if confs else empty
+
+
+def self_training_set(unlabelled: torch.Tensor, n: int, num_classes: int, labeller: nn.Module, *,
+                      min_confidence: float, seed: int,
+                      device: torch.device) -> tuple[Images, dict[str, float]]:
+    """Self-training's added set: n real unlabelled images with the labeller's labels, class balanced
+    like a synthetic set, the most confident of each class first and none below min_confidence
+    (fewer only where a class has too few such images: ``synth/shortfall``)."""
+    label, conf = predict_labels(labeller, unlabelled, device)
+    gen = make_generator(seed)
+    need = class_counts(n, num_classes, gen)
+    picked = []
+    for c in range(num_classes):
+        idx = torch.nonzero((label == c) & (conf >= min_confidence)).squeeze(1)
+        picked.append(idx[conf[idx].argsort(descending=True)[: int(need[c])]])
+    idx = torch.cat(picked)
+    idx = idx[torch.randperm(len(idx), generator=gen)]
+    if len(idx) < n:
+        log.warning("self-training set: %d of %d images at min_confidence %.2f", len(idx), n, min_confidence)
+    metrics = {"synth/count": float(len(idx)), "synth/shortfall": float(n - len(idx)),
+               "synth/self_training_confident_fraction": float((conf >= min_confidence).float().mean())
+               if len(conf) else 0.0}
+    return Images(unlabelled[idx].to(device), label[idx].to(device)), metrics

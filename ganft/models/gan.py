@@ -290,6 +290,19 @@ class Discriminator(nn.Module):
         return self.outputs(x, y)[0]  # (B,)
 
 
+def freeze_stages(trunk: ConvTrunk, k: int) -> None:
+    """FreezeD (Mo et al., 2020): the trunk's first k stages (conv and batch norm weights) stop
+    learning; their batch-norm statistics still follow the data."""
+    convs = [i for i, m in enumerate(trunk.body) if isinstance(m, nn.Conv2d)]
+    if k > len(convs):
+        raise ValueError(f"gan.freeze_d {k}: this discriminator has {len(convs)} stages; allowed: 0 "
+                         f"to {len(convs)}")
+    end = convs[k] if k < len(convs) else len(trunk.body)
+    for m in list(trunk.body)[:end]:
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
 def trunk_state_for_classifier(disc: nn.Module) -> dict[str, torch.Tensor]:
     """D's feature layers as a plain ``ConvTrunk`` state dict (load it into
     ``ConvTrunk(norm=disc.trunk.norm)`` of the same channels, size and width): spectral-normalised
