@@ -72,10 +72,12 @@ class FakeTrials:
 
     def __init__(self) -> None:
         self.calls: list[Any] = []
+        self.caches: list[Any] = []
 
     def __call__(self, cfg: Any, *, device: Any, tracker: Any = None, cache: Any = None,
                  on_eval: Any = None) -> dict[str, float]:
         self.calls.append(cfg)
+        self.caches.append(cache)
         score = planted_score(cfg)
         for step in (4, 8, 12):
             if on_eval is not None:
@@ -198,6 +200,9 @@ def test_the_real_only_baseline_is_trained_once_per_n_and_seed(home: Path, fake:
     assert main(["study", "run", str(path), "--no-progress"]) == 0
     baselines = [c for c in fake.calls if c.synth.ratio == 0]
     assert sorted(c.seed for c in baselines) == [0, 1]  # one per seed of the repeats, never again
+    # every run, the baselines too, shares the GAN cache (a discriminator-initialised baseline
+    # trains the GAN its trial then reuses)
+    assert all(cache is not None for cache in fake.caches)
     trials = sorted(_study(home).get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     assert [trials[0].user_attrs[f"ganft.baseline_hit_{r}"] for r in (0, 1)] == [False, False]
     assert all(t.user_attrs[f"ganft.baseline_hit_{r}"] for t in trials[1:] for r in (0, 1))

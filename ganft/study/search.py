@@ -67,9 +67,10 @@ def sample_point(trial: optuna.Trial, cfg: StudyConfig) -> dict[str, Any]:
 
 
 def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]], device: Any,
-                     cache: Any) -> tuple[float, bool]:
+                     cache: Any, gan_cache: Any = None) -> tuple[float, bool]:
     """Budget-validation accuracy of the real-only run of ``cfg``'s (N, seed, classifier config):
-    (value, whether it came from the cache)."""
+    (value, whether it came from the cache). A real-only run that starts from the GAN's
+    discriminator gets the GAN through ``gan_cache``, so the trial after it does not train it again."""
     from ganft.cache import content_key
     from ganft.study.objective import objective_value
 
@@ -83,7 +84,7 @@ def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]
         entry = cache.load(key)
         if entry is not None:
             return float(entry["val_acc"]), True
-        metrics = run_trial(real_only, device=device)
+        metrics = run_trial(real_only, device=device, cache=gan_cache)
         value = float(objective_value(metrics))
         cache.save(key, {"val_acc": value})
         return value, False
@@ -124,7 +125,7 @@ def make_search_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, 
             seeded = with_overrides(cfg.trial_config(point), {"seed": cfg.base.seed + r})
             base = 0.0
             if search.objective == "paired-gain":
-                base, hit = baseline_val_acc(seeded, run_trial, device, baselines)
+                base, hit = baseline_val_acc(seeded, run_trial, device, baselines, gan_cache)
                 trial.set_user_attr(f"ganft.baseline_hit_{r}", hit)
             offset = r * (seeded.classifier.steps + 1)
 
