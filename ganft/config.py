@@ -399,7 +399,9 @@ class StudyConfig(_Model):
     name: str = Field(pattern=STUDY_NAME, max_length=64)
     description: str = ""
     base: TrialConfig = TrialConfig()
-    grid: dict[str, list[GridValue]] = Field(default_factory=dict)
+    # full factorial over these keys; or a list of such grids (as scikit-learn's ParameterGrid takes),
+    # whose points are the union: a key a sub-grid does not vary keeps the base value there
+    grid: dict[str, list[GridValue]] | list[dict[str, list[GridValue]]] = Field(default_factory=dict)
     max_retries: int = Field(1, ge=0, le=100)  # a point that failed is run again on rerun at most this often
     sampler: Literal["grid", "tpe", "random", "cmaes"] = "grid"  # grid: every point once; else a search
     search: SearchConfig | None = None
@@ -432,35 +434,83 @@ class StudyConfig(_Model):
 
     @field_validator("grid")
     @classmethod
-    def _grid_keys(cls, grid: dict[str, list[GridValue]]) -> dict[str, list[GridValue]]:
-        for key, values in grid.items():
-            if key not in config_keys():
-                raise ValueError(unknown_key(key))
-            if not values:
-                raise ValueError(f"{key}: needs at least one value")
-            if len({repr(v) for v in values}) != len(values):
-                raise ValueError(f"{key}: repeated value in {values}")
+    def _grid_keys(cls, grid: Any) -> Any:
+        if isinstance(grid, list) and not grid:
+            raise ValueError("an empty list of grids; give at least one grid, or leave grid out")
+        for i, sub in enumerate(grid if isinstance(grid, list) else [grid]):
+            where = f"item {i}: " if isinstance(grid, list) else ""
+            if isinstance(grid, list) and not sub:
+                raise ValueError(f"{where}an empty grid; give it at least one key")
+            for key, values in sub.items():
+                if key not in config_keys():
+                    raise ValueError(f"{where}{unknown_key(key)}")
+                if not values:
+                    raise ValueError(f"{where}{key}: needs at least one value")
+                if len({repr(v) for v in values}) != len(values):
+                    raise ValueError(f"{where}{key}: repeated value in {values}")
         return grid
 
     @model_validator(mode="after")
     def _grid_points_valid(self) -> StudyConfig:
-        for key, values in self.grid.items():
-            for i, value in enumerate(values):
-                try:
-                    with_overrides(self.base, {key: value})
-                except ConfigError as exc:
-                    msg = str(exc).removeprefix(f"{key}: ")
-                    raise ValueError(f"grid.{key}[{i}]: {msg}") from None
+        listed = isinstance(self.grid, list)
+        for j, sub in enumerate(self.grids):
+            where = f"grid[{j}]." if listed else "grid."
+            for key, values in sub.items():
+                for i, value in enumerate(values):
+                    try:
+                        with_overrides(self.base, {key: value})
+                    except ConfigError as exc:
+                        if listed:
+                            continue  # a sub-grid's value may need another of its keys: checked below
+                        msg = str(exc).removeprefix(f"{key}: ")
+                        raise ValueError(f"{where}{key}[{i}]: {msg}") from None
+        for point in self.points():  # combinations: a value that only works with another one
+            try:
+                with_overrides(self.base, point)
+            except ConfigError as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in point.items())
+                raise ValueError(f"grid point {shown}: {exc}") from None
         return self
 
     @property
     def is_search(self) -> bool:
         return self.sampler != "grid"
 
+    @property
+    def grids(self) -> list[dict[str, list[GridValue]]]:
+        """The study's grids: one, or the file's list of them."""
+        return list(self.grid) if isinstance(self.grid, list) else [self.grid] if self.grid else []
+
+    @property
+    def grid_values(self) -> dict[str, list[GridValue]]:
+        """Every grid key with every value it takes in some point (the base value too where a
+        sub-grid leaves it alone): what Optuna records as the key's distribution."""
+        out: dict[str, list[GridValue]] = {}
+        for point in self.points():  # in the file's order: points come sub-grid by sub-grid
+            for key, value in point.items():
+                seen = out.setdefault(key, [])
+                if repr(_canon(value)) not in {repr(_canon(v)) for v in seen}:
+                    seen.append(value)
+        return out
+
     def points(self) -> list[dict[str, Any]]:
-        """The full factorial grid, in a fixed order: one dict of dotted overrides per trial."""
-        keys = list(self.grid)
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+        """The grid's points in a fixed order, one dict of dotted overrides per trial: the full
+        factorial; for a list of grids, the union of theirs (each point holds every key of every
+        sub-grid, the base value where its own does not vary it; a point two sub-grids share once)."""
+        grids = self.grids
+        if not grids:
+            return [{}]
+        keys = list(dict.fromkeys(k for sub in grids for k in sub))
+        base = {k: dotted_value(self.base, k) for k in keys}
+        points, seen = [], set()
+        for sub in grids:
+            for combo in itertools.product(*sub.values()):
+                point = {k: base[k] for k in keys} | dict(zip(sub, combo, strict=True))
+                ident = repr([(k, _canon(point[k])) for k in keys])
+                if ident not in seen:
+                    seen.add(ident)
+                    points.append(point)
+        return points
 
     def trial_config(self, point: dict[str, Any]) -> TrialConfig:
         return with_overrides(self.base, point)
@@ -557,6 +607,14 @@ def flatten(cfg: BaseModel) -> dict[str, Any]:
 
     walk(cfg.model_dump(), "")
     return out
+
+
+def dotted_value(cfg: BaseModel, key: str) -> Any:
+    """The value of a dotted key as a study file writes it (lists, not tuples)."""
+    value: Any = cfg.model_dump(mode="json")
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def with_overrides(cfg: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:

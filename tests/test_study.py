@@ -170,3 +170,62 @@ def test_importances_survive_a_grid_whose_range_changed_between_runs(tmp_path: P
     assert len(history) == 6
     assert set(importances["param"]) == {"data.train_size", "synth.ratio"}
     assert importances.set_index("param")["importance"]["data.train_size"] > 0.5
+
+
+SUB_GRIDS = """\
+name: arms
+base:
+  data: {dataset: digits, train_size: 60}
+  gan: {steps: 12, width: 8, z_dim: 16, batch_size: 32}
+  classifier: {steps: 12, width: 8, eval_every: 6, batch_size: 32}
+grid:
+  - {synth.ratio: [0], seed: [0, 1]}
+  - {synth.ratio: [1, 2], gan.loss: [ns, hinge], seed: [0, 1]}
+  - {synth.ratio: [1], data.unlabelled_size: [50], synth.source: [self-training], seed: [0, 1]}
+  - {synth.ratio: [0], seed: [1]}
+"""
+
+
+def test_a_list_of_grids_runs_the_union_of_their_points_once(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = home / "arms.yaml"
+    path.write_text(SUB_GRIDS)
+    seen = []
+
+    def fake_trial(cfg, **kw):
+        seen.append((cfg.synth.ratio, cfg.gan.loss, cfg.synth.source, cfg.data.unlabelled_size, cfg.seed))
+        return {"test/acc": 0.5, "clf/best_val_acc": 0.5, "clf/train_acc_last": 1.0}
+
+    monkeypatch.setattr(pipeline, "run_trial", fake_trial)
+    assert main(["study", "run", str(path), "--no-progress"]) == 0
+    # 2 real only + 8 GAN + 2 self-training; the last sub-grid repeats a real-only point
+    assert len(seen) == len(set(seen)) == 12
+    assert {s for s in seen if s[2] == "self-training"} == {(1.0, "ns", "self-training", 50, 0),
+                                                             (1.0, "ns", "self-training", 50, 1)}
+    assert {s for s in seen if s[0] == 0} == {(0.0, "ns", "gan", 0, 0), (0.0, "ns", "gan", 0, 1)}
+    assert sum(complete_points_of(home, "arms").values()) == 12
+    capsys.readouterr()
+    assert main(["study", "run", str(path), "--no-progress"]) == 0  # nothing left to run
+    assert len(seen) == 12 and "12 of 12 grid points done" in capsys.readouterr().out
+
+
+def complete_points_of(home: Path, name: str) -> Counter:
+    return Counter(t.user_attrs["ganft.grid_point"] for t in trials(home, name)
+                   if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ("grid: []\n", "an empty list of grids"),
+    ("grid:\n  - {}\n", "grid: item 0: an empty grid"),
+    ("grid:\n  - {seed: [0]}\n  - {synth.ratioo: [1]}\n", "grid: item 1: unknown config key 'synth.ratioo'"),
+    ("grid:\n  - {synth.source: [self-training], synth.ratio: [1]}\n",
+     "grid point synth.source=self-training, synth.ratio=1: synth.source self-training needs unlabelled"),
+])
+def test_a_bad_list_of_grids_is_one_line_and_writes_nothing(home: Path, grid: str, message: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = home / "bad.yaml"
+    path.write_text("name: bad\nbase:\n  data: {dataset: digits}\n" + grid)
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (home / "optuna-journal.log").exists() and not (home / "mlflow.db").exists()

@@ -72,7 +72,7 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
 
     device = pick_device(device_name)
     cache = stores.gan_cache()  # one per worker
-    dists = {k: distribution(k, v) for k, v in cfg.grid.items()}
+    dists = {k: distribution(k, v) for k, v in cfg.grid_values.items()}
     by_key = {grid_key(p): p for p in cfg.points()}
 
     base_hash = config_hash(cfg)

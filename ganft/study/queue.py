@@ -110,14 +110,14 @@ def load_or_create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage)
                          f"results would not be comparable. Give the study a new name, or use "
                          f"another --storage and --tracking-uri.")
     old_grid = study.user_attrs.get("ganft.grid", {})
-    for key, values in cfg.grid.items():
+    for key, values in cfg.grid_values.items():
         old = old_grid.get(key)
         if old is not None and isinstance(distribution(key, values), CategoricalDistribution) \
                 and [encode(v) for v in old] != [encode(v) for v in values]:
             raise StudyError(f"grid.{key}: the values changed from {old} to {values}; Optuna cannot "
                              f"change a categorical parameter's choices within a study. Use a new name.")
-    if {**old_grid, **cfg.grid} != old_grid:
-        study.set_user_attr("ganft.grid", {**old_grid, **cfg.grid})
+    if {**old_grid, **cfg.grid_values} != old_grid:
+        study.set_user_attr("ganft.grid", {**old_grid, **cfg.grid_values})
     return study
 
 
