@@ -72,7 +72,8 @@ def invocations(study: str, stores: Stores) -> tuple[float | None, list[str], st
     if "tags.ganft.argv" in parents:
         for argv in parents.sort_values("start_time")["tags.ganft.argv"].dropna():
             parts = argv.split()
-            if parts and Path(parts[0]).name == "ganft":
+            launcher = ("ganft/cli.py", "ganft/__main__.py")  # `python -m ganft.cli` records the file
+            if parts and (Path(parts[0]).name == "ganft" or parts[0].endswith(launcher)):
                 parts[0] = "ganft"  # the console script's absolute path says nothing to a reader
             if " ".join(parts) not in commands:
                 commands.append(" ".join(parts))

@@ -290,24 +290,26 @@ def fig_param_importances(importances: pd.DataFrame) -> Figure:
         for i, v in enumerate(data["importance"]):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=10)
         ax.set_xlim(0, min(1.0, data["importance"].max() * 1.2 + 0.02))
-        ax.set_xlabel("fANOVA importance for validation accuracy (share of variance, sums to 1)")
+        ax.set_xlabel("fANOVA importance for the objective (share of variance, sums to 1)")
         ax.set_ylabel("parameter")
         ax.set_title("Which settings matter (Optuna parameter importances)")
     return fig
 
 
-def fig_optimization_history(history: pd.DataFrame) -> Figure:
-    """Objective (validation accuracy) of each complete trial in order, and the best so far."""
+def fig_optimization_history(history: pd.DataFrame, paired_gain: bool = False) -> Figure:
+    """Objective of each complete trial in order, and the best so far: budget-validation accuracy,
+    or its paired gain over real only (``paired_gain``)."""
     data = history.assign(value_pct=100 * history["value"], best_pct=100 * history["best_so_far"])
+    what = "gain in validation accuracy over real only (pp)" if paired_gain else "validation accuracy (%)"
     with _style():
         fig = Figure(figsize=(8, 4.6), dpi=DPI, layout="constrained")
         ax = fig.subplots()
         sns.scatterplot(data=data, x="number", y="value_pct", color="#3b6ea5", s=40, ax=ax,
                         label="trial")
         ax.step(data["number"], data["best_pct"], where="post", color="#c0392b", lw=2, label="best so far")
-        ax.set_xlabel("trial number")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title("Optimisation history (the objective is validation accuracy, never test)")
+        ax.set_xlabel("trial number (complete trials; pruned ones have no value)")
+        ax.set_ylabel(what)
+        ax.set_title("Optimisation history (the objective is on budget validation data, never test)")
         ax.legend(loc="lower right")
     return fig
 

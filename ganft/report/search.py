@@ -40,7 +40,8 @@ def write_search_report(results: pd.DataFrame, trials: pd.DataFrame, out_dir: Pa
     results.to_csv(out_dir / "results.csv", index=False)
     trials.to_csv(out_dir / "trials.csv", index=False)
     done = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
-    complete = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False)
+    # best first; among equal values the earliest trial, as `ganft study best` picks it
+    complete = trials[trials["state"] == "COMPLETE"].sort_values(["value", "number"], ascending=[False, True])
     lines = [f"Search: {len(done)} trials ({len(complete)} complete, {len(done) - len(complete)} pruned), "
              f"objective: {objective} (never the test split); {study_time(results, meta)}."]
     if len(complete):
@@ -49,15 +50,22 @@ def write_search_report(results: pd.DataFrame, trials: pd.DataFrame, out_dir: Pa
             f", sd {100 * best['repeat_sd']:.1f} pp over its repeats"
         lines.append(f"Best: trial {int(best['number'])}, {pp(best['value'])} ({int(best['repeats'])} repeats"
                      f"{spread}): {best['params']}.")
+    repeated = done[done.duplicated("params", keep="first")]
+    if len(repeated):
+        first = done.drop_duplicates("params").set_index("params")["number"]
+        pairs = ", ".join(f"{int(t['number'])} (= {int(first[t['params']])})" for _, t in repeated.iterrows())
+        lines.append(f"{len(repeated)} trial(s) repeat an earlier trial's point: {pairs}.")
     lines += confirmation_lines(confirm, meta.study)
     sections = []
+    paired = objective.startswith("paired gain")  # the label study/queue.py gives that objective
     optuna = Section("What the search did", [
         f"Every trial trains its sampled recipe `search.repeats` times (seeds seed, seed+1, ...) and scores "
         f"the mean of its objective ({objective}); the pruner stopped the trials whose "
         f"intermediate validation accuracy fell behind. The test split chose nothing."])
     if history is not None and len(history):
-        optuna.figures.append((sec.save_figure(figs.fig_optimization_history(history), out_dir,
-                                               "optimization_history.png"), "Optimisation history (Optuna)."))
+        fig = figs.fig_optimization_history(history, paired_gain=paired)
+        optuna.figures.append((sec.save_figure(fig, out_dir, "optimization_history.png"),
+                               "Optimisation history (Optuna)."))
     if importances is not None and len(importances):
         importances.to_csv(out_dir / "importances.csv", index=False)
         optuna.figures.append((sec.save_figure(figs.fig_param_importances(importances), out_dir,
