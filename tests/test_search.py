@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -317,3 +318,18 @@ def test_a_tiny_real_search_reports_and_confirms_on_fresh_seeds(
     confirm = (home / "reports" / "s" / "confirm.csv").read_text()
     assert confirm.count("\n") == 5  # 2 seeds x (best, real only) + header
     assert "s-confirm" in capsys.readouterr().out
+
+
+def test_the_search_report_names_the_earliest_best_and_repeated_points(tmp_path: Path) -> None:
+    from ganft.report.search import write_search_report
+    from ganft.report.text import ReportMeta
+
+    trials = pd.DataFrame({"number": [0, 1, 2, 3], "state": ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"],
+                           "value": [0.05, 0.10, math.nan, 0.10], "repeat_sd": [0.0, 0.01, math.nan, 0.0],
+                           "repeats": [2, 2, 1, 2], "params": ["a=1", "a=2", "a=1", "a=2"]})
+    results = pd.DataFrame({"time/trial_seconds": [1.0, 2.0]})
+    write_search_report(results, trials, tmp_path, ReportMeta(study="s"), objective="val/acc", history=None,
+                        importances=None, confirm=None)
+    page = (tmp_path / "index.md").read_text()
+    assert "Best: trial 1, +10.0 pp" in page  # trial 3 ties it; the earlier one, as `study best`
+    assert "2 trial(s) repeat an earlier trial's point: 2 (= 0), 3 (= 1)." in page
