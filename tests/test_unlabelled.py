@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fake_fashion
+from recorder import Recorder
 
 from ganft import data as data_mod
 from ganft import pipeline
@@ -26,8 +28,6 @@ from ganft.data import (
 )
 from ganft.gan_train import build_discriminator, train_gan
 from ganft.runtime import seeded
-from tests.helpers import fake_fashion
-from tests.recorder import Recorder
 
 CPU = torch.device("cpu")
 SUBSET_INDICES = data_mod.subset_indices
