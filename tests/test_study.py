@@ -35,8 +35,8 @@ def runs(home: Path, name: str = "tiny") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def complete_points(home: Path) -> Counter:
-    return Counter(t.user_attrs["ganft.grid_point"] for t in trials(home)
+def complete_points(home: Path, name: str = "tiny") -> Counter:
+    return Counter(t.user_attrs["ganft.grid_point"] for t in trials(home, name)
                    if t.state == optuna.trial.TrialState.COMPLETE)
 
 
@@ -203,15 +203,11 @@ def test_a_list_of_grids_runs_the_union_of_their_points_once(home: Path, monkeyp
     assert {s for s in seen if s[2] == "self-training"} == {(1.0, "ns", "self-training", 50, 0),
                                                              (1.0, "ns", "self-training", 50, 1)}
     assert {s for s in seen if s[0] == 0} == {(0.0, "ns", "gan", 0, 0), (0.0, "ns", "gan", 0, 1)}
-    assert sum(complete_points_of(home, "arms").values()) == 12
+    assert sum(complete_points(home, "arms").values()) == 12
     capsys.readouterr()
     assert main(["study", "run", str(path), "--no-progress"]) == 0  # nothing left to run
     assert len(seen) == 12 and "12 of 12 grid points done" in capsys.readouterr().out
 
-
-def complete_points_of(home: Path, name: str) -> Counter:
-    return Counter(t.user_attrs["ganft.grid_point"] for t in trials(home, name)
-                   if t.state == optuna.trial.TrialState.COMPLETE)
 
 
 @pytest.mark.parametrize(("grid", "message"), [
