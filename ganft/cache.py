@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -220,6 +220,21 @@ class CheckpointCache:
             pid = tmp.name.rsplit(".tmp-", 1)[1]
             if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def load_or_make(cache: CheckpointCache | None, key: str, make: Callable[[], Any]) -> tuple[Any, bool]:
+    """The entry for ``key`` and whether it came from the cache: loaded, else made by ``make()`` and
+    saved, under the key's lock (a second process needing it waits, then loads it). Without a cache,
+    made every time."""
+    if cache is None:
+        return make(), False
+    with cache.lock(key):
+        entry = cache.load(key)
+        if entry is not None:
+            return entry, True
+        entry = make()
+        cache.save(key, entry)
+        return entry, False
 
 
 # --------------------------------------------------------------------------- GANs

@@ -244,19 +244,13 @@ def load_cifar10(cfg: DataConfig) -> tuple[Images, Images, tuple[str, ...]]:
 def _cached(name: str, files: list[Path], cfg: DataConfig | None, build: Any) -> dict[str, torch.Tensor]:
     """The decoded uint8 tensors of ``files``, from ``.ganft-cache/data/`` when the files (paths,
     sizes, mtimes) and the loader's options are what they were, else decoded now and kept."""
-    from ganft.cache import CheckpointCache, content_key
+    from ganft.cache import CheckpointCache, content_key, load_or_make
 
     options = cfg.model_dump(include={"image_size", "channels", "test_fraction", "skip_unreadable"}) \
         if cfg is not None and name == "imagefolder" else {}
     key = content_key({"dataset": name, "version": LOADER_VERSION, "options": options,
                        "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
-    cache = CheckpointCache(project_root() / ".ganft-cache" / "data")
-    with cache.lock(key):
-        entry = cache.load(key)
-        if entry is None:
-            entry = build()
-            cache.save(key, entry)
-    return entry
+    return load_or_make(CheckpointCache(project_root() / ".ganft-cache" / "data"), key, build)[0]
 
 
 def _from_payload(p: dict[str, Any], classes: tuple[str, ...]) -> tuple[Images, Images, tuple[str, ...]]:

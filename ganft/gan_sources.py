@@ -25,12 +25,12 @@ import logging
 from collections.abc import Callable
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import nn
 
-from ganft.cache import CachedGan, GanCache, content_key, images_digest
+from ganft.cache import CachedGan, GanCache, content_key, images_digest, load_or_make
 from ganft.config import DataConfig, TrialConfig
 from ganft.data import Budget, Images, splits_for
+from ganft.pretrain import resize_images
 from ganft.synth import predict_labels
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,12 @@ def gan_images(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor,
 
 def to_shape(images: Images, shape: tuple[int, int, int]) -> Images:
     """A source dataset's images in the target's (C, H, W): grey <-> RGB by channel mean or repeat,
-    then bilinear resizing with antialiasing."""
-    c, h, w = shape
+    then resized as pretraining sources are (``pretrain.resize_images``)."""
+    c = shape[0]
     x = images.x
     if x.shape[1] != c:
-        x = x.mean(1, keepdim=True) if c == 1 else x[:, :1].expand(-1, c, -1, -1)
-    if tuple(x.shape[2:]) != (h, w):
-        x = TF.resize(x, [h, w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True).clamp_(-1, 1)
-    return Images(x.contiguous(), images.y)
+        x = x.mean(1, keepdim=True) if c == 1 else x[:, :1].expand(-1, c, -1, -1).contiguous()
+    return resize_images(Images(x, images.y), shape)
 
 
 def source_images(cfg: TrialConfig, shape: tuple[int, int, int], num_classes: int, unlabelled: torch.Tensor,
@@ -111,14 +109,8 @@ def source_gan(cfg: TrialConfig, source: Images, num_classes: int, device: torch
         res = train_gan(source_config(cfg).gan, source, num_classes, seed=cfg.seed, device=device)
         return CachedGan(res.generator.state_dict(), res.samples, res.metrics, res.discriminator.state_dict())
 
-    if cache is None:
-        return train(), False
     key = source_key(cfg, source)
-    with cache.lock(key):
-        entry = cache.load(key)
-        if entry is not None:
-            log.info("transfer: source GAN %s reused from the cache", key)
-            return entry, True
-        entry = train()
-        cache.save(key, entry)
-        return entry, False
+    entry, hit = load_or_make(cache, key, train)
+    if hit:
+        log.info("transfer: source GAN %s reused from the cache", key)
+    return entry, hit

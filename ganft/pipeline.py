@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ganft import gan_sources, quality
-from ganft.cache import CachedGan, GanCache, gan_key
+from ganft.cache import CachedGan, GanCache, gan_key, load_or_make
 from ganft.classic_augment import classifier_augment
 from ganft.config import TrialConfig, flatten
 from ganft.data import Budget, Splits, labelled_budget, splits_for, unlabelled_images
@@ -55,17 +55,9 @@ def obtain_gan(cfg: TrialConfig, budget: Budget, splits: Splits, device: torch.d
         return CachedGan(result.generator.state_dict(), result.samples, {**result.metrics, **extra},
                          result.discriminator.state_dict())
 
-    if cache is None:
-        entry, hit = train(), False
-    else:
-        with cache.lock(key):  # a second worker needing the same GAN waits, then loads it
-            entry = cache.load(key)
-            hit = entry is not None
-            if entry is None:
-                entry = train()
-                cache.save(key, entry)
-            else:
-                log.info("GAN %s: reused from the cache", key)
+    entry, hit = load_or_make(cache, key, train)  # a second worker needing it waits, then loads it
+    if hit:
+        log.info("GAN %s: reused from the cache", key)
     tracker.set_tags({"gan.cache": "hit" if hit else "miss", "gan.key": key})
     tracker.log_metrics(entry.metrics)
     log_image_tensor(tracker, entry.samples, "gan_samples.png", nrow=SAMPLES_PER_CLASS,

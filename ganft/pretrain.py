@@ -25,7 +25,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ganft import classic_augment, data, finetune
-from ganft.cache import CachedGan, CheckpointCache, code_version, content_key
+from ganft.cache import CachedGan, CheckpointCache, code_version, content_key, load_or_make
 from ganft.config import ClassifierConfig, DataConfig, StudyConfig, TrialConfig
 from ganft.data import Images, splits_for
 from ganft.gan_train import build_discriminator
@@ -99,18 +99,18 @@ def ensure_pretrained(cfg: TrialConfig, image_shape: tuple[int, int, int], devic
     """(key, metrics, trained now?) for the checkpoint ``cfg`` needs, training it if missing."""
     cache = cache or pretrained_cache()
     key = pretrain_key(cfg, image_shape)
-    with cache.lock(key):  # a second process needing it waits, then loads it
-        entry = cache.load(key)
-        if entry is not None:
-            return key, dict(entry["metrics"]), False
+
+    def train() -> dict:
         t0 = time.perf_counter()
         log.info("pretraining %s (width %d) on %s resized to %s for %d steps", cfg.classifier.arch,
                  cfg.classifier.width, cfg.classifier.pretrained_source, "x".join(map(str, image_shape)),
                  cfg.classifier.pretrain_steps)
         entry = pretrain(cfg, image_shape, device)
-        cache.save(key, entry)
         log.info("pretrained %s in %.0f s", key, time.perf_counter() - t0)
-        return key, entry["metrics"], True
+        return entry
+
+    entry, hit = load_or_make(cache, key, train)  # a second process needing it waits, then loads it
+    return key, dict(entry["metrics"]), not hit
 
 
 # --------------------------------------------------------------------------- starting trunks

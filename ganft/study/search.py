@@ -71,7 +71,7 @@ def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]
     """Budget-validation accuracy of the real-only run of ``cfg``'s (N, seed, classifier config):
     (value, whether it came from the cache). A real-only run that starts from the GAN's
     discriminator gets the GAN through ``gan_cache``, so the trial after it does not train it again."""
-    from ganft.cache import content_key
+    from ganft.cache import content_key, load_or_make
     from ganft.study.objective import objective_value
 
     real_only = with_overrides(cfg, {"synth.ratio": 0.0})
@@ -80,14 +80,11 @@ def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]
                        "classifier": real_only.classifier.model_dump(mode="json"),
                        "gan": real_only.gan.model_dump(mode="json") if uses_gan else None,
                        "code": baseline_code_version()})
-    with cache.lock(key):
-        entry = cache.load(key)
-        if entry is not None:
-            return float(entry["val_acc"]), True
-        metrics = run_trial(real_only, device=device, cache=gan_cache)
-        value = float(objective_value(metrics))
-        cache.save(key, {"val_acc": value})
-        return value, False
+    def run() -> dict[str, float]:
+        return {"val_acc": float(objective_value(run_trial(real_only, device=device, cache=gan_cache)))}
+
+    entry, hit = load_or_make(cache, key, run)
+    return float(entry["val_acc"]), hit
 
 
 def baseline_code_version() -> str:
