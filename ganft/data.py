@@ -37,13 +37,20 @@ def splits_for(cfg: DataConfig) -> Splits:
                                                 "val_fraction": DataConfig().val_fraction}))
 
 
+def pool_positions(splits: Splits, val_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions in ``splits.train`` of the ``pool`` protocol's pool and of its fixed
+    stratified validation set of ``val_size`` images."""
+    pool_idx, val_idx = train_test_split(np.arange(len(splits.train)), test_size=val_size,
+                                         stratify=splits.train.y.numpy(), random_state=0)  # fixed
+    return np.sort(pool_idx), np.sort(val_idx)
+
+
 def pool_and_validation(splits: Splits, val_size: int) -> tuple[Images, Images]:
     """The ``pool`` protocol's fixed stratified validation set of ``val_size`` images carved from the
     training split, and the rest (where its labelled subsets come from): labelled data beyond N,
     kept as the comparison protocol it was before ``from-budget``."""
-    pool_idx, val_idx = train_test_split(np.arange(len(splits.train)), test_size=val_size,
-                                         stratify=splits.train.y.numpy(), random_state=0)  # fixed
-    return splits.train.take(np.sort(pool_idx)), splits.train.take(np.sort(val_idx))
+    pool_idx, val_idx = pool_positions(splits, val_size)
+    return splits.train.take(pool_idx), splits.train.take(val_idx)
 
 
 def subset_indices(labels: torch.Tensor, n: int, seed: int) -> np.ndarray:
@@ -116,11 +123,8 @@ def budget_positions(splits: Splits, cfg: DataConfig, seed: int) -> np.ndarray:
     """Positions in ``splits.train`` of every image whose label the trial may read: the N budget
     images, and under ``pool`` the fixed validation set too (the same choice ``labelled_budget`` makes)."""
     if cfg.validation == "pool":
-        pool_idx, val_idx = train_test_split(np.arange(len(splits.train)), test_size=cfg.val_size,
-                                             stratify=splits.train.y.numpy(), random_state=0)
-        pool_idx = np.sort(pool_idx)
-        chosen = pool_idx if cfg.train_size == len(pool_idx) else pool_idx[subset_indices(
-            splits.train.y[torch.as_tensor(pool_idx)], cfg.train_size, seed)]
+        pool_idx, val_idx = pool_positions(splits, cfg.val_size)
+        chosen = pool_idx[subset_indices(splits.train.y[torch.as_tensor(pool_idx)], cfg.train_size, seed)]
         return np.sort(np.concatenate([chosen, val_idx]))
     return subset_indices(splits.train.y, cfg.train_size, seed)
 
