@@ -16,6 +16,7 @@ from ganft.report.page import Page, Section
 from ganft.report.stats import paired_cells
 from ganft.report.text import ReportMeta, ci_text, p_text, pp, study_time
 from ganft.report.write import write_page
+from ganft.study.queue import PAIRED_OBJECTIVE_NAME
 
 
 def confirmation_lines(confirm: pd.DataFrame | None, name: str) -> list[str]:
@@ -57,7 +58,7 @@ def write_search_report(results: pd.DataFrame, trials: pd.DataFrame, out_dir: Pa
         lines.append(f"{len(repeated)} trial(s) repeat an earlier trial's point: {pairs}.")
     lines += confirmation_lines(confirm, meta.study)
     sections = []
-    paired = objective.startswith("paired gain")  # the label study/queue.py gives that objective
+    paired = objective == PAIRED_OBJECTIVE_NAME
     optuna = Section("What the search did", [
         f"Every trial trains its sampled recipe `search.repeats` times (seeds seed, seed+1, ...) and scores "
         f"the mean of its objective ({objective}); the pruner stopped the trials whose "
