@@ -452,18 +452,14 @@ class StudyConfig(_Model):
 
     @model_validator(mode="after")
     def _grid_points_valid(self) -> StudyConfig:
-        listed = isinstance(self.grid, list)
-        for j, sub in enumerate(self.grids):
-            where = f"grid[{j}]." if listed else "grid."
-            for key, values in sub.items():
+        if isinstance(self.grid, dict):  # one grid: name the value itself (a sub-grid's value may
+            for key, values in self.grid.items():  # need another of its keys: the points below)
                 for i, value in enumerate(values):
                     try:
                         with_overrides(self.base, {key: value})
                     except ConfigError as exc:
-                        if listed:
-                            continue  # a sub-grid's value may need another of its keys: checked below
                         msg = str(exc).removeprefix(f"{key}: ")
-                        raise ValueError(f"{where}{key}[{i}]: {msg}") from None
+                        raise ValueError(f"grid.{key}[{i}]: {msg}") from None
         for point in self.points():  # combinations: a value that only works with another one
             try:
                 with_overrides(self.base, point)
