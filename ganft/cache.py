@@ -92,12 +92,28 @@ def gan_sources_ident(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor
         if unlabelled is None:
             raise ValueError(f"gan.train_on {g.train_on} needs the trial's unlabelled images")
         ident["unlabelled"] = tensor_digest(unlabelled)
-        ident["labeller"] = {"recipe": finetune.helper_recipe(cfg.classifier).model_dump(mode="json"),
-                             "val": images_digest(budget.val),
-                             "code": code_version(finetune, classifier_models, synth.predict_labels)}
+        ident["labeller"] = {**labeller_ident(cfg, budget), "code": code_version(
+            finetune, classifier_models, synth.predict_labels)}
     if g.train_on == "transfer" and g.transfer_source != "unlabelled":
         ident["source_loader"] = datasets.LOADER_VERSION
     return ident
+
+
+def labeller_ident(cfg: TrialConfig, budget: Budget) -> dict[str, Any]:
+    """What determines the real-subset labeller (synth.real_labeller): its recipe, seed and the
+    budget images it trains and selects on."""
+    return {"recipe": finetune.helper_recipe(cfg.classifier).model_dump(mode="json"), "seed": cfg.seed,
+            "train": images_digest(budget.train), "val": images_digest(budget.val)}
+
+
+def labeller_key(cfg: TrialConfig, budget: Budget) -> str:
+    return content_key({"role": "labeller", **labeller_ident(cfg, budget),
+                        "code": code_version(finetune, classifier_models)})
+
+
+def labeller_cache(gan_cache: CheckpointCache | None) -> CheckpointCache | None:
+    """The labellers' cache: a folder inside the GAN cache, shared with the same machines."""
+    return None if gan_cache is None else CheckpointCache(gan_cache.dir / "labellers", gan_cache.sync)
 
 
 def gan_key(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor | None = None) -> str:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ganft import gan_sources, quality
-from ganft.cache import CachedGan, GanCache, gan_key, load_or_make
+from ganft.cache import CachedGan, GanCache, gan_key, labeller_cache, load_or_make
 from ganft.classic_augment import classifier_augment
 from ganft.config import TrialConfig, flatten
 from ganft.data import Budget, Splits, labelled_budget, splits_for, unlabelled_images
@@ -84,7 +84,8 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     budget = labelled_budget(splits, cfg.data, cfg.seed)  # the only labels anything below reads
     unlabelled = unlabelled_images(splits, cfg.data, cfg.seed)  # (U, C, H, W) pixels, no labels
     n_synth = synthetic_count(cfg.synth.ratio, len(budget.train))
-    labeller = real_labeller(cfg, budget, splits.num_classes, device)  # trained only if asked for
+    labeller = real_labeller(cfg, budget, splits.num_classes, device, labeller_cache(cache),
+                             tracker)  # made only if asked for; shared by the trials of this budget
     gan, synthetic, trained, synth_metrics, quality_metrics = None, None, False, {}, {}
     self_training = cfg.synth.source == "self-training"
     # ratio 0 is the real-only baseline: no GAN, unless the classifier starts from its discriminator;

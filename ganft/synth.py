@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganft.cache import CheckpointCache, labeller_key, load_or_make
 from ganft.config import TrialConfig
 from ganft.data import Budget, Images
 from ganft.finetune import helper_recipe, train_classifier
+from ganft.models.classifier import build_classifier
 from ganft.models.gan import Generator
 from ganft.runtime import autocast, make_generator
+from ganft.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 MAX_DRAWS_PER_IMAGE = 20  # give up on a class quota after drawing 20x the images asked for
@@ -70,21 +73,31 @@ def _image_shape(generator: nn.Module) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- labeller, filtering
 
 
-def real_labeller(cfg: TrialConfig, budget: Budget, num_classes: int,
-                  device: torch.device) -> Callable[[], nn.Module]:
-    """A function that trains, once, on first call, the classifier that labels and filters generated
-    images and whose features pick the GAN's best step: the trial's classifier recipe from scratch
-    on the budget's training images only, its checkpoint chosen on the budget's validation images
-    (the last one under data.validation none)."""
+def real_labeller(cfg: TrialConfig, budget: Budget, num_classes: int, device: torch.device,
+                  cache: CheckpointCache | None = None,
+                  tracker: Tracker = NULL_TRACKER) -> Callable[[], nn.Module]:
+    """A function that makes, once, on first call, the classifier that labels and filters generated
+    or unlabelled images and whose features pick the GAN's best step: the trial's classifier recipe
+    from scratch on the budget's training images only, its checkpoint chosen on the budget's
+    validation images (the last one under data.validation none). With ``cache``, every trial of the
+    same budget, seed and recipe shares one (metric ``synth/labeller_cached``)."""
+    recipe = helper_recipe(cfg.classifier)
+
+    def make() -> dict[str, dict[str, torch.Tensor]]:
+        log.info("training the real-subset labeller (%d images)", len(budget.train))
+        res = train_classifier(recipe, budget.train, None, budget.val, num_classes, seed=cfg.seed,
+                               device=device)
+        return {"state_dict": {k: v.detach().cpu() for k, v in res.model.state_dict().items()}}
 
     @functools.cache
-    def train() -> nn.Module:
-        log.info("training the real-subset labeller (%d images)", len(budget.train))
-        res = train_classifier(helper_recipe(cfg.classifier), budget.train, None, budget.val, num_classes,
-                               seed=cfg.seed, device=device)
-        return res.model.eval()
+    def labeller() -> nn.Module:
+        entry, hit = load_or_make(cache, labeller_key(cfg, budget), make)
+        tracker.log_metrics({"synth/labeller_cached": float(hit)})
+        model = build_classifier(recipe.arch, tuple(budget.train.x.shape[1:]), num_classes, recipe.width)
+        model.load_state_dict(entry["state_dict"])
+        return model.to(device).eval()
 
-    return train
+    return labeller
 
 
 def _conditioning_label(probs: torch.Tensor, y_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -198,3 +198,23 @@ def test_a_bad_unlabelled_size_in_a_study_file_is_one_line_naming_the_key(tmp_pa
     line = "base.data.unlabelled_size: allowed: a count of images from 0 to 10000000, or all"
     assert line in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_trials_of_one_budget_share_one_labeller_and_get_the_same_result(tmp_path: Path) -> None:
+    """The real-subset labeller is cached by (budget, seed, recipe): the second self-training trial
+    loads it instead of training it again, and the trial's result is the one a fresh labeller gives."""
+    cache = GanCache(tmp_path / "gan")
+    cfg = tiny(synth={"source": "self-training"})
+    runs = []
+    for c in (cache, cache, None):
+        rec = Recorder()
+        runs.append(pipeline.run_trial(cfg, device=CPU, tracker=rec, cache=c) | rec.merged())
+    first, second, uncached = runs
+    assert (first["synth/labeller_cached"], second["synth/labeller_cached"]) == (0.0, 1.0)
+    assert uncached["synth/labeller_cached"] == 0.0
+    same = ("test/acc", "clf/best_val_acc", "synth/mean_confidence")
+    assert {k: second[k] for k in same if k in first} == {k: uncached[k] for k in same if k in first}
+    assert first["test/acc"] == second["test/acc"]
+    rec = Recorder()
+    pipeline.run_trial(cfg.model_copy(update={"seed": 1}), device=CPU, tracker=rec, cache=cache)
+    assert rec.merged()["synth/labeller_cached"] == 0.0  # another seed: another budget, another labeller
