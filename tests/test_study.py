@@ -144,6 +144,36 @@ def test_changed_base_config_is_refused(tiny_study: Path, home: Path,
     assert "different base config" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("older", ["a field added since", "a value changed"])
+def test_a_study_stored_by_an_earlier_ganft_resumes_unless_its_config_differs(
+        tiny_study: Path, home: Path, capsys: pytest.CaptureFixture[str], older: str) -> None:
+    """A store written before a config field existed (its stored base lacks the field, its hash
+    is that of the shorter base) resumes when the new field is at its default; a stored base that
+    differs in a value is still refused."""
+    from ganft.config import load_study
+    from ganft.study.grid import config_hash
+
+    text = tiny_study.read_text().replace("data.train_size: [30, 60]", "data.train_size: [30]")
+    tiny_study.write_text(text)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    cfg = load_study(tiny_study)
+    base = cfg.base.model_dump(mode="json")
+    assert config_hash(cfg, base) == config_hash(cfg)  # the stored dump hashes as the config does
+    del base["data"]["unlabelled_size"]  # as a ganft without unlabelled images stored it
+    if older == "a value changed":
+        base["gan"]["steps"] += 1
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(home / "optuna-journal.log")))
+    study.set_user_attr("ganft.base", base)
+    study.set_user_attr("ganft.base_hash", config_hash(cfg, base))
+    tiny_study.write_text(text.replace("seed: [0]", "seed: [0, 1]"))  # more points to run
+    code = main(["study", "run", str(tiny_study), "--no-progress"])
+    if older == "a value changed":
+        assert code == 2 and "different base config" in capsys.readouterr().err
+    else:
+        assert code == 0 and "different base config" not in capsys.readouterr().err
+        assert len(complete_points(home)) == 6
+
+
 def test_stores_default_to_the_project_root(home: Path) -> None:
     stores = Stores.resolve()
     assert stores.storage == str(home / "optuna-journal.log")

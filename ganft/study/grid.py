@@ -17,7 +17,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig, field_annotation
+from ganft.config import StudyConfig, TrialConfig, field_annotation
 
 GRID_KEY_ATTR = "ganft.grid_key"  # user attr: canonical JSON of the trial's grid point
 OWNER_ATTR = "ganft.owner"  # user attr: {host, pid, pid_start, trial} of the worker running it
@@ -71,13 +71,36 @@ def encode(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list | tuple | dict) else value
 
 
-def config_hash(cfg: StudyConfig) -> str:
+def config_hash(cfg: StudyConfig, base: dict[str, Any] | None = None) -> str:
     """What results of one study must share: its base config (and a search's space, objective,
-    repeats, sampler and pruner; not its n_trials: a search can be lengthened or shortened)."""
-    text = cfg.base.model_dump_json()
+    repeats, sampler and pruner; not its n_trials: a search can be lengthened or shortened).
+    ``base``: another base config, as ``model_dump(mode="json")`` wrote it, in its place."""
+    text = cfg.base.model_dump_json() if base is None else json.dumps(base, separators=(",", ":"),
+                                                                       ensure_ascii=False)
     if cfg.search is not None:
         text += cfg.model_dump_json(include={"search", "sampler", "pruner"}, exclude={"search": {"n_trials"}})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def same_as_older_base(cfg: StudyConfig, stored_hash: str, stored_base: Any) -> bool:
+    """Whether a study stored by an earlier ganft, whose config had fewer fields, is this study: its
+    stored base (and hash) agree with the rest of ``cfg``, every field it has holds the value it has
+    now, and every field added since sits at its default, so it changes nothing those runs did."""
+    if not isinstance(stored_base, dict) or config_hash(cfg, stored_base) != stored_hash:
+        return False
+
+    def same(old: dict[str, Any], new: dict[str, Any], default: dict[str, Any]) -> bool:
+        if not set(old) <= set(new):  # a field this ganft no longer has
+            return False
+        for key, value in new.items():
+            if isinstance(value, dict):
+                if not same(old.get(key, {}), value, default.get(key, {})):
+                    return False
+            elif value != old.get(key, default.get(key)):  # a field added since: at its default
+                return False
+        return True
+
+    return same(stored_base, cfg.base.model_dump(mode="json"), TrialConfig().model_dump(mode="json"))
 
 
 @dataclass

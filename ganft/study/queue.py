@@ -32,6 +32,7 @@ from ganft.study.grid import (
     encode,
     grid_key,
     lost_trials,
+    same_as_older_base,
     survey,
     trial_owner,
 )
@@ -103,6 +104,11 @@ def load_or_create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage)
             study.set_metric_names([name])  # optuna-dashboard labels the value with it
     stored = study.user_attrs.get("ganft.base_hash")
     if stored is None:
+        study.set_user_attr("ganft.base_hash", config_hash(cfg))
+        study.set_user_attr("ganft.base", cfg.base.model_dump(mode="json"))
+    elif stored != config_hash(cfg) and same_as_older_base(cfg, stored, study.user_attrs.get("ganft.base")):
+        log.info("study %s was stored by an earlier ganft; the fields added since are at their defaults",
+                 cfg.name)
         study.set_user_attr("ganft.base_hash", config_hash(cfg))
         study.set_user_attr("ganft.base", cfg.base.model_dump(mode="json"))
     elif stored != config_hash(cfg):
