@@ -22,7 +22,7 @@ from matplotlib.patches import Patch, Rectangle
 from scipy import stats
 
 from ganft.config import config_keys
-from ganft.report.stats import ACC_COL, N_COL, RATIO_COL, SEED_COL, varying_factors
+from ganft.report.stats import ACC_COL, ARM_COL, N_COL, RATIO_COL, REAL_ONLY, SEED_COL, varying_factors
 from ganft.report.text import signed
 
 DPI = 110
@@ -45,7 +45,7 @@ def _style() -> Iterator[None]:
 
 def _factor_cols(frame: pd.DataFrame) -> list[str]:
     """The other-factor columns of a cells table (config keys besides N, ratio and seed)."""
-    keys = set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}
+    keys = (set(config_keys()) | {ARM_COL}) - {N_COL, RATIO_COL, SEED_COL}
     return [c for c in frame.columns if c in keys]
 
 
@@ -93,7 +93,8 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
     """Test accuracy against the synthetic:real ratio, one line per N (mean over seeds, band: 95%
     t-interval), a dashed line at each N's real-only level, and, when ``ceiling`` (tidy runs of a
     real-only study on the full pool) is given, a dotted black line at its mean accuracy. Ratios
-    are evenly spaced (the grid's values, not a linear axis). One panel per level of other factors."""
+    are evenly spaced (the grid's values, not a linear axis). One panel per level of other factors
+    (in an arms study, per arm, each starting from real only)."""
     factors = varying_factors(df)
     ratios = sorted(df[RATIO_COL].unique())
     pos = {r: i for i, r in enumerate(ratios)}
@@ -103,6 +104,11 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
     # N=500 and N=1,000 two similar teals)
     palette = dict(zip(sizes, sns.color_palette("colorblind", len(sizes)), strict=True))
     panels = _facets(data, factors)
+    real = data[data[RATIO_COL] == 0]
+    if ARM_COL in data:  # one panel per arm, each drawn from the real-only level at ratio 0
+        real = data[data[ARM_COL] == REAL_ONLY]
+        panels = [(label, g if (g[RATIO_COL] == 0).any() else pd.concat([real, g]))
+                  for label, g in _facets(data[data[ARM_COL] != REAL_ONLY], factors)]
     ceil_acc = 100 * float(ceiling[ACC_COL].mean()) if ceiling is not None and len(ceiling) else None
     bands = [t_interval(g["acc_pct"]) for _, g in data.groupby(["N", "x", *factors], sort=False)]
     values = [v for band in bands for v in band] + ([ceil_acc] if ceil_acc is not None else [])
@@ -115,7 +121,7 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
         for ax, (label, g) in zip(_grid(fig, len(panels)), panels, strict=True):
             sns.lineplot(data=g, x="x", y="acc_pct", hue="N", palette=palette, marker="o", markersize=7,
                          errorbar=t_interval, err_kws={"alpha": 0.15}, ax=ax, legend=False)
-            for n, gb in g[g[RATIO_COL] == 0].groupby("N"):
+            for n, gb in (real if ARM_COL in data else g[g[RATIO_COL] == 0]).groupby("N"):
                 ax.axhline(gb["acc_pct"].mean(), color=palette[n], ls="--", lw=1.2, alpha=0.8)
             if ceil_acc is not None:
                 ax.axhline(ceil_acc, color="black", ls=":", lw=2)
@@ -200,7 +206,8 @@ def fig_gain_heatmap(cells: pd.DataFrame) -> Figure:
                                         "(q ≥ 0.05, or no CI);\n'nominal': the 95% CI excludes 0, "
                                         "q does not")],  # two lines: one is wider than a 3-column figure
                    loc="outside lower center", fontsize=9, frameon=False)
-        fig.suptitle("Gain in test accuracy from GAN images, pp\n(mean paired difference to real only; "
+        what = "each arm" if ARM_COL in factors else "GAN images"
+        fig.suptitle(f"Gain in test accuracy from {what}, pp\n(mean paired difference to real only; "
                      "[95% t-interval])", fontsize=12)
     return fig
 

@@ -14,6 +14,7 @@ from ganft.report import figures as figs
 from ganft.report.page import Section
 from ganft.report.stats import (
     ACC_COL,
+    ARM_COL,
     CI_TEXT,
     N_COL,
     RATIO_COL,
@@ -21,6 +22,7 @@ from ganft.report.stats import (
     paired_cells,
     paired_runs,
     quality_cells,
+    real_only_runs,
     varying_factors,
 )
 from ganft.report.text import ReportMeta, cell_name, ci_text, p_text, pp
@@ -63,13 +65,16 @@ def accuracy_section(df: pd.DataFrame, out_dir: Path, ceiling: pd.DataFrame | No
 
 def gain_section(cells: pd.DataFrame, factors: list[str], out_dir: Path) -> Section:
     table, classes = cells_table(cells, factors)
+    arms = ARM_COL in factors
+    who = ("Each run of an arm (any but real only) minus the real-only run with the same N and seed"
+           if arms else "Each GAN run minus the real-only run with the same N, seed and other factors")
     figures = []
     if len(cells):
         figures.append((save_figure(figs.fig_gain_heatmap(cells), out_dir, "gain_heatmap.png"),
                         "Mean paired difference per (N, ratio); faded and hatched: not significant "
                         "after Benjamini-Hochberg (q ≥ 0.05)."))
     return Section("Gain over real only, per cell", [
-        f"Each GAN run minus the real-only run with the same N, seed and other factors; {CI_TEXT}; "
+        f"{who}; {CI_TEXT}; "
         "p from the paired t-test, q: Benjamini-Hochberg across the cells. Verdicts: `gain` / `loss` "
         "(green / red rows) when q < 0.05; `nominal gain` / `nominal loss` when the 95% CI excludes 0 "
         "but q does not pass; `n.s.` otherwise; `no CI`: fewer than 2 pairs or all differences equal."],
@@ -192,7 +197,7 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per N, the real-only runs: how many still improved on validation in their last 10% of steps
     (``clf/improved_last_10pct``: the budget had not converged), and test accuracy of the kept
     checkpoint against the last one (how much selection mattered)."""
-    real = df[df[RATIO_COL] == 0] if RATIO_COL in df else df.iloc[0:0]
+    real = real_only_runs(df) if RATIO_COL in df else df.iloc[0:0]
     if real.empty or N_COL not in real:
         return pd.DataFrame()
     rows = []
@@ -282,6 +287,11 @@ def convergence_section(df: pd.DataFrame) -> Section | None:
 def method_section(df: pd.DataFrame, has_ceiling: bool) -> Section:
     bullets = [
         *protocol_bullets(df),
+        ("Pairs: every arm's run and the real-only run (ratio 0, no unlabelled images, a scratch "
+         "start) with the same N and seed share the labelled budget and the classifier's seed; an "
+         "arm's own settings (unlabelled images, GAN regime, self-training, the discriminator start) "
+         "need no real-only twin. Self-training and the GAN arms of one N and seed use the same "
+         "unlabelled images.") if ARM_COL in df else
         "Pairs: a GAN run (ratio > 0) and the real-only run (ratio 0) with the same N, seed and every "
         "other varying setting share the labelled budget and the classifier's initialisation; runs "
         "without a partner are left out.",

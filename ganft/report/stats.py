@@ -2,7 +2,9 @@
 
 A *pair* is a GAN run (ratio > 0) and the real-only run (ratio 0) with the same N, seed and every
 other varying config value: same labelled subset, same classifier initialisation and batch order
-seed, so the difference isolates the synthetic images. Runs without a partner are left out.
+seed, so the difference isolates the synthetic images. Runs without a partner are left out. In a
+study of arms that use unlabelled images (``with_arms``), every arm is paired with real only of the
+same N and seed, and the arm's own settings need no real-only twin.
 Every interval here is a 95% **t-interval** (Student's t with n-1 degrees of freedom, from
 ``scipy.stats.ttest_1samp(...).confidence_interval``): with a handful of seeds a bootstrap has few
 distinct resamples and would be far too narrow. p-values come from the same paired t-test;
@@ -36,13 +38,77 @@ ALPHA = 0.05  # BH false discovery rate of the gain/loss verdicts
 MIN_PAIRS = 3  # fewer pairs per cell than this: the report warns (a t-interval from 2 points)
 
 
+# --------------------------------------------------------------------------- arms
+# A study whose runs use unlabelled images (issue 16) compares *arms* that differ in more than the
+# ratio: self-training, GANs on the budget, on budget+unlabelled images, transferred, a classifier
+# started from a discriminator at ratio 0. Each is paired with the real-only run (ratio 0, scratch
+# start) of the same N and seed; settings that only an arm has (data.unlabelled_size,
+# gan.train_on, synth.source, ...) need no real-only twin, since real only reads none of them.
+ARM_COL = "arm"
+REAL_ONLY = "real only"
+CHEAP_ARM = "self-training"  # the cheap alternative a user would try before a GAN
+ARM_KEYS = ("data.unlabelled_size", "gan.train_on", "synth.source")  # any non-default: an arms study
+_ARM_DEFAULTS = {"data.unlabelled_size": "0", "gan.train_on": "budget", "synth.source": "gan"}
+
+
+def arm_label(row: pd.Series) -> str:
+    """The arm a run belongs to, from its config."""
+    init = str(row.get("classifier.init", "scratch"))
+    train_on = str(row.get("gan.train_on", "budget"))
+    gan = f"transferred from {row.get('gan.transfer_source', 'unlabelled')}" if train_on == "transfer" \
+        else f"on {train_on}"
+    if row[RATIO_COL] == 0:
+        if init == "scratch":
+            return REAL_ONLY
+        return f"D init ({gan.removeprefix('on ')} GAN)" if init == "discriminator" else f"{init} init"
+    start = "" if init == "scratch" else f", {init} init"
+    return (CHEAP_ARM if str(row.get("synth.source", "gan")) == "self-training" else f"GAN {gan}") + start
+
+
+def with_arms(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs with an ``arm`` column when any of them uses unlabelled images or self-training
+    (``ARM_KEYS`` away from their defaults); other studies are returned as they are."""
+    if df.empty or RATIO_COL not in df:
+        return df
+    df = df.drop(columns=ARM_COL, errors="ignore")
+    if not any(k in df and (df[k].astype(str) != d).any() for k, d in _ARM_DEFAULTS.items()):
+        return df
+    return df.assign(**{ARM_COL: [arm_label(r) for _, r in df.iterrows()]})
+
+
+def real_only_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The baseline runs every pair is made with: ratio 0 (in an arms study, the ``real only`` arm)."""
+    return df[df[ARM_COL] == REAL_ONLY] if ARM_COL in df else df[df[RATIO_COL] == 0]
+
+
+def _config_varying(df: pd.DataFrame) -> list[str]:
+    """Config columns (other than N, ratio, seed and the quality scoring, which does not change a
+    trial's classifier) whose value differs between the runs of ``df``."""
+    skip = {N_COL, RATIO_COL, SEED_COL}
+    text = df.astype(str)  # lists and None compare safely as text
+    return [k for k in config_keys() if k in df and k not in skip and not k.startswith("quality.")
+            and text[k].nunique(dropna=False) > 1]
+
+
+def pair_factors(df: pd.DataFrame) -> list[str]:
+    """The factors a run and its real-only partner share besides N and seed: every varying factor,
+    or in an arms study only those that vary among the real-only runs themselves."""
+    if ARM_COL not in df:
+        return varying_factors(df)
+    return _config_varying(df[df[ARM_COL] == REAL_ONLY])
+
+
 def varying_factors(df: pd.DataFrame) -> list[str]:
     """Config columns (other than N, ratio and seed) whose value differs between runs, leaving out
     any that another kept factor determines: a grid over ``gan.recipe`` also varies the ``gan.loss``,
-    ``gan.d_norm``, ... that each recipe sets, and those would only repeat the recipe's levels."""
-    skip = {N_COL, RATIO_COL, SEED_COL}
+    ``gan.d_norm``, ... that each recipe sets, and those would only repeat the recipe's levels. In
+    an arms study: ``arm`` first, then the settings that vary within an arm at one N and ratio."""
     text = df.astype(str)  # lists and None compare safely as text
-    varying = [k for k in config_keys() if k in df and k not in skip and text[k].nunique(dropna=False) > 1]
+    varying = _config_varying(df)
+    if ARM_COL in df:
+        treated = text[text[ARM_COL] != REAL_ONLY]
+        varying = [ARM_COL, *[k for k in varying if len(treated) and treated.groupby(
+            [N_COL, RATIO_COL, ARM_COL])[k].nunique(dropna=False).max() > 1]]
     levels = {k: text[k].nunique(dropna=False) for k in varying}
     # most levels first (ties: config order), so a factor is dropped only for a finer or equal one
     kept: list[str] = []
@@ -88,18 +154,22 @@ def summarise(diffs: np.ndarray, min_pairs: int = 2) -> dict[str, Any]:
 
 
 def paired_runs(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """One row per GAN run that has a real-only partner: the cell keys (other factors as text),
-    ``seed``, ``run_id``, each metric and its partner's value (``<metric>:base``) and difference
-    (``<metric>:diff``), plus any ``quality/*`` columns of the GAN run."""
+    """One row per GAN run (in an arms study: per run of any arm but real only) that has a real-only
+    partner: the cell keys (other factors as text), ``seed``, ``run_id``, each metric and its
+    partner's value (``<metric>:base``) and difference (``<metric>:diff``), plus any ``quality/*``
+    columns of the GAN run."""
     metrics = metrics or [ACC_COL]
     factors = varying_factors(df)
-    pair_keys = [N_COL, SEED_COL, *factors]
-    df = df.reset_index(drop=True).astype({k: str for k in factors})  # lists/None compare as text
-    base = df[df[RATIO_COL] == 0].drop_duplicates(pair_keys, keep="last")
+    pair_keys = [N_COL, SEED_COL, *pair_factors(df)]
+    df = df.reset_index(drop=True).astype({k: str for k in {*factors, *pair_keys[2:]}})  # lists/None as text
+    is_base = df.index.isin(real_only_runs(df).index)
+    base = df[is_base].drop_duplicates(pair_keys, keep="last")
     base = base[[*pair_keys, *metrics]].rename(columns={m: f"{m}:base" for m in metrics})
     quality = [c for c in df.columns if c.startswith("quality/")]
-    keep = [c for c in [*pair_keys, RATIO_COL, "run_id", *metrics, *quality] if c in df]
-    merged = df[df[RATIO_COL] > 0][keep].merge(base, on=pair_keys, how="inner")
+    keep = [c for c in dict.fromkeys([*pair_keys, *factors, RATIO_COL, "run_id", *metrics, *quality])
+            if c in df]
+    treated = ~is_base if ARM_COL in df else df[RATIO_COL] > 0  # ratio 0 with another start: no pair
+    merged = df[treated][keep].merge(base, on=pair_keys, how="inner")
     for m in metrics:
         merged[f"{m}:diff"] = merged[m] - merged[f"{m}:base"]
     return merged.sort_values([N_COL, RATIO_COL, *factors, SEED_COL]).reset_index(drop=True)

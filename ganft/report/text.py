@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ganft.report.stats import N_COL, RATIO_COL
+from ganft.report.stats import ARM_COL, N_COL, RATIO_COL
 
 
 @dataclass
@@ -50,8 +50,9 @@ def ci_text(row: pd.Series, lo: str = "ci_low", hi: str = "ci_high") -> str:
 
 
 def cell_name(row: pd.Series, factors: list[str]) -> str:
-    return ", ".join([f"N={int(row[N_COL]):,}", f"ratio {row[RATIO_COL]:g}",
-                      *[f"{f}={row[f]}" for f in factors]])
+    arm = [str(row[ARM_COL])] if ARM_COL in factors else []  # an arms study: the arm, unnamed
+    return ", ".join([f"N={int(row[N_COL]):,}", *arm, f"ratio {float(row[RATIO_COL]):g}",
+                      *[f"{f}={row[f]}" for f in factors if f != ARM_COL]])
 
 
 def busy_seconds(parents: pd.DataFrame) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ganft.config import config_keys, field_annotation
-from ganft.report.stats import N_COL, RATIO_COL, SEED_COL
+from ganft.report.stats import N_COL, RATIO_COL, SEED_COL, with_arms
 
 
 def _field_types() -> dict[str, Any]:
@@ -61,7 +61,8 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
         if tag in runs:
             cols[name] = runs[tag].to_numpy()
     out = pd.DataFrame(cols)  # built at once: column-by-column inserts fragment wide frames
-    return out.sort_values([c for c in (N_COL, RATIO_COL, SEED_COL) if c in out]).reset_index(drop=True)
+    out = out.sort_values([c for c in (N_COL, RATIO_COL, SEED_COL) if c in out]).reset_index(drop=True)
+    return with_arms(out)
 
 
 def tidy_from_csv(path: Path) -> pd.DataFrame:
@@ -74,4 +75,4 @@ def tidy_from_csv(path: Path) -> pd.DataFrame:
     for col in ("start_time", "end_time"):
         if col in df:
             df[col] = pd.to_datetime(df[col])
-    return df
+    return with_arms(df)

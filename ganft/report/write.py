@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ganft.report import arms
 from ganft.report import sections as sec
 from ganft.report.page import Page, render_html, render_md
-from ganft.report.stats import MIN_PAIRS, SEED_COL, class_cells, paired_cells, varying_factors
+from ganft.report.stats import ARM_COL, MIN_PAIRS, SEED_COL, class_cells, paired_cells, varying_factors
 from ganft.report.text import ReportMeta, _n, cell_name, ci_text, pp, study_time
 
 
@@ -109,6 +110,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     (out_dir / "meta.json").write_text(json.dumps(facts, indent=2) + "\n")
     cells.to_csv(out_dir / "cells.csv", index=False)
     sections = [sec.accuracy_section(df, out_dir, ceiling, meta), sec.gain_section(cells, factors, out_dir)]
+    if ARM_COL in df:  # a study of arms that use unlabelled images: the cheap baseline too
+        sections.append(arms.arms_section(df, out_dir))
     if len(classes):
         classes.to_csv(out_dir / "classes.csv", index=False)
         sections.append(sec.class_section(classes, factors, out_dir))
@@ -129,8 +132,11 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     if "device" in df:
         facts.append(("Trials ran on", ", ".join(sorted(df["device"].dropna().astype(str).unique()))))
     facts.append(("Data", "[results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one "
-                  "row per cell)" + (", [classes.csv](classes.csv) (per class)" if len(classes) else "")))
-    page = Page(f"ganft report: {meta.study}", answer_lines(df, cells, meta), facts, sections)
+                  "row per cell)" + (", [classes.csv](classes.csv) (per class)" if len(classes) else "")
+                  + (", [versus_cheap.csv](versus_cheap.csv) (GAN arms against self-training)"
+                     if ARM_COL in df else "")))
+    answer = arms.answer_lines(df, cells, meta) if ARM_COL in df else answer_lines(df, cells, meta)
+    page = Page(f"ganft report: {meta.study}", answer, facts, sections)
     return write_page(page, out_dir)
 
 
