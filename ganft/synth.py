@@ -26,7 +26,7 @@ from ganft.data import Budget, Images
 from ganft.finetune import helper_recipe, train_classifier
 from ganft.models.classifier import build_classifier
 from ganft.models.gan import Generator
-from ganft.runtime import autocast, make_generator
+from ganft.runtime import autocast, make_generator, prepare_model
 from ganft.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def real_labeller(cfg: TrialConfig, budget: Budget, num_classes: int, device: to
         tracker.log_metrics({"synth/labeller_cached": float(hit)})
         model = build_classifier(recipe.arch, tuple(budget.train.x.shape[1:]), num_classes, recipe.width)
         model.load_state_dict(entry["state_dict"])
-        return model.to(device).eval()
+        return prepare_model(model, device).eval()
 
     return labeller
 

@@ -47,8 +47,8 @@ MIN_PAIRS = 3  # fewer pairs per cell than this: the report warns (a t-interval 
 ARM_COL = "arm"
 REAL_ONLY = "real only"
 CHEAP_ARM = "self-training"  # the cheap alternative a user would try before a GAN
-ARM_KEYS = ("data.unlabelled_size", "gan.train_on", "synth.source")  # any non-default: an arms study
-_ARM_DEFAULTS = {"data.unlabelled_size": "0", "gan.train_on": "budget", "synth.source": "gan"}
+# any of these away from its default (as text): the runs form an arms study
+ARM_DEFAULTS = {"data.unlabelled_size": "0", "gan.train_on": "budget", "synth.source": "gan"}
 
 
 def arm_label(row: pd.Series) -> str:
@@ -67,11 +67,11 @@ def arm_label(row: pd.Series) -> str:
 
 def with_arms(df: pd.DataFrame) -> pd.DataFrame:
     """The runs with an ``arm`` column when any of them uses unlabelled images or self-training
-    (``ARM_KEYS`` away from their defaults); other studies are returned as they are."""
+    (an ``ARM_DEFAULTS`` key away from its default); other studies are returned as they are."""
     if df.empty or RATIO_COL not in df:
         return df
     df = df.drop(columns=ARM_COL, errors="ignore")
-    if not any(k in df and (df[k].astype(str) != d).any() for k, d in _ARM_DEFAULTS.items()):
+    if not any(k in df and (df[k].astype(str) != d).any() for k, d in ARM_DEFAULTS.items()):
         return df
     return df.assign(**{ARM_COL: [arm_label(r) for _, r in df.iterrows()]})
 
@@ -95,7 +95,7 @@ def pair_factors(df: pd.DataFrame) -> list[str]:
     or in an arms study only those that vary among the real-only runs themselves."""
     if ARM_COL not in df:
         return varying_factors(df)
-    return _config_varying(df[df[ARM_COL] == REAL_ONLY])
+    return _config_varying(real_only_runs(df))
 
 
 def varying_factors(df: pd.DataFrame) -> list[str]:
