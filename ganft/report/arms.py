@@ -83,7 +83,7 @@ def versus_cheap(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
         for k in keys:
             mask &= runs[k] == best[k]
         part = runs[mask][[*pair_keys, metric]].rename(columns={metric: f"{metric}:cheap"})
-        parts.append(part.assign(cheap_cell=cell_name(best, factors)))
+        parts.append(part.assign(cheap_cell=setting(best, factors)))
     cheap = pd.concat(parts, ignore_index=True).drop_duplicates(pair_keys, keep="last")
     gans = runs[~runs[ARM_COL].isin([REAL_ONLY, CHEAP_ARM])]
     merged = gans[[*dict.fromkeys([*pair_keys, *keys]), metric]].merge(cheap, on=pair_keys, how="inner")
@@ -120,9 +120,12 @@ def _row(table: pd.DataFrame, keys: list[str], ref: pd.Series) -> pd.Series | No
     return table[mask].iloc[0] if mask.any() else None
 
 
-def _cells_list(rows: pd.DataFrame, factors: list[str]) -> str:
-    return "; ".join(f"{cell_name(r, factors)} ({pp(r['mean_diff'])}, q = {r['q_value']:.2g})"
-                     for _, r in rows.iterrows())
+def _cells_list(rows: pd.DataFrame, factors: list[str], most: int = 4) -> str:
+    """The ``most`` largest differences first; the rest counted."""
+    rows = rows.reindex(rows["mean_diff"].abs().sort_values(ascending=False).index)
+    text = "; ".join(f"{cell_name(r, factors)} ({pp(r['mean_diff'])}, q = {r['q_value']:.2g})"
+                     for _, r in rows.head(most).iterrows())
+    return text + (f"; and {len(rows) - most} more in versus_cheap.csv" if len(rows) > most else "")
 
 
 def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None = None) -> list[str]:
