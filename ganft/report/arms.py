@@ -32,6 +32,7 @@ from ganft.report.stats import (
     add_q_values,
     cell_keys,
     pair_factors,
+    select_cell,
     summarise,
     varying_factors,
 )
@@ -79,10 +80,7 @@ def versus_cheap(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
     pair_keys = [N_COL, SEED_COL, *pair_factors(df)]
     parts = []
     for _, best in chosen.iterrows():
-        mask = pd.Series(True, index=runs.index)
-        for k in keys:
-            mask &= runs[k] == best[k]
-        part = runs[mask][[*pair_keys, metric]].rename(columns={metric: f"{metric}:cheap"})
+        part = select_cell(runs, best, keys)[[*pair_keys, metric]].rename(columns={metric: f"{metric}:cheap"})
         parts.append(part.assign(cheap_cell=setting(best, factors)))
     cheap = pd.concat(parts, ignore_index=True).drop_duplicates(pair_keys, keep="last")
     gans = runs[~runs[ARM_COL].isin([REAL_ONLY, CHEAP_ARM])]
@@ -114,10 +112,8 @@ def _stat(row: pd.Series | None) -> str:
 
 
 def _row(table: pd.DataFrame, keys: list[str], ref: pd.Series) -> pd.Series | None:
-    mask = pd.Series(True, index=table.index)
-    for k in keys:
-        mask &= table[k].astype(str) == str(ref[k]) if k != RATIO_COL else table[k] == ref[k]
-    return table[mask].iloc[0] if mask.any() else None
+    rows = select_cell(table, ref, keys)
+    return rows.iloc[0] if len(rows) else None
 
 
 def _cells_list(rows: pd.DataFrame, factors: list[str], most: int = 4) -> str:

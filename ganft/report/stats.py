@@ -297,8 +297,8 @@ def compare_cells(df_a: pd.DataFrame, df_b: pd.DataFrame) -> pd.DataFrame:
     diff = f"{ACC_COL}:diff"
     rows = []
     for _, row in merged.iterrows():
-        da = _select(pa, row, [N_COL, RATIO_COL, *fa]).set_index(SEED_COL)[diff]
-        db = _select(pb, row, [N_COL, RATIO_COL, *fb]).set_index(SEED_COL)[diff]
+        da = select_cell(pa, row, [N_COL, RATIO_COL, *fa]).set_index(SEED_COL)[diff]
+        db = select_cell(pb, row, [N_COL, RATIO_COL, *fb]).set_index(SEED_COL)[diff]
         out = {k: row[k] for k in dict.fromkeys([*common, *fa, *fb])}
         for side, d in (("a", da), ("b", db)):
             out.update({f"gain_{side}": d.mean() if len(d) else math.nan, f"n_{side}": len(d),
@@ -311,7 +311,8 @@ def compare_cells(df_a: pd.DataFrame, df_b: pd.DataFrame) -> pd.DataFrame:
     return add_q_values(pd.DataFrame(rows, columns=cols), mean_col="diff")
 
 
-def _select(pairs: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.DataFrame:
+def select_cell(pairs: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.DataFrame:
+    """The rows of ``pairs`` in ``row``'s cell: equal N and ratio, the other keys equal as text."""
     mask = np.ones(len(pairs), dtype=bool)
     for k in keys:
         mask &= (pairs[k].astype(str) == str(row[k])).to_numpy() if k not in (N_COL, RATIO_COL) \
