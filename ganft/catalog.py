@@ -1,12 +1,17 @@
 """What ganft knows about each dataset without loading it (no torch): class names, split sizes,
-and the checks a study file gets when it loads (data.root, the range of N)."""
+the listing of an image folder, and the checks a study file gets when it loads (data.root, the
+range of N)."""
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ganft.config import ConfigError, DataConfig
+
+log = logging.getLogger(__name__)
 
 # dataset -> (images in its training split, classes)
 SIZES: dict[str, tuple[int, int]] = {"digits": (1437, 10), "fashion-mnist": (60000, 10),
@@ -26,8 +31,6 @@ def train_counts(cfg: DataConfig) -> list[int]:
     if cfg.dataset != "imagefolder":
         total, k = SIZES[cfg.dataset]
         return [total // k + (i < total % k) for i in range(k)]  # nearly balanced, summing to total
-    from ganft.datasets import scan_folder  # an image folder's counts need a listing
-
     scan = scan_folder(cfg)
     if "train" in scan.files:
         return [len(v) for v in scan.files["train"].values()]
@@ -93,6 +96,53 @@ def check_sizes(cfg: DataConfig) -> None:
 def train_class_names(cfg: DataConfig) -> tuple[str, ...]:
     if cfg.dataset != "imagefolder":
         return CLASS_NAMES[cfg.dataset]
-    from ganft.datasets import scan_folder
-
     return scan_folder(cfg).classes
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What an image folder holds, from listing it (nothing decoded): class names, and per split
+    (``train``, ``test``, or ``all`` when the test split is carved) the files of each class."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: dict[str, dict[str, list[Path]]]
+    ignored_dirs: int
+
+
+def scan_folder(cfg: DataConfig) -> FolderScan:
+    """List ``data.root`` as an image folder; every problem is a ConfigError naming it."""
+    if not cfg.root:
+        raise ConfigError("data.dataset imagefolder needs data.root (a folder of <class>/<image> files)")
+    root = Path(cfg.root).expanduser()
+    layout = {"train": root / "train", "test": root / "test"}
+    if not all(p.is_dir() for p in layout.values()):
+        layout = {"all": root}
+    files: dict[str, dict[str, list[Path]]] = {}
+    ignored = 0
+    for split, folder in layout.items():
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise ConfigError(f"data.root {folder}: no class folders (expected {folder}/<class>/<image>.png)")
+        files[split] = {}
+        for c in classes:
+            entries = sorted(p for p in (folder / c).iterdir() if not p.name.startswith("."))
+            ignored += sum(p.is_dir() for p in entries)
+            files[split][c] = [p for p in entries if p.is_file()]
+            if not files[split][c]:
+                raise ConfigError(f"data.root {folder}: class folder {c!r} holds no images")
+    class_sets = {tuple(f) for f in files.values()}
+    if len(class_sets) > 1:
+        raise ConfigError(f"data.root {root}: train/ and test/ hold different class folders "
+                          f"({', '.join(files['train'])} vs {', '.join(files['test'])})")
+    classes = tuple(next(iter(files.values())))
+    if len(classes) < 2:
+        raise ConfigError(f"data.root {root}: one class folder ({classes[0]!r}); a classifier needs "
+                          f"at least 2")
+    if ignored:
+        log.warning("data.root %s: %d folder(s) inside class folders ignored (images must sit directly in "
+                    "<class>/)", root, ignored)
+    return FolderScan(root, classes, files, ignored)

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ganft import __version__
-from ganft.config import ConfigError, StudyConfig, check_study_name, describe_keys, load_study
+from ganft.config import ConfigError
+from ganft.keys import describe_keys
+from ganft.study.schema import check_study_name, load_study, resolve_study
 
 log = logging.getLogger("ganft")
 
@@ -133,24 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_study(arg: str) -> StudyConfig:
-    """A YAML path, or a name looked up as studies/<name>.yaml here or at the project root (the
-    file used is logged)."""
-    from ganft.paths import project_root
-
-    path = Path(arg)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_study(path)
-    check_study_name(arg)
-    for folder in (Path.cwd() / "studies", project_root() / "studies"):
-        cand = folder / f"{arg}.yaml"
-        if cand.is_file():
-            log.info("study %s: %s", arg, cand)
-            return load_study(cand)
-    known = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
-    raise ConfigError(f"no study file for {arg!r}; give a path or one of: {', '.join(known) or 'none'}")
-
-
 def _speed(args: argparse.Namespace) -> Any:
     """The speed settings of ``_device_flags``, as runtime.Speed."""
     from ganft.runtime import Speed
@@ -167,83 +151,42 @@ def _stores(args: argparse.Namespace, **kw: Any) -> Any:
 
 def cmd_study_run(args: argparse.Namespace) -> int:
     from ganft.redact import redact
+    from ganft.study.confirm import run_then_confirm
     from ganft.study.queue import check_config_sizes
-    from ganft.study.run import run_study
 
     cfg = resolve_study(args.file)
     check_config_sizes(cfg)
-    speed = _speed(args)
     stores = _stores(args, heartbeat=args.heartbeat)
     size = f"a {cfg.sampler} search of {cfg.search.n_trials} trials" if cfg.search is not None \
         else f"{len(cfg.points())} grid points"
     log.info("study %s: %s; Optuna storage %s; MLflow %s; %d worker(s)", cfg.name, size,
              redact(stores.storage), redact(stores.tracking_uri), args.workers)
-    summary = run_study(cfg, stores, device=args.device, progress=not args.no_progress,
-                        workers_n=args.workers, speed=speed, threads=args.threads)
-    for line in summary.lines(cfg):
-        print(line)
-    if summary.ok and cfg.search is not None and cfg.confirm is not None:  # the file asks for it
-        return _confirm(args, cfg, stores, _load_search(cfg, stores), cfg.confirm.seeds, speed)
-    return 0 if summary.ok else 1
-
-
-def _confirm(args: argparse.Namespace, cfg: Any, stores: Any, study: Any, seeds: list[int],
-             speed: Any) -> int:
-    """Run ``<name>-confirm``: the search's best recipe and real only on fresh seeds."""
-    from ganft.study.run import run_study
-    from ganft.study.search import confirm_study
-
-    try:
-        confirm = confirm_study(study, cfg, seeds)
-    except LookupError as exc:
-        raise ConfigError(str(exc)) from None
-    summary = run_study(confirm, stores, device=args.device, progress=not args.no_progress,
-                        workers_n=args.workers, speed=speed)
-    for line in summary.lines(confirm):
-        print(line)
-    return 0 if summary.ok else 1
-
-
-def _search_study(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    cfg = resolve_study(args.study)
-    if cfg.search is None:
-        raise ConfigError(f"study {cfg.name} is a grid, not a search (sampler grid)")
-    stores = _stores(args)
-    return cfg, stores, _load_search(cfg, stores)
-
-
-def _load_search(cfg: Any, stores: Any) -> Any:
-    import optuna
-
-    from ganft.study.storage import open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
-    except KeyError:
-        raise ConfigError(f"study {cfg.name} has not run yet; run `ganft study run {cfg.name}`") from None
+    ok = run_then_confirm(cfg, stores, device=args.device, progress=not args.no_progress,
+                          workers_n=args.workers, speed=_speed(args), threads=args.threads)
+    return 0 if ok else 1
 
 
 def cmd_study_best(args: argparse.Namespace) -> int:
+    from ganft.study.confirm import load_search
     from ganft.study.search import best_yaml
 
-    cfg, _, study = _search_study(args)
+    cfg = resolve_study(args.study)
     try:
-        print(best_yaml(study, cfg), end="")
+        print(best_yaml(load_search(cfg, _stores(args)), cfg), end="")
     except LookupError as exc:
         raise ConfigError(str(exc)) from None
     return 0
 
 
 def cmd_study_confirm(args: argparse.Namespace) -> int:
-    from ganft.config import ConfirmConfig
+    from ganft.study.confirm import confirm_seeds, load_search, run_confirm
 
-    cfg, stores, study = _search_study(args)
-    seeds = (cfg.confirm or ConfirmConfig()).seeds
-    if args.seeds:
-        seeds = list(range(1000, 1000 + args.seeds)) if args.seeds > len(seeds) else seeds[: args.seeds]
-    speed = _speed(args)
-    return _confirm(args, cfg, stores, study, seeds, speed)
+    cfg = resolve_study(args.study)
+    stores = _stores(args)
+    ok = run_confirm(cfg, stores, load_search(cfg, stores), confirm_seeds(cfg, args.seeds),
+                     device=args.device, progress=not args.no_progress, workers_n=args.workers,
+                     speed=_speed(args))
+    return 0 if ok else 1
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
@@ -299,8 +242,8 @@ def cmd_study_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ganft.pretrain import pretrain_study
     from ganft.runtime import configure_speed
+    from ganft.study.pretrain import pretrain_study
 
     configure_speed(_speed(args))
     for line in pretrain_study(resolve_study(args.file), args.device):
@@ -311,14 +254,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from ganft.datasets import describe
 
-    cfg = resolve_study(args.study)
-    seen = set()
-    for point in cfg.points() or [{}]:
-        data = cfg.trial_config(point).data
-        key = data.model_dump_json(include={"dataset", "root", "image_size", "channels", "test_fraction"})
-        if key not in seen:
-            seen.add(key)
-            print("\n".join(describe(data)))
+    for data in resolve_study(args.study).datasets():
+        print("\n".join(describe(data)))
     return 0
 
 

@@ -1,21 +1,19 @@
-"""Validated configuration: YAML study files -> frozen pydantic models -> functions.
+"""The trial schema: what one trial's stages read, as frozen pydantic models, and the rules that
+join its sections (``TrialConfig``: data, gan, synth, classifier, quality).
 
 Every field name is also the Optuna parameter name and the MLflow param (dotted, e.g. ``gan.lr_d``),
 so one name follows a setting everywhere. Unknown keys, wrong types, out-of-range values and
 unknown variant names are errors that name the key and what is allowed; nothing downstream
-re-validates.
+re-validates. Study files (grids, searches) are in study/schema.py; dotted keys and the strict YAML
+reader in keys.py.
 """
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The dataset names are checked here (a Literal), their sizes in data.py (which knows the pools).
 DatasetName = Literal["digits", "fashion-mnist", "mnist", "cifar10", "imagefolder"]
@@ -33,11 +31,13 @@ class ConfigError(ValueError):
     """A study file or override that cannot be used; the message names the key and what is allowed."""
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """A config model: unknown keys are errors, and a validated config never changes."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Model):
+class DataConfig(StrictModel):
     dataset: DatasetName = "digits"
     root: str | None = None  # a folder holding the dataset files; None: the dataset's default places
     # N, the labelled budget (stratified, chosen by (N, seed))
@@ -107,7 +107,7 @@ GAN_RECIPES: dict[str, dict[str, Any]] = {name: {**GAN_DEFAULT_RECIPE, **diff} f
 }.items()}
 
 
-class GanConfig(_Model):
+class GanConfig(StrictModel):
     # dcgan: size-aware DCGAN (models/gan.py); seed-dcgan: the seed article's 64x64 DCGAN layer stack
     # (pytorch/examples dcgan, ngf = ndf = width), data resized to 64 for training, samples back
     arch: Literal["dcgan", "seed-dcgan"] = "dcgan"
@@ -140,7 +140,7 @@ class GanConfig(_Model):
     # budget-validation KID every K steps, best kept; 0: the last
     eval_every: int = Field(0, ge=0, le=MAX_STEPS)
     eval_samples: int = Field(1000, ge=50, le=MAX_SAMPLES)  # generated images per validation KID
-    # what the GAN learns from (gan_sources.py): budget = the budget's training images; budget+unlabelled
+    # what the GAN learns from (trial_gan.py): budget = the budget's training images; budget+unlabelled
     # = those and the data.unlabelled_size images, pseudo-labelled by the real-subset classifier
     # (S2GAN, Lucic et al., 2019); transfer = first source_steps on transfer_source, cached, then
     # gan.steps on the budget from those weights (Wang et al., 2018), D's first freeze_d stages frozen
@@ -159,11 +159,11 @@ class GanConfig(_Model):
         if not isinstance(name, str) or name not in GAN_RECIPES:
             return data  # custom, or a bad value that the Literal reports with the known names
         recipe = GAN_RECIPES[name]
-        given = {k: _canon(data[k]) for k in recipe if k in data}
+        given = {k: canon(data[k]) for k in recipe if k in data}
         # A config dumped from another recipe carries that recipe's full set (a grid switching
         # recipes); anything else next to a named recipe was written by hand and must agree with it.
-        if given and not any(given == {k: _canon(v) for k, v in r.items()} for r in GAN_RECIPES.values()):
-            clash = [f"{k} {given[k]!r}" for k in given if given[k] != _canon(recipe[k])]
+        if given and not any(given == {k: canon(v) for k, v in r.items()} for r in GAN_RECIPES.values()):
+            clash = [f"{k} {given[k]!r}" for k in given if given[k] != canon(recipe[k])]
             if clash:
                 raise ValueError(f"recipe {name} sets {', '.join(recipe)}; it conflicts with "
                                  f"{', '.join(clash)} (use recipe custom to choose them yourself)")
@@ -185,12 +185,12 @@ class GanConfig(_Model):
         return self
 
 
-def _canon(value: Any) -> Any:
-    # YAML gives lists where the config holds tuples
+def canon(value: Any) -> Any:
+    """A value as the config holds it: YAML gives lists where the config holds tuples."""
     return tuple(value) if isinstance(value, list) else value
 
 
-class SynthConfig(_Model):
+class SynthConfig(StrictModel):
     ratio: float = Field(0.0, ge=0, le=100)  # synthetic images = round(ratio * N), class balanced
     # how the classifier uses them (finetune.py): union = batches drawn uniformly from real ∪ synthetic;
     # weighted = a synthetic image counts `weight` times a real one; pretrain-then-finetune = the first
@@ -211,7 +211,7 @@ class SynthConfig(_Model):
     real_fraction: float | None = Field(None, gt=0, lt=1)
 
 
-class QualityConfig(_Model):
+class QualityConfig(StrictModel):
     # GAN quality in a domain feature space (quality.py), logged under quality/: FCD, KID,
     # precision/recall/density/coverage, per-class FCD and CAS; costs a CAS classifier training
     enabled: bool = False
@@ -220,7 +220,7 @@ class QualityConfig(_Model):
     k: int = Field(5, ge=1, le=100)  # nearest neighbours for precision/recall/density/coverage (Naeem et al.)
 
 
-class ClassifierConfig(_Model):
+class ClassifierConfig(StrictModel):
     # bn-cnn: two 3x3 conv + batch norm + max-pool stages (the strong default, bench/baseline.py);
     # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small stem
     arch: Literal["bn-cnn", "seed-cnn", "resnet18"] = "bn-cnn"
@@ -253,7 +253,7 @@ class ClassifierConfig(_Model):
     patience: int = Field(0, ge=0, le=MAX_STEPS)
 
 
-class TrialConfig(_Model):
+class TrialConfig(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     data: DataConfig = DataConfig()
     gan: GanConfig = GanConfig()
@@ -338,231 +338,6 @@ def check_classifier_recipe(cfg: TrialConfig) -> None:
                                  f"a phase of 0 steps for classifier.freeze head-then-full")
 
 
-GridValue = int | float | str | bool | None | list[Any]
-STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also a folder name under reports/: no path separators
-RESERVED_NAMES = {"default": "MLflow's own experiment 0, whose artifacts go to ./mlruns of wherever it was "
-                             "created", "ganft-cache": "the experiment of the shared GAN cache"}
-
-
-def check_study_name(name: str) -> str:
-    """A study name as the command line gets it (``ganft report NAME``): the study files' rule."""
-    if not re.fullmatch(STUDY_NAME, name) or len(name) > 64 or name.lower() in RESERVED_NAMES:
-        raise ConfigError(f"{name!r} is not a study name: letters, digits, '_', '.', '-' (not first), at "
-                          f"most 64 characters, not {' or '.join(RESERVED_NAMES)}")
-    return name
-
-
-class SearchParam(_Model):
-    """One searched config key: ``choices`` (categorical), or a range ``low``..``high`` (an int key
-    draws ints, in multiples of ``step`` if given; a float key floats, log-uniform with ``log``).
-    ``when``: sampled only when these keys (searched earlier, or the base config) have these
-    values, e.g. ``gan.gp_weight`` only ``when: {gan.loss: wgan-gp}``."""
-
-    choices: list[GridValue] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    when: dict[str, GridValue] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> SearchParam:
-        if self.choices is not None:
-            if self.low is not None or self.high is not None or not self.choices:
-                raise ValueError("give choices (a non-empty list) or low and high, not both")
-        elif self.low is None or self.high is None:
-            raise ValueError("needs choices, or low and high")
-        elif not self.low < self.high:
-            raise ValueError(f"empty range: low {self.low} is not below high {self.high}")
-        elif self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low above 0, not {self.low}")
-        return self
-
-
-class SearchConfig(_Model):
-    n_trials: int = Field(ge=1, le=100_000)  # complete (or pruned) trials to reach, over every run
-    # budget data only, never the test split: val/acc = the kept checkpoint's budget-validation
-    # accuracy; paired-gain = that minus the real-only run's at the same (N, seed, classifier config)
-    objective: Literal["val/acc", "paired-gain"] = "paired-gain"
-    repeats: int = Field(3, ge=1, le=20)  # seeds seed..seed+repeats-1 per trial; the objective is their mean
-    space: dict[str, SearchParam]
-
-
-class ConfirmConfig(_Model):
-    seeds: list[int] = Field(default_factory=lambda: [1000, 1001, 1002, 1003, 1004], min_length=2)
-
-
-SAMPLERS = ("grid", "tpe", "random", "cmaes")
-
-
-class StudyConfig(_Model):
-    name: str = Field(pattern=STUDY_NAME, max_length=64)
-    description: str = ""
-    base: TrialConfig = TrialConfig()
-    # full factorial over these keys; or a list of such grids (as scikit-learn's ParameterGrid takes),
-    # whose points are the union: a key a sub-grid does not vary keeps the base value there
-    grid: dict[str, list[GridValue]] | list[dict[str, list[GridValue]]] = Field(default_factory=dict)
-    max_retries: int = Field(1, ge=0, le=100)  # a point that failed is run again on rerun at most this often
-    sampler: Literal["grid", "tpe", "random", "cmaes"] = "grid"  # grid: every point once; else a search
-    search: SearchConfig | None = None
-    pruner: Literal["none", "median", "successive-halving"] = "none"  # searches: stop hopeless trials
-    confirm: ConfirmConfig | None = None  # searches: re-run the best recipe and real only on fresh seeds
-
-    @model_validator(mode="after")
-    def _search_valid(self) -> StudyConfig:
-        if self.sampler == "grid":
-            if self.search is not None:
-                raise ValueError("search: needs a sampler (tpe, random or cmaes); sampler grid runs the grid")
-            return self
-        if self.search is None:
-            raise ValueError(f"sampler {self.sampler} needs a search: block (n_trials, objective, space)")
-        if self.grid:
-            raise ValueError(f"sampler {self.sampler} searches; a study has a grid or a search, not both")
-        for key, p in self.search.space.items():
-            check_search_param(self.base, key, p, self.search.space)
-            if self.sampler == "cmaes" and (p.choices is not None or p.when):
-                raise ValueError(f"search.space.{key}: sampler cmaes takes int and float ranges without "
-                                 f"conditions; use tpe for categorical or conditional parameters")
-        return self
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, name: str) -> str:
-        if name.lower() in RESERVED_NAMES:
-            raise ValueError(f"{name!r} is reserved ({RESERVED_NAMES[name.lower()]}); choose another name")
-        return name
-
-    @field_validator("grid")
-    @classmethod
-    def _grid_keys(cls, grid: Any) -> Any:
-        if isinstance(grid, list) and not grid:
-            raise ValueError("an empty list of grids; give at least one grid, or leave grid out")
-        for i, sub in enumerate(grid if isinstance(grid, list) else [grid]):
-            where = f"item {i}: " if isinstance(grid, list) else ""
-            if isinstance(grid, list) and not sub:
-                raise ValueError(f"{where}an empty grid; give it at least one key")
-            for key, values in sub.items():
-                if key not in config_keys():
-                    raise ValueError(f"{where}{unknown_key(key)}")
-                if not values:
-                    raise ValueError(f"{where}{key}: needs at least one value")
-                if len({repr(v) for v in values}) != len(values):
-                    raise ValueError(f"{where}{key}: repeated value in {values}")
-        return grid
-
-    @model_validator(mode="after")
-    def _grid_points_valid(self) -> StudyConfig:
-        if isinstance(self.grid, dict):  # one grid: name the value itself (a sub-grid's value may
-            for key, values in self.grid.items():  # need another of its keys: the points below)
-                for i, value in enumerate(values):
-                    try:
-                        with_overrides(self.base, {key: value})
-                    except ConfigError as exc:
-                        msg = str(exc).removeprefix(f"{key}: ")
-                        raise ValueError(f"grid.{key}[{i}]: {msg}") from None
-        for point in self.points():  # combinations: a value that only works with another one
-            try:
-                with_overrides(self.base, point)
-            except ConfigError as exc:
-                shown = ", ".join(f"{k}={v}" for k, v in point.items())
-                raise ValueError(f"grid point {shown}: {exc}") from None
-        return self
-
-    @property
-    def is_search(self) -> bool:
-        return self.sampler != "grid"
-
-    @property
-    def grids(self) -> list[dict[str, list[GridValue]]]:
-        """The study's grids: one, or the file's list of them."""
-        return list(self.grid) if isinstance(self.grid, list) else [self.grid] if self.grid else []
-
-    @property
-    def grid_values(self) -> dict[str, list[GridValue]]:
-        """Every grid key with every value it takes in some point (the base value too where a
-        sub-grid leaves it alone): what Optuna records as the key's distribution."""
-        out: dict[str, list[GridValue]] = {}
-        for point in self.points():  # in the file's order: points come sub-grid by sub-grid
-            for key, value in point.items():
-                seen = out.setdefault(key, [])
-                if repr(_canon(value)) not in {repr(_canon(v)) for v in seen}:
-                    seen.append(value)
-        return out
-
-    def points(self) -> list[dict[str, Any]]:
-        """The grid's points in a fixed order, one dict of dotted overrides per trial: the full
-        factorial; for a list of grids, the union of theirs (each point holds every key of every
-        sub-grid, the base value where its own does not vary it; a point two sub-grids share once)."""
-        grids = self.grids
-        if not grids:
-            return [{}]
-        keys = list(dict.fromkeys(k for sub in grids for k in sub))
-        base = {k: dotted_value(self.base, k) for k in keys}
-        points, seen = [], set()
-        for sub in grids:
-            for combo in itertools.product(*sub.values()):
-                point = {k: base[k] for k in keys} | dict(zip(sub, combo, strict=True))
-                ident = repr([(k, _canon(point[k])) for k in keys])
-                if ident not in seen:
-                    seen.add(ident)
-                    points.append(point)
-        return points
-
-    def trial_config(self, point: dict[str, Any]) -> TrialConfig:
-        return with_overrides(self.base, point)
-
-
-def check_search_param(base: TrialConfig, key: str, p: SearchParam, space: dict[str, SearchParam]) -> None:
-    """A searched key and its values, checked like a grid's: unknown keys, values the config
-    rejects (each choice, both ends of a range), conditions on keys that cannot hold the value."""
-    where = f"search.space.{key}"
-    if key not in config_keys():
-        raise ValueError(f"{where}: {unknown_key(key)}")
-    if key == "seed":
-        raise ValueError(f"{where}: the seed is not searched; search.repeats draws several per trial")
-    kind = field_annotation(key)
-    if p.choices is None and kind not in (int, float):
-        raise ValueError(f"{where}: {key} is not a number; give choices")
-    if kind is int and p.choices is None and not (float(p.low).is_integer() and float(p.high).is_integer()):
-        raise ValueError(f"{where}: {key} is an integer; low and high must be whole numbers")
-    for cond, value in p.when.items():
-        if cond in space and space[cond].choices is not None and value not in space[cond].choices:
-            raise ValueError(f"{where}: when {cond} = {value!r}, but {cond}'s choices are "
-                             f"{space[cond].choices}")
-        if cond not in space and cond not in config_keys():
-            raise ValueError(f"{where}: when {unknown_key(cond)}")
-    conditions = dict(p.when)
-    for value in p.choices if p.choices is not None else [p.low, p.high]:
-        value = int(value) if kind is int and p.choices is None else value
-        try:
-            with_overrides(base, {**conditions, key: value})
-        except ConfigError as exc:
-            raise ValueError(f"{where}: {value!r}: {str(exc).removeprefix(f'{key}: ')}") from None
-
-
-# --------------------------------------------------------------------------- dotted keys
-
-
-def config_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[str]:
-    """All leaf keys of a config model as dotted names, e.g. ``gan.lr_d``."""
-    keys = []
-    for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            keys += config_keys(sub, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
-
-
-def field_annotation(key: str, model: type[BaseModel] = TrialConfig) -> Any:
-    """The type annotation of a dotted config key, e.g. ``float`` for ``gan.lr_d``."""
-    *parents, leaf = key.split(".")
-    for p in parents:
-        model = model.model_fields[p].annotation
-    return model.model_fields[leaf].annotation
-
-
 def check_device(name: str) -> str:
     """A --device value's form (no torch needed): auto, cpu, mps, cuda or cuda:N."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
@@ -570,166 +345,3 @@ def check_device(name: str) -> str:
     return name
 
 
-def describe_keys() -> list[str]:
-    """``ganft study keys``: one line per dotted key: its type and default."""
-    base = flatten(TrialConfig())
-    lines = []
-    for key in config_keys():
-        ann = field_annotation(key)
-        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
-        lines.append(f"{key:28s} {kind:40.40s} default {base[key]!r}")
-    return lines
-
-
-def unknown_key(key: str) -> str:
-    """The message for a dotted key that is not a config key: the closest ones, and where the list is."""
-    close = difflib.get_close_matches(key, config_keys(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    return f"unknown config key {key!r}; {hint}`ganft study keys` lists every key with its default"
-
-
-def flatten(cfg: BaseModel) -> dict[str, Any]:
-    """Dotted-key view of a config (lists joined by '+' so they read well as MLflow params)."""
-    out: dict[str, Any] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, list | tuple):
-                out[prefix + k] = "+".join(map(str, v)) if v else "none"
-            else:
-                out[prefix + k] = v
-
-    walk(cfg.model_dump(), "")
-    return out
-
-
-def dotted_value(cfg: BaseModel, key: str) -> Any:
-    """The value of a dotted key as a study file writes it (lists, not tuples)."""
-    value: Any = cfg.model_dump(mode="json")
-    for part in key.split("."):
-        value = value[part]
-    return value
-
-
-def with_overrides(cfg: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:
-    """Return a new validated TrialConfig with dotted-key values replaced."""
-    data = cfg.model_dump()
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = data
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(unknown_key(key))
-            node = node[p]
-        if leaf not in node:
-            raise ConfigError(unknown_key(key))
-        node[leaf] = value
-    try:
-        return TrialConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, TrialConfig)) from None
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that rejects duplicate keys and reads ``1e-3`` as a float (YAML 1.2 style)."""
-
-
-def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            line = key_node.start_mark.line + 1
-            raise ConfigError(f"line {line}: duplicate key {key!r}")
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-def _no_aliases(loader: _StrictLoader, parent: Any, index: Any) -> Any:
-    """A YAML alias can expand exponentially (a few hundred bytes become gigabytes): refused."""
-    if loader.check_event(yaml.events.AliasEvent):
-        event = loader.peek_event()
-        raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed "
-                          f"in a study file; write the value out")
-    return yaml.composer.Composer.compose_node(loader, parent, index)
-
-
-_StrictLoader.compose_node = _no_aliases  # type: ignore[method-assign]
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def load_study(path: str | Path) -> StudyConfig:
-    """Read and validate a study YAML file; raises ConfigError with one readable line."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read study file ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a study file: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
-                          f"offset {exc.start}); a study file is YAML text") from None
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: YAML syntax error at {where}{problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a study file is a mapping with keys name, base, grid")
-    try:
-        return StudyConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc, StudyConfig)}") from None
-
-
-def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
-    """One line per pydantic error, each naming the dotted key and what is allowed."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = _dotted(loc)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(root, loc[:-1])
-            lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}")
-        elif err["type"] == "value_error":
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(msg if msg.startswith("grid.") or not loc else f"{key}: {msg}")
-        else:
-            got = err.get("input")
-            got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{key}: {err['msg']}{got_txt}")
-    return "; ".join(lines)
-
-
-def _dotted(loc: list[str]) -> str:
-    # grid keys are already dotted; list indices print as [i]
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
-    return out or "<file>"
-
-
-def _allowed_fields(root: type[BaseModel], loc: list[str]) -> list[str]:
-    model: Any = root
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        sub = field.annotation if field is not None else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)

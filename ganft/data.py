@@ -11,19 +11,15 @@ once: no per-item PIL decoding anywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
 from ganft import datasets
 from ganft.config import ConfigError, DataConfig
-from ganft.datasets import Images, Splits
+from ganft.images import Budget, Images, Splits
 from ganft.runtime import derive_seed
 
-__all__ = ["Budget", "Images", "Splits", "labelled_budget", "labelled_subset", "load_splits", "splits_for",
-           "unlabelled_images", "unlabelled_positions"]
 
 def load_splits(dataset: str, root: str | None = None) -> Splits:
     """A built-in dataset by name (and its files' folder): training split, test split, classes."""
@@ -86,21 +82,6 @@ def budget_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndar
         val.append(idx[:k])
         train.append(idx[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The N labelled images a user has, divided by the validation protocol (``data.validation``).
-
-    ``train`` is what the classifier and the GAN learn from; ``val`` is what every selection looks at
-    (classifier checkpoint, early stopping, the GAN's best step, the filtering labeller's checkpoint,
-    the Optuna objective). ``val`` is None under ``none``: no selection, the last step is kept.
-    Under ``from-budget`` both parts are inside the N images; under ``pool`` ``val`` is the fixed
-    pool validation set, labelled data beyond N (the earlier protocol, kept for comparison)."""
-
-    protocol: str
-    train: Images
-    val: Images | None
 
 
 def labelled_budget(splits: Splits, cfg: DataConfig, seed: int) -> Budget:

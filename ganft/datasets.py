@@ -29,16 +29,17 @@ import gzip
 import hashlib
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ganft.catalog import CIFAR10_CLASSES, CLASS_NAMES
+from ganft.catalog import CIFAR10_CLASSES, CLASS_NAMES, check_sizes, scan_folder
 from ganft.config import ConfigError, DataConfig
+from ganft.images import Images, Splits
 from ganft.paths import project_root
+from ganft.store import CheckpointCache, content_key, load_or_make
 
 log = logging.getLogger(__name__)
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -50,40 +51,6 @@ FASHION_FILES = IDX_FILES
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LOADER_VERSION = 1  # bump when a loader's output for the same files changes (invalidates the disk cache)
-
-
-@dataclass(frozen=True)
-class Images:
-    """A labelled image set held as tensors."""
-
-    x: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
-    y: torch.Tensor  # (N,) int64 class indices
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx: np.ndarray | torch.Tensor) -> Images:
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return Images(self.x[idx], self.y[idx])
-
-    def to(self, device: torch.device | str) -> Images:
-        return Images(self.x.to(device), self.y.to(device))
-
-
-@dataclass(frozen=True)
-class Splits:
-    name: str
-    train: Images  # the dataset's whole training split: labelled budgets come from here
-    test: Images  # touched only for final metrics
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # (C, H, W)
 
 
 def to_unit(x: np.ndarray | torch.Tensor, max_value: float) -> torch.Tensor:
@@ -241,15 +208,19 @@ def load_cifar10(cfg: DataConfig) -> tuple[Images, Images, tuple[str, ...]]:
 # --------------------------------------------------------------------------- the disk cache
 
 
+def data_key(name: str, files: list[Path], cfg: DataConfig | None) -> str:
+    """The key of a dataset's decoded tensors: its files (paths, sizes, mtimes), the loader's
+    options and LOADER_VERSION."""
+    options = cfg.model_dump(include={"image_size", "channels", "test_fraction", "skip_unreadable"}) \
+        if cfg is not None and name == "imagefolder" else {}
+    return content_key({"dataset": name, "version": LOADER_VERSION, "options": options,
+                        "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+
+
 def _cached(name: str, files: list[Path], cfg: DataConfig | None, build: Any) -> dict[str, torch.Tensor]:
     """The decoded uint8 tensors of ``files``, from ``.ganft-cache/data/`` when the files (paths,
     sizes, mtimes) and the loader's options are what they were, else decoded now and kept."""
-    from ganft.cache import CheckpointCache, content_key, load_or_make
-
-    options = cfg.model_dump(include={"image_size", "channels", "test_fraction", "skip_unreadable"}) \
-        if cfg is not None and name == "imagefolder" else {}
-    key = content_key({"dataset": name, "version": LOADER_VERSION, "options": options,
-                       "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+    key = data_key(name, files, cfg)
     return load_or_make(CheckpointCache(project_root() / ".ganft-cache" / "data"), key, build)[0]
 
 
@@ -260,52 +231,6 @@ def _from_payload(p: dict[str, Any], classes: tuple[str, ...]) -> tuple[Images, 
 
 
 # --------------------------------------------------------------------------- image folders
-
-
-@dataclass(frozen=True)
-class FolderScan:
-    """What an image folder holds, from listing it (nothing decoded): class names, and per split
-    (``train``, ``test``, or ``all`` when the test split is carved) the files of each class."""
-
-    root: Path
-    classes: tuple[str, ...]
-    files: dict[str, dict[str, list[Path]]]
-    ignored_dirs: int
-
-
-def scan_folder(cfg: DataConfig) -> FolderScan:
-    """List ``data.root`` as an image folder; every problem is a ConfigError naming it."""
-    if not cfg.root:
-        raise ConfigError("data.dataset imagefolder needs data.root (a folder of <class>/<image> files)")
-    root = Path(cfg.root).expanduser()
-    layout = {"train": root / "train", "test": root / "test"}
-    if not all(p.is_dir() for p in layout.values()):
-        layout = {"all": root}
-    files: dict[str, dict[str, list[Path]]] = {}
-    ignored = 0
-    for split, folder in layout.items():
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise ConfigError(f"data.root {folder}: no class folders (expected {folder}/<class>/<image>.png)")
-        files[split] = {}
-        for c in classes:
-            entries = sorted(p for p in (folder / c).iterdir() if not p.name.startswith("."))
-            ignored += sum(p.is_dir() for p in entries)
-            files[split][c] = [p for p in entries if p.is_file()]
-            if not files[split][c]:
-                raise ConfigError(f"data.root {folder}: class folder {c!r} holds no images")
-    class_sets = {tuple(f) for f in files.values()}
-    if len(class_sets) > 1:
-        raise ConfigError(f"data.root {root}: train/ and test/ hold different class folders "
-                          f"({', '.join(files['train'])} vs {', '.join(files['test'])})")
-    classes = tuple(next(iter(files.values())))
-    if len(classes) < 2:
-        raise ConfigError(f"data.root {root}: one class folder ({classes[0]!r}); a classifier needs "
-                          f"at least 2")
-    if ignored:
-        log.warning("data.root %s: %d folder(s) inside class folders ignored (images must sit directly in "
-                    "<class>/)", root, ignored)
-    return FolderScan(root, classes, files, ignored)
 
 
 def carve_test(files: dict[str, list[Path]], fraction: float) -> tuple[dict, dict]:
@@ -391,8 +316,6 @@ def load(cfg: DataConfig) -> Splits:
 
 def describe(cfg: DataConfig) -> list[str]:
     """``ganft data check``: what a study's dataset holds, once loaded (and cached) as a trial would."""
-    from ganft.catalog import check_sizes
-
     check_sizes(cfg)
     splits = load(cfg)
     c, h, w = splits.image_shape

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
-from ganft.data import Images
+from ganft.images import Images
 from ganft.runtime import autocast, eval_batch_size
 
 

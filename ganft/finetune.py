@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler
 
-from ganft.config import ClassifierConfig, split_steps
-from ganft.data import Images
+from ganft.config import ClassifierConfig, SynthConfig, split_steps
 from ganft.evaluate import accuracy
 from ganft.gan_train import NonFiniteLossError
+from ganft.images import Images
 from ganft.models.classifier import build_classifier, trunk_norm
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
-from ganft.tracking import NULL_TRACKER, Tracker
+from ganft.tracker import NULL_TRACKER, Tracker
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (B, C, H, W) -> same shape
 
@@ -201,45 +201,62 @@ class _Run:
     on_eval: Callable[[int, float], None] | None = None  # told every validation accuracy (may stop the run)
 
 
-def helper_recipe(cfg: ClassifierConfig) -> ClassifierConfig:
-    """The trial's classifier recipe for an auxiliary classifier trained from scratch on one set
-    (the real-subset labeller, CAS): every layer trains and no augmentation, whatever the trial's
-    freezing, since there is no starting trunk to freeze."""
-    return cfg.model_copy(update={"freeze": "full", "augment": "none"})
+# Bump when a classifier trained from the same recipe, data and seed changes (this file,
+# models/classifier.py, classic_augment.py): every stored classifier (labellers, pretrained trunks)
+# and every key that depends on one (a GAN selected in a labeller's features) changes with it.
+CLASSIFIER_VERSION = 1
 
 
-def train_classifier(cfg: ClassifierConfig, real: Images, synthetic: Images | None, val: Images | None,
-                     num_classes: int, *, seed: int, device: torch.device,
-                     tracker: Tracker = NULL_TRACKER, mix: str = "union", synth_weight: float = 1.0,
-                     real_fraction: float | None = None,
-                     trunk_state: dict[str, torch.Tensor] | None = None,
-                     augment: Augment | None = None,
+@dataclass(frozen=True)
+class Mix:
+    """The images an arm adds to the real ones, and how batches draw from them (``synth.mix``,
+    ``synth.weight``, ``synth.real_fraction`` of ``cfg``)."""
+
+    images: Images
+    cfg: SynthConfig
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a run starts: the trunk weights of ``classifier.init`` (None: DCGAN's random init) and the
+    augmentation its batches get (None: none), built by the caller, who knows the dataset (a
+    horizontal flip preserves some datasets' labels, not others')."""
+
+    trunk_state: dict[str, torch.Tensor] | None = None
+    augment: Augment | None = None
+
+
+SCRATCH = Start()
+
+
+def train_classifier(cfg: ClassifierConfig, real: Images, val: Images | None, num_classes: int, *,
+                     seed: int, device: torch.device, added: Mix | None = None, start: Start = SCRATCH,
+                     tracker: Tracker = NULL_TRACKER,
                      on_eval: Callable[[int, float], None] | None = None) -> FinetuneResult:
-    """Train for ``cfg.steps`` steps (fewer only if early stopping ends the last phase) and return
-    the best-on-validation model, or the last one when ``val`` is None (no selection).
-    ``trunk_state`` is the starting trunk (``classifier.init``); None trains from scratch.
-    ``augment`` is built from ``cfg.augment`` by the caller, who knows the dataset (a horizontal
-    flip preserves some datasets' labels, not others'). ``on_eval(step, val_acc)`` is called after
-    every validation (a search's pruner: it may raise to stop the run)."""
+    """Train for ``cfg.steps`` steps (fewer only if early stopping ends the last phase) on ``real``
+    and the images ``added`` (none: real only) and return the best-on-validation model, or the last
+    one when ``val`` is None (no selection). ``on_eval(step, val_acc)`` is called after every
+    validation (a search's pruner: it may raise to stop the run)."""
     if val is None and cfg.patience:
         raise ValueError("classifier.patience needs validation images (early stopping selects on them)")
-    synthetic = synthetic if synthetic is not None and len(synthetic) else None
+    synthetic = added.images if added is not None and len(added.images) else None
+    mix = added.cfg if added is not None else SynthConfig()
     train = real.to(device)
     if synthetic is not None:
         synthetic = synthetic.to(device)
         train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
-    model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, trunk_state), device)
+    model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, start.trunk_state), device)
     run = _Run(cfg, model, train, len(real), None if val is None else val.to(device),
-               make_generator(derive_seed(seed, "clf-batches")), augment,
+               make_generator(derive_seed(seed, "clf-batches")), start.augment,
                make_generator(derive_seed(seed, "clf-augment"), device), tracker, on_eval=on_eval)
-    phases = plan_phases(cfg, mix, synth_weight, synthetic is not None, real_fraction)
+    phases = plan_phases(cfg, mix.mix, mix.weight, synthetic is not None, mix.real_fraction)
     t0 = time.perf_counter()
     phase_steps: dict[str, float] = {}
     with seeded(derive_seed(seed, "clf-dropout")):  # dropout draws from the global RNG
         for i, phase in enumerate(phases):
-            start = run.step
+            begun = run.step
             stopped = _run_phase(run, phase, last=i == len(phases) - 1)
-            phase_steps[f"clf/phase_steps/{phase.name}"] = run.step - start
+            phase_steps[f"clf/phase_steps/{phase.name}"] = run.step - begun
             if stopped:
                 break
     model.requires_grad_(True)

@@ -22,15 +22,18 @@ import torch
 from torch import nn
 
 from ganft.config import GanConfig
-from ganft.data import Images
 from ganft.diffaugment import diff_augment
+from ganft.images import Images
 from ganft.losses import AUX_LOSSES, DStep, active_regularisers, get_loss
 from ganft.models import gan as models
 from ganft.models.gan import Discriminator, resize
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
-from ganft.tracking import NULL_TRACKER, Tracker
+from ganft.tracker import NULL_TRACKER, Tracker
 
 SAMPLES_PER_CLASS = 8  # columns of the fixed-noise sample grid: one row per class
+# Bump when a GAN trained from the same config, images and seed changes (this file, models/gan.py,
+# losses.py, diffaugment.py): it is part of every stored GAN's key, so they are all trained again.
+GAN_VERSION = 1
 Scorer = Callable[[torch.Tensor], float]  # generated images (N, C, H, W) -> score, lower is better
 
 

@@ -32,19 +32,23 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ganft import cache as checkpoints
-from ganft.config import TrialConfig
-from ganft.data import Images, Splits
+from ganft.config import ClassifierConfig, QualityConfig
 from ganft.evaluate import accuracy, predict
-from ganft.finetune import helper_recipe, train_classifier
+from ganft.finetune import train_classifier
+from ganft.images import Images, Splits
+from ganft.labeller import helper_recipe
 from ganft.models.gan import ConvTrunk
 from ganft.paths import project_root
 from ganft.runtime import derive_seed, make_generator, seeded
+from ganft.store import CheckpointCache, content_key, images_digest
 from ganft.synth import sample_synthetic
-from ganft.tracking import NULL_TRACKER, Tracker
+from ganft.tracker import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 CHUNK = 1000  # images per feature-extraction batch
+# Bump when the extractor trained from the same split and recipe changes (DomainClassifier,
+# train_extractor, models/gan.ConvTrunk): scores are then not comparable with earlier ones.
+EXTRACTOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,8 @@ def extractor_hash(splits: Splits, recipe: ExtractorRecipe) -> str:
     memo = (id(splits.train.x), recipe)
     ref, digest = _HASHES.get(memo, (None, ""))
     if ref is None or ref() is not splits.train.x:  # an id can be reused once a tensor is freed
-        digest = checkpoints.content_key({
-            "dataset": splits.name, "recipe": asdict(recipe), "data": checkpoints.images_digest(splits.train),
-            "code": checkpoints.code_version(ConvTrunk, DomainClassifier, train_extractor)})
+        digest = content_key({"dataset": splits.name, "recipe": asdict(recipe),
+                              "data": images_digest(splits.train), "version": EXTRACTOR_VERSION})
         _HASHES[memo] = (weakref.ref(splits.train.x), digest)
     return digest
 
@@ -149,7 +152,7 @@ def load_extractor(splits: Splits, device: torch.device, recipe: ExtractorRecipe
     the key's lock, then load it)."""
     recipe = recipe or EXTRACTOR
     key = extractor_hash(splits, recipe)
-    cache = checkpoints.CheckpointCache(project_root() / ".ganft-cache" / "quality")
+    cache = CheckpointCache(project_root() / ".ganft-cache" / "quality")
     memo = (str(cache.dir), key, str(device))
     if memo in _LOADED:
         return _LOADED[memo]
@@ -242,37 +245,38 @@ def generator_quality(ext: Extractor, real: Images, fake: Images, *, k: int = 5,
     return out
 
 
-def cas(cfg: TrialConfig, synthetic: Images, test: Images, num_classes: int, device: torch.device) -> float:
+def cas(recipe: ClassifierConfig, synthetic: Images, test: Images, num_classes: int, *, seed: int,
+        device: torch.device) -> float:
     """Test accuracy of the trial's classifier recipe trained from scratch on generated images only;
     its best checkpoint is chosen on a held-out tenth of them, so no real image is seen before the test."""
-    order = torch.randperm(len(synthetic), generator=make_generator(derive_seed(cfg.seed, "cas")))
+    order = torch.randperm(len(synthetic), generator=make_generator(derive_seed(seed, "cas")))
     n_hold = max(len(synthetic) // 10, num_classes)
     hold, train = synthetic.take(order[:n_hold]), synthetic.take(order[n_hold:])
-    res = train_classifier(helper_recipe(cfg.classifier), train, None, hold, num_classes, seed=cfg.seed,
-                           device=device)
+    res = train_classifier(helper_recipe(recipe), train, hold, num_classes, seed=seed, device=device)
     return accuracy(res.model, test.to(device))
 
 
 # --------------------------------------------------------------------------- trial stages
 
 
-def trial_quality(cfg: TrialConfig, generator: nn.Module, labeller: Callable[[], nn.Module], splits: Splits,
+def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module],
+                  splits: Splits, *, conditional: bool, cas_recipe: ClassifierConfig, seed: int,
                   device: torch.device, tracker: Tracker = NULL_TRACKER) -> dict[str, float]:
     """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
     Conditional generators are scored with the labels they were asked for (uniform over classes); an
     unconditional one on its own class mix, with the real-subset labeller's most probable class as the
-    label (no threshold), so its CAS measures generator and labeller together."""
-    if not cfg.quality.enabled:
+    label (no threshold), so its CAS measures generator and labeller together. CAS trains
+    ``cas_recipe``, the trial's classifier recipe."""
+    if not cfg.enabled:
         return {}
     ext = load_extractor(splits, device)
     tracker.set_tags({"quality.extractor_hash": ext.hash})
-    n, seed, K = cfg.quality.num_samples, derive_seed(cfg.seed, "quality"), splits.num_classes
-    conditional = cfg.gan.conditioning != "none"
-    fake = sample_synthetic(generator, n, K, seed=seed, device=device)  # uniform labels (ignored if uncond.)
+    n, seed_q, K = cfg.num_samples, derive_seed(seed, "quality"), splits.num_classes
+    fake = sample_synthetic(generator, n, K, seed=seed_q, device=device)  # uniform labels, if conditional
     if not conditional:  # the generator's own class mix, each image labelled by the labeller's argmax
         fake = Images(fake.x, predict(labeller(), fake.x).to(device))
     test = splits.test.to(device)
-    out = generator_quality(ext, test, fake, k=cfg.quality.k, per_class=conditional, seed=seed)
-    out["quality/cas"] = cas(cfg, fake, test, K, device)
+    out = generator_quality(ext, test, fake, k=cfg.k, per_class=conditional, seed=seed_q)
+    out["quality/cas"] = cas(cas_recipe, fake, test, K, seed=seed, device=device)
     out["quality/extractor_test_acc"] = ext.test_acc
     return out

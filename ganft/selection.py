@@ -5,7 +5,7 @@ an unbiased MMD with a cubic polynomial kernel, fine for the tens of images a sm
 out, where a Fréchet distance's covariance would be singular) between generated images and the
 budget's validation images, in the feature space of the real-subset classifier: the trial's
 classifier recipe trained on the budget's training images (the same classifier that filters
-synthetic images, ``synth.real_labeller``). The pool-trained extractor of ``quality`` has seen
+synthetic images, ``labeller.Labeller``). The pool-trained extractor of ``quality`` has seen
 labels a user with N images does not have, so it only reports quality and never chooses.
 """
 
@@ -19,11 +19,14 @@ from torch import nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ganft.config import GanConfig
-from ganft.data import Budget
 from ganft.gan_train import Scorer
+from ganft.images import Budget
 from ganft.runtime import derive_seed, seeded
 
 CHUNK = 500  # images per feature batch
+# Bump when the best step chosen for the same GAN run changes (this file): part of the key of every
+# GAN trained with gan.eval_every > 0.
+SELECTION_VERSION = 1
 KID_SUBSETS = 100
 
 

@@ -12,7 +12,6 @@ images that passed is reported.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 
@@ -20,14 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganft.cache import CheckpointCache, labeller_key, load_or_make
-from ganft.config import TrialConfig
-from ganft.data import Budget, Images
-from ganft.finetune import helper_recipe, train_classifier
-from ganft.models.classifier import build_classifier
+from ganft.config import SynthConfig
+from ganft.images import Images
+from ganft.labeller import predict_labels
 from ganft.models.gan import Generator
-from ganft.runtime import autocast, make_generator, prepare_model
-from ganft.tracking import NULL_TRACKER, Tracker
+from ganft.runtime import autocast, make_generator
 
 log = logging.getLogger(__name__)
 MAX_DRAWS_PER_IMAGE = 20  # give up on a class quota after drawing 20x the images asked for
@@ -70,34 +66,7 @@ def _image_shape(generator: nn.Module) -> tuple[int, int, int]:
     return (generator.channels, generator.size, generator.size)
 
 
-# --------------------------------------------------------------------------- labeller, filtering
-
-
-def real_labeller(cfg: TrialConfig, budget: Budget, num_classes: int, device: torch.device,
-                  cache: CheckpointCache | None = None,
-                  tracker: Tracker = NULL_TRACKER) -> Callable[[], nn.Module]:
-    """A function that makes, once, on first call, the classifier that labels and filters generated
-    or unlabelled images and whose features pick the GAN's best step: the trial's classifier recipe
-    from scratch on the budget's training images only, its checkpoint chosen on the budget's
-    validation images (the last one under data.validation none). With ``cache``, every trial of the
-    same budget, seed and recipe shares one (metric ``synth/labeller_cached``)."""
-    recipe = helper_recipe(cfg.classifier)
-
-    def make() -> dict[str, dict[str, torch.Tensor]]:
-        log.info("training the real-subset labeller (%d images)", len(budget.train))
-        res = train_classifier(recipe, budget.train, None, budget.val, num_classes, seed=cfg.seed,
-                               device=device)
-        return {"state_dict": {k: v.detach().cpu() for k, v in res.model.state_dict().items()}}
-
-    @functools.cache
-    def labeller() -> nn.Module:
-        entry, hit = load_or_make(cache, labeller_key(cfg, budget), make)
-        tracker.log_metrics({"synth/labeller_cached": float(hit)})
-        model = build_classifier(recipe.arch, tuple(budget.train.x.shape[1:]), num_classes, recipe.width)
-        model.load_state_dict(entry["state_dict"])
-        return prepare_model(model, device).eval()
-
-    return labeller
+# --------------------------------------------------------------------------- filtering
 
 
 def _conditioning_label(probs: torch.Tensor, y_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,36 +125,20 @@ def sample_labelled(generator: nn.Module, n: int, num_classes: int, labeller: nn
     return Images(x[order].clone(), y[order].clone()), metrics  # clones: usable outside inference mode
 
 
-def synthesise(cfg: TrialConfig, generator: nn.Module, n: int, num_classes: int,
-               labeller: Callable[[], nn.Module], *, seed: int,
+def synthesise(cfg: SynthConfig, generator: nn.Module, n: int, num_classes: int,
+               labeller: Callable[[], nn.Module], *, conditioning: str, seed: int,
                device: torch.device) -> tuple[Images, dict[str, float]]:
     """The trial's synthetic set and its synth/ metrics: plain conditional sampling, or labelled and
-    filtered by the real-subset classifier (``labeller()`` is trained only on this path)."""
-    if cfg.gan.conditioning != "none" and cfg.synth.min_confidence == 0:
+    filtered by the real-subset classifier (``labeller()`` is trained only on this path).
+    ``conditioning`` is the GAN's (``gan.conditioning``): how an image gets its label."""
+    if conditioning != "none" and cfg.min_confidence == 0:
         images = sample_synthetic(generator, n, num_classes, seed=seed, device=device)
         return images, {"synth/count": float(len(images))}
-    return sample_labelled(generator, n, num_classes, labeller(), conditioning=cfg.gan.conditioning,
-                           min_confidence=cfg.synth.min_confidence, seed=seed, device=device)
+    return sample_labelled(generator, n, num_classes, labeller(), conditioning=conditioning,
+                           min_confidence=cfg.min_confidence, seed=seed, device=device)
 
 
 # --------------------------------------------------------------------------- real unlabelled images
-
-
-def predict_labels(labeller: nn.Module, x: torch.Tensor, device: torch.device,
-                   batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """The labeller's most probable class and its probability for each image of x (U, C, H, W):
-    (U,) int64 and (U,) float32, on the CPU."""
-    labeller.eval()
-    labels, confs = [], []
-    with torch.inference_mode():
-        for chunk in x.split(batch_size):
-            with autocast(device):
-                probs = F.softmax(labeller(chunk.to(device)).float(), dim=1)
-            conf, label = probs.max(dim=1)
-            labels.append(label.cpu())
-            confs.append(conf.cpu())
-    empty = torch.empty(0)
-    return torch.cat(labels) if labels else empty.long(), torch.cat(confs) if confs else empty
 
 
 def self_training_set(unlabelled: torch.Tensor, n: int, num_classes: int, labeller: nn.Module, *,

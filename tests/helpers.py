@@ -6,8 +6,13 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ganft.data import Images, load_splits, pool_and_validation
+from ganft.config import TrialConfig
+from ganft.data import labelled_budget, load_splits, pool_and_validation, splits_for, unlabelled_images
+from ganft.images import Images
+from ganft.labeller import Labeller
+from ganft.trial_gan import gan_key
 
 
 def digits_pool_val(val_size: int = 300) -> tuple[Images, Images]:
@@ -35,3 +40,12 @@ def fake_fashion(folder: Path, n_train: int = 300, n_test: int = 60) -> dict[str
     for name, arr in arrays.items():
         write_idx(folder / f"{name}.gz", arr)
     return arrays
+
+
+def trial_gan_key(cfg: TrialConfig) -> str:
+    """The key of the GAN a trial of ``cfg`` would train or load (nothing is trained for it)."""
+    splits = splits_for(cfg.data)
+    budget = labelled_budget(splits, cfg.data, cfg.seed)
+    labeller = Labeller(cfg.classifier, budget, splits.num_classes, seed=cfg.seed, device=torch.device("cpu"))
+    return gan_key(cfg.gan, seed=cfg.seed, budget=budget, splits=splits,
+                   unlabelled=unlabelled_images(splits, cfg.data, cfg.seed), labeller=labeller)

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from ganft.cli import main
-from ganft.config import ConfigError, TrialConfig, flatten, load_study, with_overrides
+from ganft.config import ConfigError, TrialConfig
+from ganft.keys import flatten, with_overrides
+from ganft.study.schema import load_study
 
 GOOD = """\
 name: ok

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ganft import datasets
 from ganft.cli import main
-from ganft.config import ConfigError, DataConfig, load_study
+from ganft.config import ConfigError, DataConfig
 from ganft.data import splits_for
+from ganft.study.schema import load_study
 
 
 def mnist_files(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool = True) -> dict:

@@ -16,12 +16,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ganft.cache import CheckpointCache
 from ganft.cli import main
-from ganft.config import ConfigError, load_study
+from ganft.config import ConfigError
 from ganft.redact import redact, redact_argv
+from ganft.store import CheckpointCache
 from ganft.study.grid import OWNER_ATTR
 from ganft.study.run import Summary
+from ganft.study.schema import load_study
 from ganft.study.storage import open_storage
 
 STUDY = """\

@@ -19,16 +19,20 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ganft import finetune
-from ganft.cache import CachedGan, GanCache
 from ganft.classic_augment import HFLIP_PRESERVES_LABEL, affine_theta, classifier_augment, crop_padding, warp
 from ganft.cli import main
-from ganft.config import ClassifierConfig, ConfigError, DatasetName, TrialConfig, load_study, with_overrides
-from ganft.data import Images, labelled_subset
-from ganft.finetune import draw_batches, plan_phases, train_classifier
+from ganft.config import ClassifierConfig, ConfigError, DatasetName, SynthConfig, TrialConfig
+from ganft.data import labelled_subset
+from ganft.finetune import Mix, Start, draw_batches, plan_phases, train_classifier
 from ganft.gan_train import build_discriminator
+from ganft.images import Images
+from ganft.keys import with_overrides
 from ganft.models.classifier import imagenet_weights_path
 from ganft.pipeline import run_trial
 from ganft.pretrain import PretrainedMissingError, ensure_pretrained, initial_trunk_state, pretrain_key
+from ganft.store import CheckpointCache
+from ganft.study.schema import load_study
+from ganft.trial_gan import CachedGan, TrialGan
 
 CPU = torch.device("cpu")
 TINY = ClassifierConfig(steps=10, eval_every=5, width=8, batch_size=16)
@@ -43,11 +47,12 @@ def fake_synthetic(n: int, value: float = -0.5) -> Images:
     return Images(torch.full((n, 1, 8, 8), value), torch.arange(n) % 10)
 
 
-def train(cfg: ClassifierConfig, synthetic: Images | None = None, tracker=None,
-          **kw) -> finetune.FinetuneResult:
+def train(cfg: ClassifierConfig, synthetic: Images | None = None, tracker=None, *, mix: str = "union",
+          synth_weight: float = 1.0, trunk_state=None, augment=None, **kw) -> finetune.FinetuneResult:
     real, val = digits()
-    return train_classifier(cfg, real, synthetic, val, 10, seed=0, device=CPU,
-                            tracker=tracker or Recorder(), **kw)
+    added = None if synthetic is None else Mix(synthetic, SynthConfig(mix=mix, weight=synth_weight))
+    return train_classifier(cfg, real, val, 10, seed=0, device=CPU, added=added,
+                            start=Start(trunk_state, augment), tracker=tracker or Recorder(), **kw)
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -89,8 +94,8 @@ def test_discriminator_init_copies_the_trunk_weights_and_adds_a_new_head(d_norm:
         x = torch.rand(4, 1, 8, 8) * 2 - 1
         for _ in range(3):
             D.trunk.train()(x)  # BatchNorm statistics and spectral-norm power iterations move
-    gan = CachedGan({}, torch.zeros(1), {}, D.state_dict())
-    trunk = initial_trunk_state(cfg, (1, 8, 8), 10, gan)
+    gan = TrialGan(cfg.gan, CachedGan({}, torch.zeros(1), {}, D.state_dict()), (1, 8, 8), 10, trained=False)
+    trunk = initial_trunk_state(cfg.classifier, (1, 8, 8), lambda: gan)
     model = finetune._build(cfg.classifier, (1, 8, 8), 10, 0, trunk)
     scratch = finetune._build(cfg.classifier, (1, 8, 8), 10, 0, None)
     assert same_weights(model.trunk.state_dict(), trunk)
@@ -106,7 +111,7 @@ def test_discriminator_init_copies_the_trunk_weights_and_adds_a_new_head(d_norm:
 
 
 def test_discriminator_init_trains_the_gan_even_at_ratio_0_and_reuses_it(tmp_path: Path) -> None:
-    cache = GanCache(tmp_path)
+    cache = CheckpointCache(tmp_path)
     base = with_overrides(TrialConfig(), {
         "data.train_size": 30, "gan.steps": 4, "gan.width": 8, "gan.z_dim": 8, "classifier.width": 8,
         "classifier.steps": 4, "classifier.eval_every": 4, "classifier.init": "discriminator",
@@ -121,14 +126,14 @@ def test_torchvision_init_reads_the_local_hub_cache_and_never_downloads(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cfg = with_overrides(TrialConfig(), {"classifier.arch": "resnet18", "classifier.init": "torchvision"})
     with pytest.raises(FileNotFoundError, match=r"hub/checkpoints/resnet18-f37072fd\.pth.*never downloads"):
-        initial_trunk_state(cfg, (1, 8, 8), 10)
+        initial_trunk_state(cfg.classifier, (1, 8, 8))
     torch.manual_seed(0)
     fake = torchvision.models.resnet18().state_dict()  # random weights in the real file format
     path = imagenet_weights_path()
     assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     path.parent.mkdir(parents=True)
     torch.save(fake, path)
-    trunk = initial_trunk_state(cfg, (1, 8, 8), 10)
+    trunk = initial_trunk_state(cfg.classifier, (1, 8, 8))
     assert torch.equal(trunk["conv1.weight"], fake["conv1.weight"].sum(1, keepdim=True))  # grey = R+G+B
     model = finetune._build(cfg.classifier, (1, 8, 8), 10, 0, trunk)
     assert torch.equal(model.trunk.layer4[1].conv2.weight, fake["layer4.1.conv2.weight"])
@@ -142,22 +147,22 @@ def test_pretrained_init_is_built_by_pretrain_once_then_loaded(home: Path) -> No
                                          "classifier.pretrain_steps": 6, "classifier.width": 8})
     shape = (1, 28, 28)
     with pytest.raises(PretrainedMissingError, match=r"run `ganft pretrain STUDY\.yaml`"):
-        initial_trunk_state(cfg, shape, 10)
-    key, metrics, trained = ensure_pretrained(cfg, shape, CPU)
+        initial_trunk_state(cfg.classifier, shape)
+    key, metrics, trained = ensure_pretrained(cfg.classifier, shape, CPU)
     assert trained and 0 <= metrics["pretrain/val_acc"] <= 1
     assert (home / ".ganft-cache" / "pretrained" / f"{key}.pt").is_file()
-    assert ensure_pretrained(cfg, shape, CPU)[2] is False  # cached: not trained again
+    assert ensure_pretrained(cfg.classifier, shape, CPU)[2] is False  # cached: not trained again
     rec = Recorder()
-    trunk = initial_trunk_state(cfg, shape, 10, tracker=rec)
+    trunk = initial_trunk_state(cfg.classifier, shape, tracker=rec)
     assert rec.tags["clf.pretrained_key"] == key
     model = finetune._build(cfg.classifier, shape, 10, 0, trunk)
     scratch = finetune._build(cfg.classifier, shape, 10, 0, None)
     assert same_weights(model.trunk.state_dict(), trunk)
     assert not same_weights(scratch.trunk.state_dict(), trunk)
     # the key follows what determines the checkpoint
-    assert pretrain_key(with_overrides(cfg, {"classifier.pretrain_steps": 7}), shape) != key
-    assert pretrain_key(cfg, (1, 32, 32)) != key
-    assert pretrain_key(with_overrides(cfg, {"seed": 3, "synth.ratio": 4}), shape) == key
+    assert pretrain_key(with_overrides(cfg, {"classifier.pretrain_steps": 7}).classifier, shape) != key
+    assert pretrain_key(cfg.classifier, (1, 32, 32)) != key
+    assert pretrain_key(with_overrides(cfg, {"seed": 3, "synth.ratio": 4}).classifier, shape) == key
 
 
 def test_ganft_pretrain_builds_what_a_study_needs_once_and_trials_use_it(

@@ -29,7 +29,7 @@ from ganft.report.stats import class_cells
 from ganft.report.text import ReportMeta
 from ganft.report.write import write_report
 from ganft.study.storage import open_storage
-from ganft.tracking import sample_grid_image
+from ganft.tracker import sample_grid_image
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ONE_POINT = """\

@@ -9,14 +9,17 @@ import torch
 from recorder import Recorder
 from torch import nn
 
-from ganft.config import GAN_RECIPES, ConfigError, GanConfig, TrialConfig, load_study, with_overrides
-from ganft.data import Images, labelled_subset, load_splits
+from ganft.config import GAN_RECIPES, ConfigError, GanConfig, TrialConfig
+from ganft.data import labelled_subset, load_splits
 from ganft.diffaugment import POLICIES, diff_augment
 from ganft.gan_train import train_gan
+from ganft.images import Images
+from ganft.keys import with_overrides
 from ganft.losses import LOSSES, DStep, consistency_penalty, get_loss, gradient_penalty, r1_penalty
 from ganft.models.classifier import SeedCNN
 from ganft.models.gan import ConvTrunk, Discriminator, Resized, SeedGenerator, trunk_state_for_classifier
 from ganft.runtime import make_generator
+from ganft.study.schema import load_study
 from ganft.synth import sample_labelled, sample_synthetic, synthesise
 
 CPU = torch.device("cpu")
@@ -320,6 +323,7 @@ def test_without_filtering_a_conditional_set_needs_no_labeller() -> None:
     def labeller() -> nn.Module:
         raise AssertionError("the labeller must not be trained")
 
-    images, metrics = synthesise(cfg, G, 20, 4, labeller, seed=5, device=CPU)
+    images, metrics = synthesise(cfg.synth, G, 20, 4, labeller, conditioning=cfg.gan.conditioning, seed=5,
+                                 device=CPU)
     plain = sample_synthetic(G, 20, 4, seed=5, device=CPU)
     assert torch.equal(images.x, plain.x) and torch.equal(images.y, plain.y) and metrics["synth/count"] == 20

@@ -8,10 +8,13 @@ import pytest
 import torch
 from recorder import Recorder
 
-from ganft import data, finetune, pipeline, quality
-from ganft.config import ClassifierConfig, ConfigError, TrialConfig, load_study, with_overrides
-from ganft.data import Images, Splits, budget_holdout, labelled_budget, load_splits
-from ganft.finetune import train_classifier
+from ganft import data, finetune, pipeline, quality, trial_gan
+from ganft.config import ClassifierConfig, ConfigError, SynthConfig, TrialConfig
+from ganft.data import budget_holdout, labelled_budget, load_splits
+from ganft.finetune import Mix, train_classifier
+from ganft.images import Images, Splits
+from ganft.keys import with_overrides
+from ganft.study.schema import load_study
 
 CPU = torch.device("cpu")
 TINY = {"data.train_size": 60, "gan.steps": 6, "gan.width": 8, "gan.z_dim": 8, "gan.batch_size": 16,
@@ -100,13 +103,13 @@ def test_no_image_outside_the_budget_changes_anything(protocol: str, monkeypatch
 
 def test_the_gan_sees_only_the_budget_training_part(monkeypatch) -> None:
     seen: list[Images] = []
-    real_train_gan = pipeline.train_gan
+    real_train_gan = trial_gan.train_gan
 
     def spy(cfg, real, *args, **kwargs):
         seen.append(real)
         return real_train_gan(cfg, real, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train_gan", spy)
+    monkeypatch.setattr(trial_gan, "train_gan", spy)
     cfg = with_overrides(TrialConfig(), {**TINY, "synth.ratio": 1.0})
     pipeline.run_trial(cfg, device=CPU)
     budget = labelled_budget(load_splits("digits"), cfg.data, cfg.seed)
@@ -136,12 +139,12 @@ def test_validation_none_keeps_the_last_step() -> None:
     budget = labelled_budget(s, with_overrides(TrialConfig(), {"data.validation": "none"}).data, 0)
     assert budget.val is None
     cfg = ClassifierConfig(steps=20, eval_every=5, width=8, batch_size=16, lr=5e-3)
-    none = train_classifier(cfg, budget.train, None, None, 10, seed=0, device=CPU)
+    none = train_classifier(cfg, budget.train, None, 10, seed=0, device=CPU)
     assert none.metrics["clf/best_step"] == 20 and "clf/best_val_acc" not in none.metrics
     assert none.last_state is None
     # the same run with a validation set to choose on: its last weights are the ones `none` kept
     val = data.labelled_subset(s.test, 50, 0)
-    chosen = train_classifier(cfg, budget.train, None, val, 10, seed=0, device=CPU)
+    chosen = train_classifier(cfg, budget.train, val, 10, seed=0, device=CPU)
     last = chosen.last_state or chosen.model.state_dict()
     for k, v in none.model.state_dict().items():
         assert torch.equal(v, last[k]), k
@@ -171,7 +174,8 @@ def test_real_fraction_fixes_the_real_share_of_every_batch_whatever_the_ratio(mo
             return out
 
         monkeypatch.setattr(finetune, "_phase_batches", spy)
-        train_classifier(cfg, real, fake, None, 10, seed=0, device=CPU, real_fraction=0.25)
+        train_classifier(cfg, real, None, 10, seed=0, device=CPU,
+                         added=Mix(fake, SynthConfig(real_fraction=0.25)))
         assert torch.cat(seen).tolist() == [4] * 5  # round(0.25 * 16) real images in every batch
     assert finetune.plan_phases(cfg, "union", 1.0, True, 0.25)[0].real_fraction == 0.25
     assert finetune.plan_phases(cfg, "union", 1.0, False, 0.25)[0].real_fraction is None  # real only

@@ -9,8 +9,10 @@ from helpers import digits_pool_val
 from recorder import Recorder
 
 from ganft import quality
-from ganft.config import TrialConfig, with_overrides
-from ganft.data import Images, load_splits
+from ganft.config import TrialConfig
+from ganft.data import load_splits
+from ganft.images import Images
+from ganft.keys import with_overrides
 from ganft.quality import ExtractorRecipe, cas, fcd, generator_quality, kid, load_extractor, prdc
 from ganft.runtime import make_generator
 
@@ -73,9 +75,9 @@ def test_cas_is_high_for_real_looking_images_and_chance_for_wrong_labels() -> No
     cfg = with_overrides(TrialConfig(), {"classifier.arch": "seed-cnn", "classifier.schedule": "constant",
                                          "classifier.steps": 80, "classifier.width": 8,
                                          "classifier.eval_every": 40})
-    good = cas(cfg, s.train, s.test, 10, CPU)  # "generated" images that are real digits
+    good = cas(cfg.classifier, s.train, s.test, 10, seed=0, device=CPU)  # "generated": real digits
     shuffled = Images(s.train.x, s.train.y[torch.randperm(len(s.train), generator=make_generator(0))])
-    assert good > 0.8 and cas(cfg, shuffled, s.test, 10, CPU) < 0.3
+    assert good > 0.8 and cas(cfg.classifier, shuffled, s.test, 10, seed=0, device=CPU) < 0.3
 
 
 def test_extractor_is_cached_on_disk_under_its_hash(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,4 +124,6 @@ def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_kid_curve(
 
 def test_quality_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quality, "load_extractor", lambda *a, **k: pytest.fail("no extractor when off"))
-    assert quality.trial_quality(TrialConfig(), None, lambda: None, load_splits("digits"), CPU) == {}
+    cfg = TrialConfig()
+    assert quality.trial_quality(cfg.quality, None, lambda: None, load_splits("digits"), conditional=True,
+                                 cas_recipe=cfg.classifier, seed=0, device=CPU) == {}

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ganft.config import load_study
 from ganft.report.stats import (
     class_cells,
     class_extremes,
@@ -18,6 +17,7 @@ from ganft.report.stats import (
 from ganft.report.text import ReportMeta, busy_seconds
 from ganft.report.tidy import cast_param, tidy_runs
 from ganft.report.write import write_report
+from ganft.study.schema import load_study
 
 
 def frame(effects: dict[tuple[int, float], float], seeds=(0, 1, 2, 3, 4), noise=0.01,

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from ganft.cli import main
-from ganft.config import TrialConfig, flatten, with_overrides
+from ganft.config import TrialConfig
+from ganft.keys import flatten, with_overrides
 from ganft.report.tidy import tidy_runs
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore, default_tracking_uri
 

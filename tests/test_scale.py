@@ -21,14 +21,14 @@ from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from ganft.cache import CheckpointCache, file_sha256
 from ganft.cli import main
-from ganft.config import load_study
 from ganft.redact import redact, redact_argv
+from ganft.store import CheckpointCache, file_sha256
 from ganft.study.grid import GRID_KEY_ATTR, OWNER_ATTR, grid_key
 from ganft.study.mlflow_store import MlflowStore
 from ganft.study.queue import superseded
 from ganft.study.run import preflight
+from ganft.study.schema import load_study
 from ganft.study.shared_cache import SharedStore
 from ganft.study.storage import open_storage, repair_journal
 from ganft.study.stores import Stores

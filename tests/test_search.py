@@ -25,7 +25,8 @@ from optuna.trial import TrialState
 
 from ganft import pipeline
 from ganft.cli import main
-from ganft.config import ConfigError, load_study
+from ganft.config import ConfigError
+from ganft.study.schema import load_study
 
 SEARCH = """\
 name: {name}

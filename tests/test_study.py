@@ -150,8 +150,8 @@ def test_a_study_stored_by_an_earlier_ganft_resumes_unless_its_config_differs(
     """A store written before a config field existed (its stored base lacks the field, its hash
     is that of the shorter base) resumes when the new field is at its default; a stored base that
     differs in a value is still refused."""
-    from ganft.config import load_study
     from ganft.study.grid import config_hash
+    from ganft.study.schema import load_study
 
     text = tiny_study.read_text().replace("data.train_size: [30, 60]", "data.train_size: [30]")
     tiny_study.write_text(text)

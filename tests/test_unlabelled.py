@@ -16,18 +16,13 @@ from recorder import Recorder
 
 from ganft import data as data_mod
 from ganft import pipeline
-from ganft.cache import GanCache
-from ganft.config import ConfigError, DataConfig, TrialConfig, load_study
-from ganft.data import (
-    Images,
-    budget_positions,
-    labelled_budget,
-    load_splits,
-    unlabelled_images,
-    unlabelled_positions,
-)
+from ganft.config import ConfigError, DataConfig, TrialConfig
+from ganft.data import budget_positions, labelled_budget, load_splits, unlabelled_images, unlabelled_positions
 from ganft.gan_train import build_discriminator, train_gan
+from ganft.images import Images
 from ganft.runtime import seeded
+from ganft.store import CheckpointCache
+from ganft.study.schema import load_study
 
 CPU = torch.device("cpu")
 SUBSET_INDICES = data_mod.subset_indices
@@ -122,7 +117,7 @@ def test_poisoned_unlabelled_labels_change_nothing(arm: str, monkeypatch: pytest
 def test_transfer_reuses_its_cached_source_and_fine_tunes_exactly_its_steps(tmp_path: Path) -> None:
     root = tmp_path / "fmnist"
     fake_fashion(root, n_train=300, n_test=60)
-    cache = GanCache(tmp_path / "gan")
+    cache = CheckpointCache(tmp_path / "gan")
     base = {"data": {"dataset": "fashion-mnist", "root": str(root), "train_size": 50},
             "gan": {"train_on": "transfer", "transfer_source": "digits", "source_steps": 15, "freeze_d": 1},
             "synth": {"ratio": 1}, "classifier": {"steps": 10, "eval_every": 5}}
@@ -203,7 +198,7 @@ def test_a_bad_unlabelled_size_in_a_study_file_is_one_line_naming_the_key(tmp_pa
 def test_trials_of_one_budget_share_one_labeller_and_get_the_same_result(tmp_path: Path) -> None:
     """The real-subset labeller is cached by (budget, seed, recipe): the second self-training trial
     loads it instead of training it again, and the trial's result is the one a fresh labeller gives."""
-    cache = GanCache(tmp_path / "gan")
+    cache = CheckpointCache(tmp_path / "gan")
     cfg = tiny(synth={"source": "self-training"})
     runs = []
     for c in (cache, cache, None):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ganft.config import config_keys
+from ganft.keys import config_keys
 from ganft.report import figures as figs
 from ganft.report.page import Page, Section
 from ganft.report.sections import save_figure

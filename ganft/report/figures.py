@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from scipy import stats
 
-from ganft.config import config_keys
+from ganft.keys import config_keys
 from ganft.report.stats import ACC_COL, ARM_COL, N_COL, RATIO_COL, REAL_ONLY, SEED_COL, varying_factors
 from ganft.report.text import signed
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ganft.config import config_keys
+from ganft.keys import config_keys
 
 N_COL, RATIO_COL, SEED_COL, ACC_COL = "data.train_size", "synth.ratio", "seed", "test/acc"
 CI_METHOD = "t"  # written into cells.csv and every caption

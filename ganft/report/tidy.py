@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from ganft.config import config_keys, field_annotation
+from ganft.keys import config_keys, field_annotation
 from ganft.report.stats import N_COL, RATIO_COL, SEED_COL, with_arms
 
 

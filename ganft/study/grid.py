@@ -17,7 +17,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig, TrialConfig, field_annotation
+from ganft.config import TrialConfig
+from ganft.keys import field_annotation
+from ganft.study.schema import StudyConfig
 
 GRID_KEY_ATTR = "ganft.grid_key"  # user attr: canonical JSON of the trial's grid point
 OWNER_ATTR = "ganft.owner"  # user attr: {host, pid, pid_start, trial} of the worker running it

@@ -1,11 +1,16 @@
-"""The study's side of MLflow: one experiment per study, parent and child runs, closing runs of
-dead workers, reading runs back as a DataFrame, and checkpoints shared through a tracking server.
-With ganft/tracking.py, the only module that imports mlflow."""
+"""The study's side of MLflow: one experiment per study, parent and child runs, the tracker a trial
+logs to, closing runs of dead workers, reading runs back as a DataFrame, and checkpoints shared
+through a tracking server. The only module that imports mlflow.
+
+Every call goes through an ``MlflowClient`` with an explicit run id, never the fluent
+``mlflow.start_run`` stack: that stack is per-thread and nests only within one process."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +18,11 @@ from typing import Any
 import pandas as pd
 
 from ganft.redact import redact
-from ganft.tracking import MlflowTracker
 
 PARENT_TAG = "ganft.role"  # "parent" (one per invocation) or "trial"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to choose its view
 MODEL_TRAINING = "custom_model_development"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def is_remote(uri: str) -> bool:
@@ -34,6 +39,38 @@ def _quiet() -> None:
     # alembic prints every schema migration at INFO when a store is created
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class MlflowTracker:
+    """The ``tracker.Tracker`` of one MLflow run, by id (safe from any thread or process)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_figure(self, fig: Any, name: str) -> None:
+        self.client.log_figure(self.run_id, fig, name)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
 
 
 class MlflowStore:

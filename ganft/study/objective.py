@@ -13,7 +13,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig
 from ganft.redact import redact
 from ganft.study import workers
 from ganft.study.grid import (
@@ -29,6 +28,7 @@ from ganft.study.grid import (
 )
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
 from ganft.study.queue import superseded
+from ganft.study.schema import StudyConfig
 from ganft.study.stores import Stores
 
 log = logging.getLogger(__name__)

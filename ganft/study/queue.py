@@ -21,7 +21,6 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig
 from ganft.study import workers
 from ganft.study.grid import (
     GRID_KEY_ATTR,
@@ -37,6 +36,7 @@ from ganft.study.grid import (
     trial_owner,
 )
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
+from ganft.study.schema import StudyConfig
 from ganft.study.storage import StudyError
 from ganft.study.stores import KILLED_RETRIES
 

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig, check_device
+from ganft.config import check_device
 from ganft.redact import redact, redact_argv, redact_logging
 from ganft.study import workers
 from ganft.study.grid import OWNER_ATTR, PointState, survey, trial_owner
@@ -38,6 +38,7 @@ from ganft.study.queue import (
     reap_dead_trials,
     reclaim,
 )
+from ganft.study.schema import StudyConfig
 from ganft.study.storage import (
     StudyError,
     check_disk,

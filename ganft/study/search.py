@@ -19,10 +19,12 @@ from typing import Any
 
 import optuna
 
-from ganft.config import SearchParam, StudyConfig, TrialConfig, field_annotation, flatten, with_overrides
+from ganft.config import TrialConfig
+from ganft.keys import field_annotation, flatten, with_overrides
 from ganft.study import workers
 from ganft.study.grid import OWNER_ATTR, encode
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
+from ganft.study.schema import SearchParam, StudyConfig
 from ganft.study.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -66,33 +68,40 @@ def sample_point(trial: optuna.Trial, cfg: StudyConfig) -> dict[str, Any]:
     return point
 
 
+# Bump when a real-only run of the same config gives another objective value (data.py's budget,
+# pipeline.run_trial, objective_value); the classifier's training has finetune.CLASSIFIER_VERSION
+# and a discriminator start its GAN's gan_train.GAN_VERSION, both part of the key too.
+BASELINE_VERSION = 1
+
+
+def baseline_key(real_only: TrialConfig) -> str:
+    """The stored baseline's key: what determines a real-only run's objective, and the versions."""
+    from ganft.finetune import CLASSIFIER_VERSION
+    from ganft.gan_train import GAN_VERSION
+    from ganft.store import content_key
+
+    uses_gan = real_only.classifier.init == "discriminator"
+    return content_key({"data": real_only.data.model_dump(mode="json"), "seed": real_only.seed,
+                        "classifier": real_only.classifier.model_dump(mode="json"),
+                        "gan": real_only.gan.model_dump(mode="json") if uses_gan else None,
+                        "version": [BASELINE_VERSION, CLASSIFIER_VERSION, GAN_VERSION if uses_gan else None]})
+
+
 def baseline_val_acc(cfg: TrialConfig, run_trial: Callable[..., dict[str, float]], device: Any,
                      cache: Any, gan_cache: Any = None) -> tuple[float, bool]:
     """Budget-validation accuracy of the real-only run of ``cfg``'s (N, seed, classifier config):
     (value, whether it came from the cache). A real-only run that starts from the GAN's
     discriminator gets the GAN through ``gan_cache``, so the trial after it does not train it again."""
-    from ganft.cache import content_key, load_or_make
+    from ganft.store import load_or_make
     from ganft.study.objective import objective_value
 
     real_only = with_overrides(cfg, {"synth.ratio": 0.0})
-    uses_gan = real_only.classifier.init == "discriminator"
-    key = content_key({"data": real_only.data.model_dump(mode="json"), "seed": real_only.seed,
-                       "classifier": real_only.classifier.model_dump(mode="json"),
-                       "gan": real_only.gan.model_dump(mode="json") if uses_gan else None,
-                       "code": baseline_code_version()})
+
     def run() -> dict[str, float]:
         return {"val_acc": float(objective_value(run_trial(real_only, device=device, cache=gan_cache)))}
 
-    entry, hit = load_or_make(cache, key, run)
+    entry, hit = load_or_make(cache, baseline_key(real_only), run)
     return float(entry["val_acc"]), hit
-
-
-def baseline_code_version() -> str:
-    from ganft import data, finetune, pipeline
-    from ganft.cache import code_version
-    from ganft.models import classifier
-
-    return code_version(data, finetune, pipeline, classifier)
 
 
 def make_search_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_id: str,
@@ -100,10 +109,10 @@ def make_search_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, 
     """The objective of a search trial: repeats of the sampled config, scored on budget data."""
     import torch
 
-    from ganft.cache import CheckpointCache
     from ganft.pipeline import run_trial
     from ganft.redact import redact
     from ganft.runtime import pick_device
+    from ganft.store import CheckpointCache
     from ganft.study.objective import objective_value, trial_run
 
     assert cfg.search is not None

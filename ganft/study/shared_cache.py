@@ -1,5 +1,5 @@
 """A checkpoint cache shared by machines through the MLflow tracking server (``SharedStore``, the
-``sync`` of cache.CheckpointCache when the tracking URI is remote).
+``sync`` of store.CheckpointCache when the tracking URI is remote).
 
 A missing entry is fetched from the server (and verified by sha256) before anything is trained, a
 new entry is published to it, and the per-key lock extends across machines as a claim with a
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ganft.cache import file_sha256
+from ganft.store import file_sha256
 from ganft.study.workers import identity
 
 log = logging.getLogger(__name__)

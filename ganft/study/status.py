@@ -10,11 +10,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ganft.config import StudyConfig
 from ganft.redact import redact
 from ganft.study import workers
 from ganft.study.grid import GRID_KEY_ATTR, survey
 from ganft.study.mlflow_store import MlflowStore, sqlite_path
+from ganft.study.schema import StudyConfig
 from ganft.study.storage import damaged_journal, is_journal, open_storage
 from ganft.study.stores import Stores, probe_rdb
 

@@ -41,13 +41,14 @@ class Stores:
                    tracking_uri or default_tracking_uri(root), root, heartbeat)
 
     def gan_cache(self) -> Any:
-        """The GAN cache (``.ganft-cache/gan/``), shared through the tracking server when it is
-        remote. Built by the caller once per worker: it imports the training stack (torch)."""
-        from ganft.cache import GanCache
+        """The GAN cache (``.ganft-cache/gan/``, a ``store.CheckpointCache``; labellers in its
+        ``labellers/``), shared through the tracking server when it is remote. Built by the caller
+        once per worker: it imports the training stack (torch)."""
+        from ganft.store import CheckpointCache
         from ganft.study.shared_cache import SharedStore
 
         remote = self.shared_store("gan")
-        return GanCache(self.root / ".ganft-cache" / "gan", SharedStore(remote) if remote else None)
+        return CheckpointCache(self.root / ".ganft-cache" / "gan", SharedStore(remote) if remote else None)
 
     def shared_store(self, kind: str) -> MlflowCheckpointStore | None:
         """Where ``kind`` checkpoints are shared between machines: the tracking server's artifact

@@ -1,16 +1,17 @@
-"""Content-addressed checkpoint caches: GANs, pretrained classifiers, quality extractors.
+"""The checkpoint store every stage caches into: atomic, checksummed, locked, keyed by content.
 
-A key is a hash of what determines an entry (``content_key``): its config, the data it learns
-from, and the source of the code that builds and trains it (``code_version``), so a grid that
-varies only the ratio trains one GAN per (budget, seed) and reuses it for every ratio, and editing
-code that does not train a GAN (a report, a CAS docstring) retrains nothing.
+A key is a hash of a JSON description of what determines an entry (``content_key``). The stage
+that makes an entry owns its key: it lists what determines the content (configs, the data by
+digest, seeds) and an explicit version constant of its own code (``gan_train.GAN_VERSION``,
+``datasets.LOADER_VERSION``, ...), bumped by hand when the code's output changes. No key hashes
+source code, so editing a comment or a report retrains nothing, and this module imports no stage.
 
 Entries are written atomically (temporary file, fsync, rename) beside a ``.sha256`` file with the
 checksum of their bytes, and loaded with ``torch.load(weights_only=True)`` only after the checksum
 matches: a torn, truncated, bit-flipped or mismatched entry is deleted and reported missing, never
 used. Workers on one machine take a per-key file lock (``filelock``: released by the kernel when
-its holder dies), so a GAN is trained once even when two trials that need it start together.
-A ``sync`` object (study/shared_cache.py) extends the cache across machines: it fetches entries
+its holder dies), so an entry is made once even when two trials that need it start together.
+A ``sync`` object (study/shared_cache.py) extends the store across machines: it fetches entries
 published by others, makes the lock a claim that other machines wait for, and publishes new ones.
 """
 
@@ -18,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,25 +31,12 @@ import psutil
 import torch
 from filelock import FileLock
 
-from ganft import diffaugment, finetune, gan_train, losses, selection
-from ganft.config import TrialConfig
-from ganft.data import Budget, Images
-from ganft.models import classifier as classifier_models
-from ganft.models import gan as gan_models
+from ganft.images import Images
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- keys
-
-
-def code_version(*code: object) -> str:
-    """sha256 (first 12 hex) of the source of the modules, classes or functions given: the code
-    that determines a cache entry. Anything else can change without invalidating it."""
-    h = hashlib.sha256()
-    for obj in code:
-        h.update(inspect.getsource(obj).encode())
-    return h.hexdigest()[:12]
 
 
 def content_key(ident: dict[str, Any]) -> str:
@@ -67,71 +53,12 @@ def images_digest(images: Images | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-# The code that trains and builds a GAN; the best-step selection (gan.eval_every > 0) adds the
-# code of the budget classifier whose features score it.
-GAN_CODE = (gan_models, gan_train, losses, diffaugment)
-SELECTION_CODE = (selection, finetune, classifier_models)
-
-
 def tensor_digest(x: torch.Tensor) -> str:
     """sha256 of a tensor's values (first 16 hex)."""
     return hashlib.sha256(x.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-def gan_sources_ident(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor | None) -> dict[str, Any]:
-    """What else determines a GAN that does not learn from the budget alone (gan_sources.py): the
-    unlabelled images by content, the real-subset classifier that labels them (its recipe, the
-    budget images it selects on, its code), and a built-in transfer source's loader."""
-    from ganft import datasets, gan_sources, synth
-
-    g = cfg.gan
-    if g.train_on == "budget":
-        return {}
-    ident: dict[str, Any] = {"sources_code": code_version(gan_sources)}
-    if g.learns_unlabelled:
-        if unlabelled is None:
-            raise ValueError(f"gan.train_on {g.train_on} needs the trial's unlabelled images")
-        ident["unlabelled"] = tensor_digest(unlabelled)
-        ident["labeller"] = {**labeller_ident(cfg, budget), "code": code_version(
-            finetune, classifier_models, synth.predict_labels)}
-    if g.train_on == "transfer" and g.transfer_source != "unlabelled":
-        ident["source_loader"] = datasets.LOADER_VERSION
-    return ident
-
-
-def labeller_ident(cfg: TrialConfig, budget: Budget) -> dict[str, Any]:
-    """What determines the real-subset labeller (synth.real_labeller): its recipe, seed and the
-    budget images it trains and selects on."""
-    return {"recipe": finetune.helper_recipe(cfg.classifier).model_dump(mode="json"), "seed": cfg.seed,
-            "train": images_digest(budget.train), "val": images_digest(budget.val)}
-
-
-def labeller_key(cfg: TrialConfig, budget: Budget) -> str:
-    return content_key({"role": "labeller", **labeller_ident(cfg, budget),
-                        "code": code_version(finetune, classifier_models)})
-
-
-def labeller_cache(gan_cache: CheckpointCache | None) -> CheckpointCache | None:
-    """The labellers' cache: a folder inside the GAN cache, shared with the same machines."""
-    return None if gan_cache is None else CheckpointCache(gan_cache.dir / "labellers", gan_cache.sync)
-
-
-def gan_key(cfg: TrialConfig, budget: Budget, unlabelled: torch.Tensor | None = None) -> str:
-    """Everything that determines the generator: the images it trains on (by content, so the
-    validation protocol, N and the subset seed are covered), the images and classifier recipe
-    that pick its best step (gan.eval_every > 0 only), its seed, the GAN config and the code that
-    trains it. Not the ratio, and not the classifier unless it picks the best step."""
-    selects = cfg.gan.eval_every > 0
-    return content_key({
-        "dataset": cfg.data.dataset, "train": images_digest(budget.train),
-        "select": images_digest(budget.val) if selects else None,
-        "select_features": cfg.classifier.model_dump(mode="json") if selects else None,
-        "seed": cfg.seed, "gan": cfg.gan.model_dump(mode="json"),
-        "code": code_version(*GAN_CODE, *(SELECTION_CODE if selects else ())),
-        **gan_sources_ident(cfg, budget, unlabelled)})
-
-
-# --------------------------------------------------------------------------- the cache
+# --------------------------------------------------------------------------- the store
 
 
 class Sync(Protocol):
@@ -164,6 +91,10 @@ class CheckpointCache:
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.pt"
+
+    def child(self, name: str) -> CheckpointCache:
+        """A folder inside this store for another kind of entry, shared with the same machines."""
+        return CheckpointCache(self.dir / name, self.sync)
 
     def load(self, key: str) -> dict[str, Any] | None:
         obj = self._load_local(key)
@@ -251,33 +182,3 @@ def load_or_make(cache: CheckpointCache | None, key: str, make: Callable[[], Any
         entry = make()
         cache.save(key, entry)
         return entry, False
-
-
-# --------------------------------------------------------------------------- GANs
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in state.items()}
-
-
-@dataclass
-class CachedGan:
-    state_dict: dict[str, torch.Tensor]  # the generator used for sampling (EMA when enabled)
-    samples: torch.Tensor  # fixed-noise sample grid images
-    metrics: dict[str, float]  # the training run's final gan/... metrics
-    disc_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the trained discriminator
-
-
-class GanCache(CheckpointCache):
-    """The GAN cache: entries are ``CachedGan`` (generator, discriminator, samples, metrics)."""
-
-    def load(self, key: str) -> CachedGan | None:  # type: ignore[override]
-        obj = super().load(key)
-        if obj is None:
-            return None
-        return CachedGan(obj["state_dict"], obj["samples"], dict(obj["metrics"]), obj.get("disc_state", {}))
-
-    def save(self, key: str, entry: CachedGan) -> Path:  # type: ignore[override]
-        return super().save(key, {"state_dict": _cpu(entry.state_dict), "samples": entry.samples.cpu(),
-                                  "metrics": {k: float(v) for k, v in entry.metrics.items()},
-                                  "disc_state": _cpu(entry.disc_state)})

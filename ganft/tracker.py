@@ -1,18 +1,14 @@
-"""Tracking for the experiment: the ``Tracker`` a stage logs to, and the one that writes to MLflow.
+"""The ``Tracker`` a stage logs to, with no backend: the interface, a null tracker and the sample
+grid image helper.
 
-Training code receives a ``Tracker`` (``MlflowTracker`` for a run, ``NULL_TRACKER`` in library use
-and tests) and never branches on "is logging on". This and ``study/mlflow_store.py`` (the study's
-side of the store: experiments, parent and child runs, reading runs back, shared checkpoints) are
-the only modules that import mlflow. Every call goes through an ``MlflowClient`` with an explicit
-run id, never the fluent ``mlflow.start_run`` stack: that stack is per-thread and nests only within
-one process.
+Training code receives a ``Tracker`` (``study.mlflow_store.MlflowTracker`` for a study's run,
+``NULL_TRACKER`` in library use and tests) and never branches on "is logging on". No stage imports
+the MLflow tracker or mlflow: the study package hands a tracker in.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,38 +41,6 @@ class NullTracker:
 
 
 NULL_TRACKER = NullTracker()
-
-
-class MlflowTracker:
-    """Logs into one MLflow run by id (safe from any thread or process)."""
-
-    def __init__(self, client: Any, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow's batch limit for params
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def log_figure(self, fig: Any, name: str) -> None:
-        self.client.log_figure(self.run_id, fig, name)
-
-    def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
 
 
 MIN_GRID_WIDTH = 256  # px: a sample grid narrower than this is unreadable in the MLflow UI
@@ -116,5 +80,3 @@ def log_image_tensor(tracker: Tracker, images: Any, name: str, nrow: int,
         sample_grid_image(images, nrow, row_labels).save(path)
         tracker.log_artifact(path)
 
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
