@@ -38,7 +38,7 @@ from ganft.classic_augment import classifier_augment
 from ganft.config import ClassifierConfig, DataConfig
 from ganft.data import labelled_budget, load_splits
 from ganft.evaluate import accuracy
-from ganft.finetune import train_classifier
+from ganft.finetune import Start, train_classifier
 from ganft.runtime import make_generator, seeded
 
 CPU = torch.device("cpu")
@@ -92,15 +92,15 @@ def main() -> None:
                          "test_acc": accuracy(train_plain(everything.train, args.steps, seed), test),
                          "seconds": time.perf_counter() - t0})
             t0 = time.perf_counter()  # the same classifier trained as the plain CNN is: all N, last step
-            res = train_classifier(default, everything.train, None, None, 10, seed=seed, device=CPU)
+            res = train_classifier(default, everything.train, None, 10, seed=seed, device=CPU)
             rows.append({"n": n, "seed": seed, "classifier": "default, no validation", "val_acc": None,
                          "test_acc": accuracy(res.model, test), "seconds": time.perf_counter() - t0})
             budget = labelled_budget(splits, DataConfig(dataset="fashion-mnist", train_size=n), seed)
             for aug in ("none", "classic"):
                 cfg = default.model_copy(update={"augment": aug})
                 t0 = time.perf_counter()
-                res = train_classifier(cfg, budget.train, None, budget.val, 10, seed=seed, device=CPU,
-                                       augment=classifier_augment(aug, "fashion-mnist", 28))
+                res = train_classifier(cfg, budget.train, budget.val, 10, seed=seed, device=CPU,
+                                       start=Start(augment=classifier_augment(aug, "fashion-mnist", 28)))
                 rows.append({"n": n, "seed": seed, "classifier": f"default, augment {aug}",
                              "val_acc": res.metrics["clf/best_val_acc"], "test_acc": accuracy(res.model, test),
                              "seconds": time.perf_counter() - t0})

@@ -1,6 +1,7 @@
 """What this hardware can do, against what a ganft GAN step achieves.
 
     python bench/peak.py [--json out.json]
+    python bench/peak.py --size 256 --reps 2     # a smoke run
 
 Dense matmul throughput (torch.mm, 2048^3 in fp32 and bf16) is the practical arithmetic ceiling of
 the machine; the FLOPs of one ganft default GAN training step on 28x28 Fashion-MNIST (D step + G
@@ -76,11 +77,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--size", type=int, default=2048, help="matmul side (default: 2048)")
+    parser.add_argument("--reps", type=int, default=20, help="timed GAN steps (default: 20; 3 of the 64x64 one)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    fp32, bf16 = matmul_gflops(torch.float32, device), matmul_gflops(torch.bfloat16, device)
-    gflop, rate = gan_step_rate(device, GanConfig())
-    seed_gflop, seed_rate = gan_step_rate(device, GanConfig(recipe="seed-dcgan", width=64, z_dim=100), reps=3)
+    fp32 = matmul_gflops(torch.float32, device, n=args.size)
+    bf16 = matmul_gflops(torch.bfloat16, device, n=args.size)
+    gflop, rate = gan_step_rate(device, GanConfig(), reps=args.reps)
+    seed_gflop, seed_rate = gan_step_rate(device, GanConfig(recipe="seed-dcgan", width=64, z_dim=100),
+                                          reps=min(3, args.reps))
     print(f"matmul fp32: {fp32:,.0f} GFLOP/s; matmul bf16: {bf16:,.0f} GFLOP/s")
     print(f"ganft default GAN step: {gflop:.2f} GFLOP per step, {rate:,.1f} GFLOP/s achieved "
           f"({100 * rate / fp32:.0f}% of fp32 matmul)")

@@ -3,6 +3,7 @@
     python bench/run_all.py                  # CPU: throughput, peak, study times -> results/<tag>/
     python bench/run_all.py --render-only    # rebuild the README tables from bench/results/
     python bench/run_all.py --tag h200 --skip-studies --scale 20   # on a GPU machine (no MLflow needed)
+    python bench/run_all.py --smoke --tag smoke   # every script at a tiny scale: shows they run, measures nothing
 
 Each machine's figures are saved as JSON under bench/results/<tag>/ and every machine found there
 becomes a row; a machine kind with no results shows "not measured".
@@ -76,9 +77,34 @@ def settings_rows(tag: str) -> list[str]:
     return [f"| {tag} | {name} | {value:.3f} |" for name, value in s.items()]
 
 
+def machine_rows(tag: str) -> list[str]:
+    m = load(tag, "machine")
+    if m is None:  # figures saved before run_all recorded the machine: throughput names it
+        t = load(tag, "throughput")
+        return [f"| {tag} | {t['machine'] if t else EXPECTED.get(tag, tag)} | not recorded |"]
+    return [f"| {tag} | {m['machine']} | {m['date']} |"]
+
+
+def save_machine(out: Path) -> None:
+    """Which machine the figures under ``out`` come from: ganft's description and the CPU model."""
+    import platform
+    import time
+
+    from ganft.runtime import machine_description
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
+        else platform.processor()
+    (out / "machine.json").write_text(json.dumps({"machine": f"{cpu}; {machine_description()}",
+                                                  "date": time.strftime("%Y-%m-%d")}, indent=2))
+
+
 def render() -> None:
     tags = sorted({*EXPECTED, *(p.name for p in RESULTS.glob("*") if p.is_dir())})
-    lines = [BEGIN, "", "**Throughput** (images per second at batch 64; ratio = this row / the seed "
+    lines = [BEGIN, "", "**Machines** (where each tag's figures were measured, and when)", "",
+             "| tag | machine | measured |", "| --- | --- | --- |"]
+    lines += [row for tag in tags for row in machine_rows(tag)]
+    lines += ["", "**Throughput** (images per second at batch 64; ratio = this row / the seed "
              "reference of the same machine and run)", "",
              "| machine | command | figure | vs seed reference |", "| --- | --- | --- | ---: |"]
     lines += [row for tag in tags for row in throughput_rows(tag)]
@@ -105,17 +131,24 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--skip-studies", action="store_true", help="no whole-study runs (needs MLflow)")
     parser.add_argument("--scale", default="1", help="step multiplier for throughput.py")
-    parser.add_argument("--root", help="Fashion-MNIST IDX folder for throughput.py")
+    parser.add_argument("--root", help="Fashion-MNIST IDX folder for throughput.py and settings.py")
+    parser.add_argument("--smoke", action="store_true", help="every script at a tiny scale (one round, a "
+                        "few steps, bench/smoke.yaml as the study): shows the scripts run; its figures mean nothing")
     args = parser.parse_args()
     if not args.render_only:
         out = RESULTS / args.tag
         out.mkdir(parents=True, exist_ok=True)
+        save_machine(out)
         extra = ["--root", args.root] if args.root else []
-        run("throughput.py", "--json", str(out / "throughput.json"), "--scale", args.scale, *extra)
-        run("peak.py", "--json", str(out / "peak.json"))
-        run("settings.py", "--json", str(out / "settings.json"), *extra)
+        tiny = {"throughput.py": ["--rounds", "1", "--scale", "0.1"], "peak.py": ["--size", "256", "--reps", "2"],
+                "settings.py": ["--rounds", "1", "--scale", "0.1"],
+                "study_time.py": ["--studies", str(HERE / "smoke.yaml"), "--workers", "1"]} if args.smoke else {}
+        run("throughput.py", "--json", str(out / "throughput.json"), "--scale", args.scale, *extra,
+            *tiny.get("throughput.py", []))
+        run("peak.py", "--json", str(out / "peak.json"), *tiny.get("peak.py", []))
+        run("settings.py", "--json", str(out / "settings.json"), *extra, *tiny.get("settings.py", []))
         if not args.skip_studies:
-            run("study_time.py", "--json", str(out / "study_time.json"))
+            run("study_time.py", "--json", str(out / "study_time.json"), *tiny.get("study_time.py", []))
     render()
 
 

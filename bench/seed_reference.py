@@ -178,7 +178,7 @@ def fashion_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     (the Debian package's folder, or ``root``)."""
     from pathlib import Path
 
-    from ganft.data import DEBIAN_FASHION_DIR, FASHION_FILES, read_idx
+    from ganft.datasets import DEBIAN_FASHION_DIR, FASHION_FILES, read_idx
 
     folder = Path(root) if root else DEBIAN_FASHION_DIR
     img_name, lbl_name = FASHION_FILES["train"]

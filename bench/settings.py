@@ -1,6 +1,7 @@
 """Before/after figures for ganft's speed settings, one change at a time.
 
     python bench/settings.py [--json out.json]
+    python bench/settings.py --rounds 1 --scale 0.1   # a smoke run: every case once, few steps
 
 - GAN and classifier training steps (28x28, batch 64, ganft defaults) in NCHW fp32 (before),
   channels_last fp32 (the CUDA default), NCHW bf16 autocast (the default on CPUs with native bf16)
@@ -29,6 +30,7 @@ from ganft.models.classifier import build_classifier
 from ganft.runtime import Speed, configure_speed
 
 DEVICE = torch.device("cpu")  # set by --device
+ROUNDS = 5  # set by --rounds
 
 
 def sync() -> None:
@@ -36,13 +38,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(cases: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
-    """Median wall seconds of each case over ``rounds`` rounds that run every case in turn (so a
-    busy moment on the machine hits all cases alike), after one warm-up call each."""
+def interleaved(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median wall seconds of each case over ROUNDS rounds that run every case in turn (so a busy
+    moment on the machine hits all cases alike), after one warm-up call each."""
     for fn in cases.values():
         fn()
     seen: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(rounds):
+    for _ in range(ROUNDS):
         for name, fn in cases.items():
             sync()
             t0 = time.perf_counter()
@@ -68,16 +70,17 @@ SPEEDS = {"NCHW fp32 (before)": Speed("fp32", channels_last=False),
           "channels_last bf16": Speed("bf16", channels_last=True)}
 
 
-def training_steps(real, val) -> dict[str, float]:
+def training_steps(real, val, scale: float = 1.0) -> dict[str, float]:
+    gan_steps, clf_steps = max(1, round(20 * scale)), max(1, round(40 * scale))
     cases = {}
     for label, speed in SPEEDS.items():
         cases[f"GAN step ms, {label}"] = with_speed(speed, lambda: train_gan(
-            GanConfig(steps=20), real, 10, seed=0, device=DEVICE, log_every=20))
+            GanConfig(steps=gan_steps), real, 10, seed=0, device=DEVICE, log_every=gan_steps))
         cases[f"classifier step ms, {label}"] = with_speed(speed, lambda: train_classifier(
-            ClassifierConfig(arch="seed-cnn", steps=40, eval_every=40), real, None, val, 10, seed=0,
+            ClassifierConfig(arch="seed-cnn", steps=clf_steps, eval_every=clf_steps), real, val, 10, seed=0,
             device=DEVICE))
     per_call = interleaved(cases)
-    return {k: v * 1000 / (20 if k.startswith("GAN") else 40) for k, v in per_call.items()}
+    return {k: v * 1000 / (gan_steps if k.startswith("GAN") else clf_steps) for k, v in per_call.items()}
 
 
 def sampling_and_eval(test) -> dict[str, float]:
@@ -112,13 +115,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--root", help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default: 5)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the training steps timed (default: 1)")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    global DEVICE, ROUNDS
+    DEVICE, ROUNDS = torch.device(args.device), args.rounds
     splits = load_splits("fashion-mnist", args.root)
     real = labelled_subset(splits.train, 1000, 0)
     val = splits.test.take(torch.arange(64))  # any 64 real images: this times evaluation only
-    figures = {**training_steps(real, val), **sampling_and_eval(splits.test)}
+    figures = {**training_steps(real, val, args.scale), **sampling_and_eval(splits.test)}
     for k, v in figures.items():
         print(f"{k:58s} {v:8.3f}")
     if args.json:

@@ -1,7 +1,8 @@
 """Whole-study wall time, peak memory, GAN trainings vs trials, and trials per hour by worker count.
 
     python bench/study_time.py                       # quick and the reduced Fashion grid, 1 and 2 workers
-    python bench/study_time.py --json out.json       # also saves the figures (bench/report.py reads them)
+    python bench/study_time.py --json out.json       # also saves the figures (bench/run_all.py reads them)
+    python bench/study_time.py --studies bench/smoke.yaml --workers 1   # any study file
 
 Each measurement runs `ganft study run STUDY --workers N` in a fresh project root (empty stores and
 GAN cache, so every GAN is trained), in its own process so that its peak RSS (the largest resident
@@ -30,10 +31,13 @@ def _measure(study: str, n: int) -> dict[str, object]:
     sys.path.insert(0, str(HERE))
     from workers import run_once  # bench/workers.py: wall time, exactly-once and lock-error checks
 
-    row = run_once(STUDIES[study], n)
+    from ganft.study.schema import load_study
+
+    path = STUDIES.get(study) or Path(study)
+    row = run_once(path, n)
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
     row["trials_per_hour"] = row["points"] / row["wall_s"] * 3600
-    row["study"] = study
+    row["study"] = load_study(path).name
     return row
 
 
@@ -45,7 +49,8 @@ def measure(study: str, n: int) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--studies", nargs="+", default=list(STUDIES), choices=list(STUDIES))
+    parser.add_argument("--studies", nargs="+", default=list(STUDIES),
+                        help=f"names ({', '.join(STUDIES)}) or study files (default: both names)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -58,7 +63,7 @@ def main() -> None:
         for n in args.workers:
             r = measure(study, n)
             rows.append(r)
-            print(f"| {study} | {n} | {r['wall_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['points']} "
+            print(f"| {r['study']} | {n} | {r['wall_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['points']} "
                   f"| {r['gans_trained']} | {r['trials_per_hour']:.0f} | {r['complete_once']} of {r['points']} "
                   f"| {r['lock_errors']} |", flush=True)
     if args.json:

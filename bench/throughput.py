@@ -1,7 +1,7 @@
 """Training throughput, ganft against the seed article's pipeline, measured side by side.
 
     python bench/throughput.py                 # 3 alternating rounds on this machine, prints a table
-    python bench/throughput.py --json out.json # also saves the figures (bench/report.py reads them)
+    python bench/throughput.py --json out.json # also saves the figures (bench/run_all.py reads them)
 
 Images per second for GAN training steps and classifier training steps at batch 64 on
 Fashion-MNIST, in alternating rounds (reference, then each ganft variant, then again) so that a
@@ -35,9 +35,10 @@ import torch
 from cmdline import command_line  # bench/cmdline.py
 
 from ganft.config import ClassifierConfig, GanConfig
-from ganft.data import Images, labelled_subset, load_splits
+from ganft.data import labelled_subset, load_splits
 from ganft.finetune import train_classifier
 from ganft.gan_train import train_gan
+from ganft.images import Images
 from ganft.models.gan import resize
 from ganft.runtime import Speed, precision_name
 
@@ -54,10 +55,10 @@ def ganft_gan(cfg: GanConfig, real: Images, steps: int, device: torch.device) ->
 
 def ganft_classifier(cfg: ClassifierConfig, real: Images, steps: int, device: torch.device) -> float:
     tiny_val = real.take(torch.arange(BATCH))  # one cheap evaluation: the steps are what is timed
-    train_classifier(cfg.model_copy(update={"steps": 2, "eval_every": 2}), real, None, tiny_val, 10, seed=0,
+    train_classifier(cfg.model_copy(update={"steps": 2, "eval_every": 2}), real, tiny_val, 10, seed=0,
                      device=device)  # warm-up
     t0 = time.perf_counter()
-    train_classifier(cfg.model_copy(update={"steps": steps, "eval_every": steps}), real, None, tiny_val, 10,
+    train_classifier(cfg.model_copy(update={"steps": steps, "eval_every": steps}), real, tiny_val, 10,
                      seed=0, device=device)
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
@@ -120,10 +121,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--root", help="Fashion-MNIST IDX folder (default: the Debian package's)")
     parser.add_argument("--json", type=Path, help="save the figures here")
-    parser.add_argument("--scale", type=int, default=1, help="multiply step counts (e.g. 20 on a GPU)")
+    parser.add_argument("--scale", type=float, default=1, help="multiply step counts (e.g. 20 on a GPU, "
+                        "0.1 for a smoke run)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    steps = {k: v * args.scale for k, v in {"gan": 30, "clf": 60, "seed_gan": 6}.items()}
+    steps = {k: max(1, round(v * args.scale)) for k, v in {"gan": 30, "clf": 60, "seed_gan": 6}.items()}
     figures = measure(device, args.rounds, steps, args.root)
     print("\n".join(table(figures)))
     if args.json:

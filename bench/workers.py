@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 from mlflow import MlflowClient
 
-from ganft.config import load_study
+from ganft.study.schema import load_study
 from ganft.study.storage import open_storage
 
 LOCK_ERRORS = ("database is locked", "database table is locked", "UNIQUE constraint failed",
