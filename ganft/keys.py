@@ -139,19 +139,19 @@ _StrictLoader.add_implicit_resolver(
 
 
 
-def read_yaml(path: str | Path, what: str = "study file") -> Any:
-    """A YAML file's data through the strict loader; every problem is one ConfigError line naming the
-    file (and the line, for syntax errors, duplicate keys and aliases)."""
+def read_yaml(path: str | Path) -> Any:
+    """A study file's YAML data through the strict loader; every problem is one ConfigError line
+    naming the file (and the line, for syntax errors, duplicate keys and aliases)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read study file ({exc.strerror})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
-                          f"offset {exc.start}); a {what} is YAML text") from None
+        raise ConfigError(f"{path}: not a study file: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                          f"offset {exc.start}); a study file is YAML text") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as exc:

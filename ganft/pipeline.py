@@ -2,7 +2,7 @@
 arm adds to it (the arm picked once from ``ARMS`` by ``synth.source``), the classifier's start, its
 training, the test metrics. Returns the metrics dict; everything else goes to the tracker.
 
-An arm is a small function ``(cfg, trial, n) -> Added``: the n images it adds to the budget's real
+An arm is a small function ``(cfg, data, n) -> Added``: the n images it adds to the budget's real
 ones, their labels and its metrics. Ratio 0 is the real-only baseline, whatever the arm. Arms and
 run_trial read the whole TrialConfig because this is where its sections meet; each stage below them
 gets its own section (``cfg.gan``, ``cfg.synth``, ``cfg.classifier``, ...) and, where it needs a value
@@ -36,7 +36,7 @@ from ganft.trial_gan import GanOnDemand, obtain_gan
 
 
 @dataclass(frozen=True)
-class Trial:
+class TrialData:
     """What an arm draws on: the trial's data, its labeller and GAN (each made on first use, if at
     all), the device and the tracker."""
 
@@ -59,11 +59,11 @@ class Added:
         return None if self.images is None else Mix(self.images, cfg)
 
 
-def real_only(cfg: TrialConfig, t: Trial, n: int) -> Added:
+def real_only(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     return Added(None)
 
 
-def generated(cfg: TrialConfig, t: Trial, n: int) -> Added:
+def generated(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     """n images from the trial's GAN, class balanced, labelled by the class they were generated for
     (or by the labeller), and the GAN's quality scores."""
     G = t.gan().generator(t.device)
@@ -75,7 +75,7 @@ def generated(cfg: TrialConfig, t: Trial, n: int) -> Added:
     return Added(images, {**metrics, **quality})
 
 
-def self_training(cfg: TrialConfig, t: Trial, n: int) -> Added:
+def self_training(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     """n real unlabelled images with the labeller's labels (the cheap alternative: no GAN)."""
     images, metrics = self_training_set(t.unlabelled, n, t.splits.num_classes, t.labeller(),
                                         min_confidence=cfg.synth.min_confidence,
@@ -83,7 +83,7 @@ def self_training(cfg: TrialConfig, t: Trial, n: int) -> Added:
     return Added(images, metrics)
 
 
-Arm = Callable[[TrialConfig, Trial, int], Added]
+Arm = Callable[[TrialConfig, TrialData, int], Added]
 ARMS: dict[str, Arm] = {"gan": generated, "self-training": self_training}  # by synth.source
 
 
@@ -106,7 +106,7 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
                                          tracker=tracker, cache=cache))
     n_added = synthetic_count(cfg.synth.ratio, len(budget.train))
     arm = ARMS[cfg.synth.source] if n_added else real_only  # ratio 0: the real-only baseline
-    added = arm(cfg, Trial(splits, budget, unlabelled, labeller, gan, device, tracker), n_added)
+    added = arm(cfg, TrialData(splits, budget, unlabelled, labeller, gan, device, tracker), n_added)
     trunk = initial_trunk_state(cfg.classifier, splits.image_shape, gan, tracker)  # classifier.init
     augment = classifier_augment(cfg.classifier.augment, cfg.data.dataset, splits.image_shape[1],
                                  cfg.data.hflip if cfg.data.dataset == "imagefolder" else None)

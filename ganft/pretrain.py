@@ -33,9 +33,10 @@ from ganft.store import CheckpointCache, content_key, load_or_make
 from ganft.tracker import NULL_TRACKER, Tracker
 
 if TYPE_CHECKING:  # the GAN a discriminator start reads (imported for its type only)
-    from ganft.trial_gan import GanOnDemand
+    from ganft.trial_gan import TrialGan
 
 log = logging.getLogger(__name__)
+LazyGan = Callable[[], "TrialGan"]  # the trial's GAN, obtained (trained or loaded) when called
 
 PRETRAIN_SEED = 0  # one checkpoint per source and recipe; the trial's seed varies the fine-tuning
 # Bump when a checkpoint pretrained from the same source and recipe changes (this file: the source's
@@ -69,10 +70,10 @@ def pretrain_key(cfg: ClassifierConfig, image_shape: tuple[int, int, int]) -> st
 def pretrain(cfg: ClassifierConfig, image_shape: tuple[int, int, int], device: torch.device) -> dict:
     """Train the source classifier; returns the cache payload (trunk weights and metrics)."""
     source = splits_for(DataConfig(dataset=cfg.pretrained_source))
-    # another dataset's labels, all of them: a tenth held out (stratified, fixed) picks the checkpoint
     if source.image_shape[0] != image_shape[0]:
         raise ValueError(f"classifier.pretrained_source has {source.image_shape[0]}-channel images, the "
                          f"target {image_shape[0]}-channel ones; pick a source with the same channels")
+    # another dataset's labels, all of them: a tenth held out (stratified, fixed) picks the checkpoint
     train_idx, val_idx = data.budget_holdout(source.train.y, 0.1, PRETRAIN_SEED)
     pool = resize_images(source.train.take(train_idx), image_shape)
     val = resize_images(source.train.take(val_idx), image_shape)
@@ -106,19 +107,19 @@ def ensure_pretrained(cfg: ClassifierConfig, image_shape: tuple[int, int, int], 
 # --------------------------------------------------------------------------- starting trunks
 
 
-def _scratch(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: GanOnDemand | None,
+def _scratch(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: LazyGan | None,
              tracker: Tracker) -> None:
     return None
 
 
-def _discriminator(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: GanOnDemand | None,
+def _discriminator(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: LazyGan | None,
                    tracker: Tracker) -> dict[str, torch.Tensor]:
     if gan is None:
         raise ValueError("classifier.init discriminator needs the trial's GAN (run_trial hands it in)")
     return gan().discriminator_trunk()  # trained (or loaded) now if no arm needed it yet
 
 
-def _pretrained(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: GanOnDemand | None,
+def _pretrained(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: LazyGan | None,
                 tracker: Tracker) -> dict[str, torch.Tensor]:
     cache = pretrained_cache()
     key = pretrain_key(cfg, image_shape)
@@ -134,7 +135,7 @@ def _pretrained(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: G
     return entry["trunk"]
 
 
-def _torchvision(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: GanOnDemand | None,
+def _torchvision(cfg: ClassifierConfig, image_shape: tuple[int, int, int], gan: LazyGan | None,
                  tracker: Tracker) -> dict[str, torch.Tensor]:
     return classifier_models.imagenet_trunk_state(image_shape[0])
 
@@ -145,7 +146,7 @@ INITS: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {
 
 
 def initial_trunk_state(cfg: ClassifierConfig, image_shape: tuple[int, int, int],
-                        gan: GanOnDemand | None = None,
+                        gan: LazyGan | None = None,
                         tracker: Tracker = NULL_TRACKER) -> dict[str, torch.Tensor] | None:
     """The starting trunk weights for ``cfg.init`` (None: from scratch); ``gan`` is the trial's GAN,
     obtained only if the start is its discriminator."""

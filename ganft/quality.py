@@ -5,9 +5,9 @@ at run time is not allowed here, so every score is taken in the feature space of
 trained once per dataset on its whole training split (never the test split): its 128 penultimate
 features. That classifier has seen labels a user with N images does not have, so these scores
 report quality and never choose anything (the GAN's best step is chosen in selection.py, on
-budget data). The extractor is cached on disk under a hash of everything that determines
-it (dataset pool, recipe, code); the hash is the run tag ``quality.extractor_hash``, and two scores
-are comparable only when their hashes match.
+budget data). The extractor is cached on disk under a hash of everything that determines it
+(dataset pool, recipe, EXTRACTOR_VERSION); the hash is the run tag ``quality.extractor_hash``, and
+two scores are comparable only when their hashes match.
 
 Scores, logged under ``quality/`` (generated images against the real test split):
 - ``fcd``: Fréchet Classifier Distance, torchmetrics' FID with ``DomainFeatures`` as its feature
