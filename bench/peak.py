@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ganft.config import GanConfig
 from ganft.gan_train import StepParts, build_discriminator, build_generator, d_step, g_step
 from ganft.models.gan import resize
-from ganft.runtime import make_generator
+from ganft.runtime import Speed, configure_speed, make_generator
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -74,6 +74,7 @@ def gan_step_rate(device: torch.device, cfg: GanConfig, reps: int = 20) -> tuple
 
 
 def main() -> None:
+    configure_speed(Speed(precision="fp32"))  # autocast off in d_step and g_step: the fp32 rate the table claims
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path)
