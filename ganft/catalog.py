@@ -93,6 +93,31 @@ def check_sizes(cfg: DataConfig) -> None:
                           f"data.validation {cfg.validation}; allowed: {lo}..{hi} ({why})")
 
 
+def check_oracle(cfg: DataConfig, ratio: float) -> None:
+    """``synth.source oracle`` at ``ratio``: round(ratio x N) class-balanced labelled images must be
+    left in every class once the budget and, in proportion to the class's share, the pool
+    protocol's validation set and the unlabelled images are taken (an estimate from the split's
+    class sizes, rounded against the oracle; the trial's draw is exact). Raises one ConfigError
+    naming what it needs and what the dataset has."""
+    counts = train_counts(cfg)
+    total, k = sum(counts), len(counts)
+    need = round(ratio * cfg.train_size)  # N bounds the budget's training part from above
+    per_class = -(-need // k)
+    val = cfg.val_size or 0
+    unlabelled = total - cfg.train_size - val if cfg.unlabelled_size == "all" else cfg.unlabelled_size
+    others = val + unlabelled
+    names = train_class_names(cfg)
+    for c, n_c in enumerate(counts):
+        left = n_c - -(-cfg.train_size * n_c // total) - -(-others * n_c // total)
+        if left < per_class:
+            where = f"imagefolder {cfg.root}" if cfg.dataset == "imagefolder" else cfg.dataset
+            raise ConfigError(f"synth.source oracle at synth.ratio {ratio:g} needs {need:,} labelled images "
+                              f"outside the budget and the unlabelled pool ({per_class:,} of each class); "
+                              f"{where} has about {max(left, 0):,} left in class {names[c]!r} "
+                              f"(N={cfg.train_size:,}, data.unlabelled_size {cfg.unlabelled_size}): lower "
+                              f"the ratio or N")
+
+
 def train_class_names(cfg: DataConfig) -> tuple[str, ...]:
     if cfg.dataset != "imagefolder":
         return CLASS_NAMES[cfg.dataset]

@@ -203,8 +203,12 @@ class SynthConfig(StrictModel):
     min_confidence: float = Field(0.0, ge=0, lt=1)
     # gan: generated images; self-training: real data.unlabelled_size images labelled by the
     # real-subset classifier, the most confident ones of each class at or above min_confidence,
-    # round(ratio * N) of them class balanced, used exactly as synthetic images (no GAN trained)
-    source: Literal["gan", "self-training"] = "gan"
+    # round(ratio * N) of them class balanced, used exactly as synthetic images (no GAN trained).
+    # Controls (labels a user would not have; every report marks them): oracle = round(ratio * N)
+    # class-balanced real *labelled* images from outside the budget, its validation images and the
+    # unlabelled pool, mixed exactly as generated ones (a perfect generator); placebo = real only
+    # again with another data-order seed (an A/A test; needs ratio 0)
+    source: Literal["gan", "self-training", "oracle", "placebo"] = "gan"
     # mix union only: this share of every batch (round(real_fraction * batch_size) images) is drawn
     # from the real images and the rest from the synthetic ones, whatever the ratio, so every ratio
     # presents the real images equally often; None: batches drawn uniformly from real ∪ synthetic
@@ -276,7 +280,10 @@ def split_steps(total: int, fraction: float) -> tuple[int, int]:
 
 
 def check_unlabelled(cfg: TrialConfig) -> None:
-    """Rules that join data.unlabelled_size to the GAN and synthetic-set sections."""
+    """Rules that join data.unlabelled_size to the GAN and synthetic-set sections, and the controls'."""
+    if cfg.synth.source == "placebo" and cfg.synth.ratio:
+        raise ValueError(f"synth.source placebo adds no images (real only with another data order): set "
+                         f"synth.ratio 0, not {cfg.synth.ratio}")
     needs = [(f"gan.train_on {cfg.gan.train_on}", cfg.gan.train_on == "budget+unlabelled"),
              ("gan.transfer_source unlabelled", cfg.gan.train_on == "transfer"
               and cfg.gan.transfer_source == "unlabelled"),

@@ -132,3 +132,18 @@ def unlabelled_images(splits: Splits, cfg: DataConfig, seed: int) -> torch.Tenso
     if cfg.unlabelled_size == 0:
         return splits.train.x[:0]
     return splits.train.x[torch.as_tensor(unlabelled_positions(splits, cfg, seed))]
+
+
+def oracle_positions(splits: Splits, cfg: DataConfig, seed: int) -> np.ndarray:
+    """Sorted positions in ``splits.train`` of the labelled images the ``oracle`` control draws from:
+    outside the budget, any validation set and the unlabelled pool (the test split is another tensor
+    altogether). Their labels are beyond the budget: only a control reads them."""
+    taken = budget_positions(splits, cfg, seed)
+    if cfg.unlabelled_size != 0:
+        taken = np.concatenate([taken, unlabelled_positions(splits, cfg, seed)])
+    return np.setdiff1d(np.arange(len(splits.train)), taken)
+
+
+def oracle_pool(splits: Splits, cfg: DataConfig, seed: int) -> Images:
+    """The images at ``oracle_positions``, with their labels."""
+    return splits.train.take(oracle_positions(splits, cfg, seed))

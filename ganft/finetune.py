@@ -199,6 +199,7 @@ class _Run:
     step: int = 0  # optimiser steps taken so far, over all phases
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy)
     on_eval: Callable[[int, float], None] | None = None  # told every validation accuracy (may stop the run)
+    losses: torch.Tensor | None = None  # (cfg.steps,) on the device: every step's training loss
 
 
 # Bump when a classifier trained from the same recipe, data and seed changes (this file,
@@ -218,12 +219,14 @@ class Mix:
 
 @dataclass(frozen=True)
 class Start:
-    """How a run starts: the trunk weights of ``classifier.init`` (None: DCGAN's random init) and the
-    augmentation its batches get (None: none), built by the caller, who knows the dataset (a
-    horizontal flip preserves some datasets' labels, not others')."""
+    """How a run starts: the trunk weights of ``classifier.init`` (None: DCGAN's random init), the
+    augmentation its batches get (None: none; built by the caller, who knows the dataset: a
+    horizontal flip preserves some datasets' labels, not others') and the seed of its batch order
+    (None: the run's own; the placebo control draws another order and changes nothing else)."""
 
     trunk_state: dict[str, torch.Tensor] | None = None
     augment: Augment | None = None
+    order_seed: int | None = None
 
 
 SCRATCH = Start()
@@ -246,9 +249,10 @@ def train_classifier(cfg: ClassifierConfig, real: Images, val: Images | None, nu
         synthetic = synthetic.to(device)
         train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
     model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, start.trunk_state), device)
-    run = _Run(cfg, model, train, len(real), None if val is None else val.to(device),
-               make_generator(derive_seed(seed, "clf-batches")), start.augment,
-               make_generator(derive_seed(seed, "clf-augment"), device), tracker, on_eval=on_eval)
+    order = derive_seed(seed, "clf-batches") if start.order_seed is None else start.order_seed
+    run = _Run(cfg, model, train, len(real), None if val is None else val.to(device), make_generator(order),
+               start.augment, make_generator(derive_seed(seed, "clf-augment"), device), tracker,
+               on_eval=on_eval, losses=torch.zeros(cfg.steps, device=device))
     phases = plan_phases(cfg, mix.mix, mix.weight, synthetic is not None, mix.real_fraction)
     t0 = time.perf_counter()
     phase_steps: dict[str, float] = {}
@@ -264,7 +268,7 @@ def train_classifier(cfg: ClassifierConfig, real: Images, val: Images | None, nu
     metrics = {"clf/stopped_step": run.step, "clf/stopped_early": float(run.step < cfg.steps),
                "clf/train_seconds": time.perf_counter() - t0, "clf/train_images": len(train),
                "clf/train_acc_last": accuracy(model, Images(train.x[: len(real)], train.y[: len(real)])),
-               **phase_steps}
+               **phase_steps, **loss_windows(run.losses[: run.step])}
     if run.val is None:  # no selection: the last weights are the result
         return FinetuneResult(model, {**metrics, "clf/best_step": run.step})
     last_state = None
@@ -274,6 +278,18 @@ def train_classifier(cfg: ClassifierConfig, real: Images, val: Images | None, nu
     return FinetuneResult(model, {**metrics, "clf/best_val_acc": run.best.acc, "clf/best_step": run.best.step,
                                   "clf/improved_last_10pct": late_improvement(run.curve, cfg.steps)},
                           last_state)
+
+
+def loss_windows(losses: torch.Tensor, fraction: float = 0.1) -> dict[str, float]:
+    """Whether a run had fitted its data: the mean training loss over its last ``fraction`` of steps
+    (``clf/loss_last_window``) and over the window before (``clf/loss_prev_window``; NaN for runs
+    shorter than two windows). A loss still falling between the two means the budget ended early."""
+    w = max(1, int(len(losses) * fraction))
+    out = {"clf/loss_last_window": float(losses[-w:].mean()) if len(losses) else math.nan,
+           "clf/loss_prev_window": math.nan}
+    if len(losses) >= 2 * w:
+        out["clf/loss_prev_window"] = float(losses[-2 * w:-w].mean())
+    return out
 
 
 def late_improvement(curve: list[tuple[int, float]], steps: int) -> float:
@@ -332,6 +348,7 @@ def _run_phase(run: _Run, phase: Phase, *, last: bool) -> bool:
         opt.step()
         lr = sched.get_last_lr()[0]  # the rate this step used
         sched.step()
+        run.losses[run.step] = loss.detach()
         run.step += 1
         loss_sum += loss.detach()
         since += 1

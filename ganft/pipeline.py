@@ -3,7 +3,8 @@ arm adds to it (the arm picked once from ``ARMS`` by ``synth.source``), the clas
 training, the test metrics. Returns the metrics dict; everything else goes to the tracker.
 
 An arm is a small function ``(cfg, data, n) -> Added``: the n images it adds to the budget's real
-ones, their labels and its metrics. Ratio 0 is the real-only baseline, whatever the arm. Arms and
+ones, their labels and its metrics. Ratio 0 is the real-only baseline for every arm that adds
+images; the placebo control adds none and changes the classifier's batch order instead. Arms and
 run_trial read the whole TrialConfig because this is where its sections meet; each stage below them
 gets its own section (``cfg.gan``, ``cfg.synth``, ``cfg.classifier``, ...) and, where it needs a value
 of another, that value by name (``conditioning=cfg.gan.conditioning``).
@@ -20,7 +21,7 @@ import torch
 
 from ganft.classic_augment import classifier_augment
 from ganft.config import SynthConfig, TrialConfig
-from ganft.data import labelled_budget, splits_for, unlabelled_images
+from ganft.data import labelled_budget, oracle_pool, splits_for, unlabelled_images
 from ganft.evaluate import test_metrics
 from ganft.finetune import Mix, Start, train_classifier
 from ganft.images import Budget, Images, Splits
@@ -30,7 +31,7 @@ from ganft.pretrain import initial_trunk_state
 from ganft.quality import trial_quality
 from ganft.runtime import derive_seed
 from ganft.store import CheckpointCache
-from ganft.synth import self_training_set, synthesise, synthetic_count
+from ganft.synth import oracle_set, self_training_set, synthesise, synthetic_count
 from ganft.tracker import NULL_TRACKER, Tracker
 from ganft.trial_gan import GanOnDemand, obtain_gan
 
@@ -53,14 +54,19 @@ class TrialData:
 class Added:
     images: Images | None  # None: nothing added (real only)
     metrics: dict[str, float] = field(default_factory=dict)
+    order_seed: int | None = None  # the classifier's batch order, when the arm changes it (placebo)
 
     def mixed(self, cfg: SynthConfig) -> Mix | None:
         """The images as the classifier mixes them in (``synth.mix``, ...), None when there are none."""
         return None if self.images is None else Mix(self.images, cfg)
 
 
-def real_only(cfg: TrialConfig, t: TrialData, n: int) -> Added:
-    return Added(None)
+Arm = Callable[[TrialConfig, TrialData, int], Added]
+
+
+def adds(arm: Arm) -> Arm:
+    """An arm that adds images: at ratio 0 (n = 0) it is the real-only baseline and does nothing."""
+    return lambda cfg, t, n: arm(cfg, t, n) if n else Added(None)
 
 
 def generated(cfg: TrialConfig, t: TrialData, n: int) -> Added:
@@ -83,8 +89,23 @@ def self_training(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     return Added(images, metrics)
 
 
-Arm = Callable[[TrialConfig, TrialData, int], Added]
-ARMS: dict[str, Arm] = {"gan": generated, "self-training": self_training}  # by synth.source
+def oracle(cfg: TrialConfig, t: TrialData, n: int) -> Added:
+    """Control: n class-balanced real labelled images from outside the budget, its validation images
+    and the unlabelled pool, mixed in as generated images are: a perfect generator. It reads labels a
+    user would not have; reports mark it as a control and never choose it."""
+    pool = oracle_pool(t.splits, cfg.data, cfg.seed)
+    images = oracle_set(pool, n, t.splits.num_classes, seed=derive_seed(cfg.seed, "oracle"), device=t.device)
+    return Added(images, {"synth/count": float(len(images)), "synth/oracle_pool": float(len(pool))})
+
+
+def placebo(cfg: TrialConfig, t: TrialData, n: int) -> Added:
+    """Control: real only again, differing from the baseline only in the classifier's batch order
+    (an A/A test): its gain should be zero, and its spread is the noise floor."""
+    return Added(None, order_seed=derive_seed(cfg.seed, "clf-batches", "placebo"))
+
+
+ARMS: dict[str, Arm] = {"gan": adds(generated), "self-training": adds(self_training), "oracle": adds(oracle),
+                        "placebo": placebo}  # by synth.source
 
 
 def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,
@@ -105,14 +126,14 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
                                          unlabelled=unlabelled, labeller=labeller, device=device,
                                          tracker=tracker, cache=cache))
     n_added = synthetic_count(cfg.synth.ratio, len(budget.train))
-    arm = ARMS[cfg.synth.source] if n_added else real_only  # ratio 0: the real-only baseline
-    added = arm(cfg, TrialData(splits, budget, unlabelled, labeller, gan, device, tracker), n_added)
+    added = ARMS[cfg.synth.source](cfg, TrialData(splits, budget, unlabelled, labeller, gan, device, tracker),
+                                   n_added)
     trunk = initial_trunk_state(cfg.classifier, splits.image_shape, gan, tracker)  # classifier.init
     augment = classifier_augment(cfg.classifier.augment, cfg.data.dataset, splits.image_shape[1],
                                  cfg.data.hflip if cfg.data.dataset == "imagefolder" else None)
     clf = train_classifier(cfg.classifier, budget.train, budget.val, splits.num_classes, seed=cfg.seed,
                            device=device, added=added.mixed(cfg.synth),
-                           start=Start(trunk, augment), tracker=tracker, on_eval=on_eval)
+                           start=Start(trunk, augment, added.order_seed), tracker=tracker, on_eval=on_eval)
     test = splits.test.to(device)
     metrics, confusion = test_metrics(clf.model, test, splits.classes)
     metrics["test/acc_last"] = clf.last_accuracy(test)  # without selection: how much it mattered

@@ -1,4 +1,5 @@
-"""Sample a labelled synthetic set from a generator: exact count, class balanced.
+"""The images an arm adds: a labelled synthetic set sampled from a generator (exact count, class
+balanced), self-training's pseudo-labelled real images, and the oracle control's real labelled ones.
 
 A conditional generator labels its images with the class it was asked for (``sample_synthetic``).
 With ``synth.min_confidence`` > 0, or for an unconditional generator, a classifier trained on the
@@ -162,3 +163,24 @@ def self_training_set(unlabelled: torch.Tensor, n: int, num_classes: int, labell
                "synth/self_training_confident_fraction": float((conf >= min_confidence).float().mean())
                if len(conf) else 0.0}
     return Images(unlabelled[idx].to(device), label[idx].to(device)), metrics
+
+
+# --------------------------------------------------------------------------- the oracle control
+
+
+def oracle_set(pool: Images, n: int, num_classes: int, *, seed: int, device: torch.device) -> Images:
+    """The oracle's added set: n real labelled images of ``pool`` (data.oracle_pool), class balanced
+    as a synthetic set is (counts differ by at most one), drawn without replacement by ``seed``: a
+    perfect generator. A class with too few images is an error naming the counts (the study file's
+    check, catalog.check_oracle, catches this before any work)."""
+    gen = make_generator(seed)
+    need = class_counts(n, num_classes, gen)
+    picked = []
+    for c in range(num_classes):
+        idx = torch.nonzero(pool.y == c).squeeze(1)
+        if len(idx) < int(need[c]):
+            raise ValueError(f"synth.source oracle needs {int(need[c])} labelled images of class {c} outside "
+                             f"the budget and the unlabelled pool, and the training split has {len(idx)}")
+        picked.append(idx[torch.randperm(len(idx), generator=gen)[: int(need[c])]])
+    idx = torch.cat(picked)
+    return pool.take(idx[torch.randperm(len(idx), generator=gen)]).to(device)

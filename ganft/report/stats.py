@@ -47,12 +47,18 @@ MIN_PAIRS = 3  # fewer pairs per cell than this: the report warns (a t-interval 
 ARM_COL = "arm"
 REAL_ONLY = "real only"
 CHEAP_ARM = "self-training"  # the cheap alternative a user would try before a GAN
+# Controls (issue 22): labels a user would not have (oracle) or nothing at all (placebo, real only
+# with another batch order). Reports mark them as controls and never choose them as a best arm.
+CONTROL_ARMS = ("oracle", "placebo")
 # any of these away from its default (as text): the runs form an arms study
 ARM_DEFAULTS = {"data.unlabelled_size": "0", "gan.train_on": "budget", "synth.source": "gan"}
 
 
 def arm_label(row: pd.Series) -> str:
     """The arm a run belongs to, from its config."""
+    source = str(row.get("synth.source", "gan"))
+    if source in CONTROL_ARMS and (row[RATIO_COL] > 0 or source == "placebo"):
+        return source
     init = str(row.get("classifier.init", "scratch"))
     train_on = str(row.get("gan.train_on", "budget"))
     gan = f"transferred from {row.get('gan.transfer_source', 'unlabelled')}" if train_on == "transfer" \

@@ -192,16 +192,18 @@ def superseded(study: optuna.Study, number: int, key: str) -> str | None:
 
 def check_config_sizes(cfg: StudyConfig) -> None:
     """Dataset checks for every grid point, before any work (raises ConfigError): data.root, the
-    range of N; an image folder is also decoded (and cached) here, so a file that is not an image
-    stops the study before any store is written."""
-    from ganft.catalog import check_sizes
+    range of N, the oracle control's images; an image folder is also decoded (and cached) here, so a
+    file that is not an image stops the study before any store is written."""
+    from ganft.catalog import check_oracle, check_sizes
 
     folders = set()
-    for point in cfg.points() or [{}]:
-        data = cfg.trial_config(point).data
-        check_sizes(data)
-        if data.dataset == "imagefolder":
-            folders.add(data)
+    for point in cfg.points():
+        trial = cfg.trial_config(point)
+        check_sizes(trial.data)
+        if trial.synth.source == "oracle" and trial.synth.ratio:
+            check_oracle(trial.data, trial.synth.ratio)
+        if trial.data.dataset == "imagefolder":
+            folders.add(trial.data)
     if folders:
         from ganft.data import splits_for
 
