@@ -199,13 +199,16 @@ def test_the_canonical_study_its_protocol_twin_and_its_ceiling_share_the_classif
                            ("fashion_grid", "fashion_grid_pool", "fashion_ceiling"))
     for cfg in (grid, pool, ceiling):
         check_config_sizes(cfg)
-    assert grid.grid == {"data.train_size": [100, 500, 1000], "synth.ratio": [0, 1, 2, 4],
-                         "seed": [0, 1, 2, 3, 4]} and len(grid.points()) == 60
-    assert grid.base.data.validation == ceiling.base.data.validation == "from-budget"
+    values = grid.grid_values
+    assert values["data.train_size"] == [100, 500, 1000] and values["seed"] == [0, 1, 2, 3, 4]
+    assert sorted(values["synth.ratio"]) == [0, 1, 2, 4] and len(grid.points()) == 120
+    arms = {(p["synth.source"], p["synth.ratio"]) for p in grid.points()}  # both controls, every ratio
+    assert arms == {("gan", 0), ("placebo", 0), *{(a, r) for a in ("oracle", "gan") for r in (1, 2, 4)}}
+    assert grid.base.data.validation == ceiling.base.data.validation == "none"
     # the protocol twin: a part of the same grid at ratios 0 and 1, only the validation protocol differs
     assert pool.base.data.validation == "pool" and pool.base.data.val_size == 5000
-    assert pool.grid["synth.ratio"] == [0, 1] and set(pool.grid) == set(grid.grid)
-    assert all(set(pool.grid[k]) <= set(grid.grid[k]) for k in grid.grid)
+    assert pool.grid["synth.ratio"] == [0, 1]
+    assert all(set(pool.grid[k]) <= set(values[k]) for k in pool.grid)
     assert pool.base.model_dump(exclude={"data"}) == grid.base.model_dump(exclude={"data"})
     assert ceiling.points() == [{}] and ceiling.base.synth.ratio == 0
     assert ceiling.base.data.train_size == budget_range(ceiling.base.data)[1] == 60000
