@@ -195,7 +195,7 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) ->
                      "baseline_acc": g[f"{metric}:base"].mean(),
                      **summarise(g[f"{metric}:diff"], min_pairs)})
     out = pd.DataFrame(rows, columns=cols)
-    return add_q_values(out)
+    return family_q(out)
 
 
 QUALITY_COLS = ["quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
@@ -243,6 +243,15 @@ def add_q_values(cells: pd.DataFrame, mean_col: str = "mean_diff") -> pd.DataFra
     return cells
 
 
+def family_q(cells: pd.DataFrame) -> pd.DataFrame:
+    """``add_q_values`` within each family of tests: the controls' cells (CONTROL_ARMS) apart from the
+    treatments', so a positive control's small p-values never ease a treatment's verdict."""
+    if ARM_COL not in cells or not cells[ARM_COL].isin(CONTROL_ARMS).any():
+        return add_q_values(cells)
+    control = cells[ARM_COL].isin(CONTROL_ARMS)
+    return pd.concat([add_q_values(cells[control]), add_q_values(cells[~control])]).loc[cells.index]
+
+
 def verdict(mean_diff: float, nominal: bool, significant: bool, ci_low: float) -> str:
     """``gain`` / ``loss`` (BH q < ALPHA), ``nominal gain`` / ``nominal loss`` (the 95% interval
     excludes 0, q does not pass), ``n.s.``, or ``no CI``."""
@@ -267,7 +276,7 @@ def class_cells(df: pd.DataFrame, class_names: dict[int, str] | None = None) -> 
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)  # adjusted across every (class, cell) test at once
-    return out.drop(columns=Q_COLS).pipe(add_q_values)
+    return out.drop(columns=Q_COLS).pipe(family_q)
 
 
 def class_extremes(classes: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
