@@ -22,7 +22,7 @@ from typing import Any
 from ganft import __version__
 from ganft.config import ConfigError
 from ganft.keys import describe_keys
-from ganft.study.schema import check_study_name, load_study, resolve_study
+from ganft.study.schema import ReportConfig, check_study_name, find_study_file, load_study, resolve_study
 
 log = logging.getLogger("ganft")
 
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", type=Path, metavar="CSV", help="rebuild from a report's own "
                         "results.csv (and the meta.json beside it) instead of the stores, e.g. "
                         "reports/gan_zoo/results.csv")
+    report.add_argument("--margin", type=float, metavar="PP", help="equivalence margin in percentage "
+                        "points: an arm within +-PP of real only by two one-sided t-tests is called "
+                        "equivalent (default: the study file's report.margin, else 1)")
 
     pre = sub.add_parser("pretrain", help="train (once, cached) the source-dataset classifiers that "
                          "a study's classifier.init: pretrained trials start from")
@@ -212,20 +215,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     if bool(args.study) == bool(args.compare):
         print("ganft report: give a study, or --compare A B", file=sys.stderr)
         return 2
+    if args.margin is not None and not 0 < args.margin <= 100:
+        raise ConfigError(f"--margin {args.margin}: allowed: above 0, at most 100 (percentage points)")
     try:
         if args.results:
-            index = build_from_results(_study_name(args.study), args.results, out=args.out)
+            margin = args.margin / 100 if args.margin is not None else None
+            index = build_from_results(_study_name(args.study), args.results, out=args.out, margin=margin)
         elif args.compare:
             index = build_compare(*(_study_name(s) for s in args.compare), stores=_stores(args), out=args.out)
         else:
             index = build(_study_name(args.study), ceiling=args.ceiling and _study_name(args.ceiling),
                           protocol=args.protocol and _study_name(args.protocol), stores=_stores(args),
-                          out=args.out)
+                          out=args.out, margin=_margin(args))
     except NothingToReport as exc:
         print(f"ganft report: {exc}", file=sys.stderr)
         return 1
     print(f"report: {index}")
     return 0
+
+
+def _margin(args: argparse.Namespace) -> float:
+    """The report's equivalence margin as an accuracy: --margin, else the study file's
+    report.margin when there is a file for the study, else 1 pp."""
+    if args.margin is not None:
+        return args.margin / 100
+    path = find_study_file(args.study)  # none: a study whose file is elsewhere (another machine's stores)
+    return (load_study(path).report if path is not None else ReportConfig()).margin / 100
 
 
 def _study_name(arg: str) -> str:

@@ -4,6 +4,7 @@ the pooled noise, the per-arm fit check and the separate multiple-testing famili
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -136,3 +137,27 @@ def test_pooled_noise_and_the_fit_check() -> None:
     table = cal.fit_table(fit).set_index(["data.train_size", "arm", "synth.ratio"])
     assert not table.loc[(100, "oracle", 4.0), "fitted"] and table.loc[(100, "oracle", 1.0), "fitted"]
     assert not table.loc[(500, "placebo", 0.0), "fitted"] and table.loc[(500, "real only", 0.0), "fitted"]
+
+
+def test_a_report_with_controls_opens_with_its_calibration(tmp_path, monkeypatch) -> None:
+    from ganft.report.text import ReportMeta
+    from ganft.report.write import write_report
+
+    monkeypatch.setattr(cal, "BOOTSTRAP", 200)  # the exchange rate's interval: coarser, faster
+
+    df = planted({(100, 1): 100.0, (100, 4): 300.0, (500, 1): 500.0, (1000, 1): 1000.0})
+    df = df.assign(**{"clf/train_acc_last": 1.0, "clf/loss_last_window": 0.01,
+                      "clf/loss_prev_window": 0.0101, "grid_point": [f"p{i}" for i in range(len(df))]})
+    write_report(df, tmp_path, ReportMeta(study="planted", margin=0.01))
+    md = (tmp_path / "index.md").read_text()
+    answer = md.split("- **")[0]
+    assert "Sensitivity: the oracle control" in answer
+    assert "detected (q < 0.05 among the controls) in 9 of 9" in answer
+    assert "The placebo (real only with another batch order) stayed null in every cell" in answer
+    assert "N=100, GAN on budget:" in answer and "worth about" in answer and "rule out gains above" in answer
+    assert "Every arm fitted its real images" in answer and "groups of correlated tests" in answer
+    assert "## Calibration against the controls" in md and "## The controls" in md
+    assert "## Budget and fit, per arm" in md and "GAN arms against the best cheap baseline" not in md
+    table = pd.read_csv(tmp_path / "calibration.csv")
+    assert set(table["arm"]) == {"GAN on budget"} and len(table) == 4  # never a control as a treatment
+    assert json.loads((tmp_path / "meta.json").read_text())["margin"] == 0.01

@@ -14,7 +14,7 @@ from recorder import Recorder
 
 from ganft import pipeline
 from ganft.cli import main
-from ganft.config import ClassifierConfig, DataConfig, TrialConfig
+from ganft.config import ClassifierConfig, ConfigError, DataConfig, TrialConfig
 from ganft.data import (
     budget_positions,
     labelled_budget,
@@ -128,3 +128,36 @@ def test_every_run_logs_whether_it_fitted_its_real_images() -> None:
     assert np.isnan(loss_windows(torch.tensor([1.0]))["clf/loss_prev_window"])  # too short for two
     m = pipeline.run_trial(tiny(synth={"source": "oracle", "ratio": 1}), device=CPU)
     assert 0 < m["clf/loss_last_window"] < m["clf/loss_prev_window"] and 0 <= m["clf/train_acc_last"] <= 1
+
+
+@pytest.mark.parametrize("where", ["space", "base"])
+def test_a_search_that_could_choose_a_control_is_refused_at_load(where: str, tmp_path: Path) -> None:
+    from ganft.study.schema import load_study
+
+    space = "    synth.source: {choices: [gan, oracle]}\n" if where == "space" else \
+        "    synth.ratio: {choices: [1, 2]}\n"
+    base = "base:\n  synth: {source: placebo}\n" if where == "base" else ""
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nsampler: tpe\n{base}search:\n  n_trials: 4\n  objective: val/acc\n"
+                    f"  space:\n{space}")
+    with pytest.raises(ConfigError, match="is a control .* a search may not choose it") as err:
+        load_study(path)
+    assert "\n" not in str(err.value)
+
+
+def test_the_report_margin_comes_from_the_flag_then_the_study_file_then_1_pp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from argparse import Namespace
+
+    from ganft.cli import _margin
+
+    study = tmp_path / "m.yaml"
+    study.write_text("name: m\nreport: {margin: 2.5}\n")
+    assert _margin(Namespace(margin=None, study=str(study))) == pytest.approx(0.025)
+    assert _margin(Namespace(margin=0.5, study=str(study))) == pytest.approx(0.005)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GANFT_HOME", str(tmp_path))
+    assert _margin(Namespace(margin=None, study="no-such-study")) == pytest.approx(0.01)
+    study.write_text("name: m\nreport: {margin: 0}\n")
+    with pytest.raises(ConfigError, match="report.margin"):
+        _margin(Namespace(margin=None, study=str(study)))

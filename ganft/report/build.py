@@ -90,24 +90,27 @@ def _class_names(df: pd.DataFrame) -> dict[int, str]:
     return dict(enumerate(CLASS_NAMES.get(datasets[0], ()))) if len(datasets) == 1 else {}
 
 
-def build_from_results(study: str, results: Path, out: Path | None = None) -> Path:
-    """Rebuild a committed report from its own results.csv (and meta.json: command, wall time and
-    machine as the report first stated them), when the study's stores are gone."""
+def build_from_results(study: str, results: Path, out: Path | None = None,
+                       margin: float | None = None) -> Path:
+    """Rebuild a committed report from its own results.csv (and meta.json: command, wall time,
+    machine and equivalence margin as the report first stated them), when the study's stores are
+    gone. ``margin`` (accuracy, 0.01 = 1 pp) overrides the recorded one."""
     df = tidy_from_csv(results)
     meta_file = results.parent / "meta.json"
     facts = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     meta = ReportMeta(study=study, command=facts.get("command", ""), machine=facts.get("machine", ""),
-                      wall_seconds=facts.get("wall_seconds"), class_names=_class_names(df))
+                      wall_seconds=facts.get("wall_seconds"), class_names=_class_names(df),
+                      margin=margin or facts.get("margin", ReportMeta.margin))
     saved = results.parent / "importances.csv"  # Optuna's importances, as the report first had them
     importances = pd.read_csv(saved) if saved.is_file() else None
     return write_report(df, out or results.parent, meta, importances=importances)
 
 
 def build(study: str, *, ceiling: str | None = None, protocol: str | None = None,
-          stores: Stores | None = None, out: Path | None = None) -> Path:
+          stores: Stores | None = None, out: Path | None = None, margin: float = ReportMeta.margin) -> Path:
     """Write ``reports/<study>/`` (or ``out``) and return its index.html. ``ceiling``: a real-only
     study on the whole training split, drawn as a line; ``protocol``: the same grid under another
-    ``data.validation``, for the protocol table."""
+    ``data.validation``, for the protocol table; ``margin``: the equivalence margin (accuracy)."""
     stores = stores or Stores.resolve()
     df = study_runs(study, stores)
     wall, commands, machine = invocations(study, stores)
@@ -135,7 +138,7 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
     samples = sample_grids(df, stores, study, out)
     meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}{flags}"]),
                       machine=machine, wall_seconds=wall, ceiling_study=ceiling or "",
-                      protocol_study=protocol or "", class_names=_class_names(df))
+                      protocol_study=protocol or "", class_names=_class_names(df), margin=margin)
     return write_report(df, out, meta, ceiling=extra.get("ceiling"), history=history,
                         importances=importances, protocol=extra.get("protocol"), samples=samples)
 

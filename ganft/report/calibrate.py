@@ -30,7 +30,6 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.isotonic import IsotonicRegression
 
 from ganft.report.stats import (
     ACC_COL,
@@ -123,6 +122,8 @@ def images_for(images: np.ndarray, accs: np.ndarray, acc: float) -> float:
     """The number of labelled images at which the curve through (``images``, ``accs``), made
     monotone by isotonic regression on log size, reaches ``acc``: -inf below its first point, inf
     above its last."""
+    from sklearn.isotonic import IsotonicRegression  # here: reports without controls never load sklearn
+
     order = np.argsort(images)
     x = np.log(np.asarray(images, float)[order])
     y = IsotonicRegression(increasing=True).fit_transform(x, np.asarray(accs, float)[order])

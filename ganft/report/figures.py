@@ -22,7 +22,16 @@ from matplotlib.patches import Patch, Rectangle
 from scipy import stats
 
 from ganft.keys import config_keys
-from ganft.report.stats import ACC_COL, ARM_COL, N_COL, RATIO_COL, REAL_ONLY, SEED_COL, varying_factors
+from ganft.report.stats import (
+    ACC_COL,
+    ARM_COL,
+    CONTROL_ARMS,
+    N_COL,
+    RATIO_COL,
+    REAL_ONLY,
+    SEED_COL,
+    varying_factors,
+)
 from ganft.report.text import signed
 
 DPI = 110
@@ -51,7 +60,8 @@ def _factor_cols(frame: pd.DataFrame) -> list[str]:
 
 def _facet_label(keys: tuple, factors: list[str]) -> str:
     """``factor=value`` pairs on one line, or one per line when that would overrun a panel."""
-    parts = [f"{f}={v}" for f, v in zip(factors, keys, strict=True)]
+    parts = [f"{f}={v}" + (" (control)" if f == ARM_COL and v in CONTROL_ARMS else "")
+             for f, v in zip(factors, keys, strict=True)]
     one_line = ", ".join(parts)
     return one_line if len(one_line) <= 55 else "\n".join(parts)
 
@@ -128,7 +138,8 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
             ax.set_xticks(range(len(ratios)), _ratio_ticks(ratios))
             ax.set_xlim(-0.2, len(ratios) - 0.8)
             ax.set_ylim(lo, hi)
-            ax.set_xlabel("synthetic : real ratio (GAN images per real image)")
+            ax.set_xlabel("added : real ratio (images the arm adds per real image)" if ARM_COL in df
+                          else "synthetic : real ratio (GAN images per real image)")
             ax.set_ylabel("test accuracy (%)")
             if label:
                 ax.set_title(label)

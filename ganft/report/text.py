@@ -19,6 +19,7 @@ class ReportMeta:
     ceiling_study: str = ""
     protocol_study: str = ""  # the same grid under another data.validation protocol (--protocol)
     class_names: dict[int, str] = field(default_factory=dict)  # class index -> name; default: the index
+    margin: float = 0.01  # equivalence margin (accuracy, 0.01 = 1 pp): the study file's report.margin
 
 
 def duration(seconds: float) -> str:

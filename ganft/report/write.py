@@ -16,10 +16,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ganft.report import arms
+from ganft.report import arms, controls
 from ganft.report import sections as sec
+from ganft.report.calibrate import calibration, has_controls
 from ganft.report.page import Page, render_html, render_md
-from ganft.report.stats import ARM_COL, MIN_PAIRS, SEED_COL, class_cells, paired_cells, varying_factors
+from ganft.report.stats import (
+    ARM_COL,
+    CHEAP_ARM,
+    MIN_PAIRS,
+    SEED_COL,
+    class_cells,
+    paired_cells,
+    varying_factors,
+)
 from ganft.report.text import ReportMeta, _n, cell_name, ci_text, pp, study_time
 
 
@@ -106,11 +115,17 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     classes = class_cells(df, meta.class_names)
     df.to_csv(out_dir / "results.csv", index=False)
     facts = {"study": meta.study, "command": meta.command, "machine": meta.machine,
-             "wall_seconds": meta.wall_seconds}  # for rebuilding the report from results.csv
+             "wall_seconds": meta.wall_seconds, "margin": meta.margin}  # for rebuilding from results.csv
     (out_dir / "meta.json").write_text(json.dumps(facts, indent=2) + "\n")
     cells.to_csv(out_dir / "cells.csv", index=False)
+    calibrated = has_controls(df)  # oracle / placebo arms: the answer is read against them
+    cheap = ARM_COL in df and bool((df[ARM_COL] == CHEAP_ARM).any())
     sections = [sec.accuracy_section(df, out_dir, ceiling, meta), sec.gain_section(cells, factors, out_dir)]
-    if ARM_COL in df:  # a study of arms that use unlabelled images: the cheap baseline too
+    table = calibration(df, cells, meta.margin) if calibrated else None
+    if table is not None:
+        sections += [controls.calibration_section(table, meta.margin, out_dir),
+                     controls.controls_section(cells)]
+    if cheap:  # arms that use unlabelled images: against the cheap baseline too
         sections.append(arms.arms_section(df, out_dir))
     if len(classes):
         classes.to_csv(out_dir / "classes.csv", index=False)
@@ -122,7 +137,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
         sections.append(sec.optuna_section(history, importances, out_dir))
     if protocol is not None and len(protocol):
         sections.append(sec.protocol_section(df, protocol, meta.protocol_study, out_dir))
-    sections += [s for s in (sec.objective_section(df), sec.convergence_section(df)) if s is not None]
+    fit = controls.fit_section(df) if calibrated else sec.convergence_section(df)
+    sections += [s for s in (sec.objective_section(df), fit) if s is not None]
     sections.append(sec.method_section(df, ceiling is not None))
     facts = [("Command", f"`{meta.command}`")] if meta.command else []
     facts.append(("Time", study_time(df, meta).capitalize()))
@@ -133,9 +149,12 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
         facts.append(("Trials ran on", ", ".join(sorted(df["device"].dropna().astype(str).unique()))))
     facts.append(("Data", "[results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one "
                   "row per cell)" + (", [classes.csv](classes.csv) (per class)" if len(classes) else "")
+                  + (", [calibration.csv](calibration.csv) (each arm against the controls)"
+                     if calibrated else "")
                   + (", [versus_cheap.csv](versus_cheap.csv) (GAN arms against self-training)"
-                     if ARM_COL in df else "")))
-    answer = arms.answer_lines(df, cells, meta) if ARM_COL in df else answer_lines(df, cells, meta)
+                     if cheap else "")))
+    answer = controls.answer_lines(df, cells, table, meta) if table is not None else \
+        arms.answer_lines(df, cells, meta) if ARM_COL in df else answer_lines(df, cells, meta)
     page = Page(f"ganft report: {meta.study}", answer, facts, sections)
     return write_page(page, out_dir)
 

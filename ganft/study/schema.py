@@ -86,6 +86,12 @@ class ConfirmConfig(StrictModel):
                              min_length=2)
 
 
+class ReportConfig(StrictModel):
+    # equivalence margin of `ganft report`, in percentage points of accuracy: an arm whose paired gain
+    # lies within +-margin by two one-sided t-tests (TOST) is called equivalent to real only
+    margin: float = Field(1.0, gt=0, le=100)
+
+
 SAMPLERS = ("grid", "tpe", "random", "cmaes")
 
 
@@ -101,6 +107,7 @@ class StudyConfig(StrictModel):
     search: SearchConfig | None = None
     pruner: Literal["none", "median", "successive-halving"] = "none"  # searches: stop hopeless trials
     confirm: ConfirmConfig | None = None  # searches: re-run the best recipe and real only on fresh seeds
+    report: ReportConfig = ReportConfig()  # how `ganft report` reads the study (not part of any trial)
 
     @model_validator(mode="after")
     def _search_valid(self) -> StudyConfig:
@@ -112,6 +119,14 @@ class StudyConfig(StrictModel):
             raise ValueError(f"sampler {self.sampler} needs a search: block (n_trials, objective, space)")
         if self.grid:
             raise ValueError(f"sampler {self.sampler} searches; a study has a grid or a search, not both")
+        controls = {"oracle", "placebo"}  # labels beyond the budget, or nothing to find: never a treatment
+        source = self.search.space.get("synth.source")
+        drawn = set(source.choices or []) & controls if source is not None else set()
+        if drawn or self.base.synth.source in controls:
+            which = ", ".join(sorted(drawn)) if drawn else self.base.synth.source
+            raise ValueError(f"search: synth.source {which} is a control (the oracle reads labels beyond the "
+                             f"budget, the placebo adds nothing); a search may not choose it: drop it from "
+                             f"search.space and base (run controls in a grid)")
         for key, p in self.search.space.items():
             check_search_param(self.base, key, p, self.search.space)
             if self.sampler == "cmaes" and (p.choices is not None or p.when):
@@ -256,19 +271,28 @@ def load_study(path: str | Path) -> StudyConfig:
         raise ConfigError(f"{path}: {format_validation_error(exc, StudyConfig)}") from None
 
 
+def find_study_file(arg: str) -> Path | None:
+    """The study file ``arg`` names: a YAML path, or studies/<name>.yaml here or at the project
+    root; None when there is none (a name is checked against the study-name rule first)."""
+    from ganft.paths import project_root
+
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    check_study_name(arg)
+    found = [folder / "studies" / f"{arg}.yaml" for folder in (Path.cwd(), project_root())]
+    return next((c for c in found if c.is_file()), None)
+
+
 def resolve_study(arg: str) -> StudyConfig:
     """A YAML path, or a name looked up as studies/<name>.yaml here or at the project root (the
     file used is logged)."""
     from ganft.paths import project_root
 
-    path = Path(arg)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_study(path)
-    check_study_name(arg)
-    for folder in (Path.cwd() / "studies", project_root() / "studies"):
-        cand = folder / f"{arg}.yaml"
-        if cand.is_file():
-            log.info("study %s: %s", arg, cand)
-            return load_study(cand)
-    known = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
-    raise ConfigError(f"no study file for {arg!r}; give a path or one of: {', '.join(known) or 'none'}")
+    path = find_study_file(arg)
+    if path is None:
+        known = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
+        raise ConfigError(f"no study file for {arg!r}; give a path or one of: {', '.join(known) or 'none'}")
+    if path != Path(arg):  # found by its name
+        log.info("study %s: %s", arg, path)
+    return load_study(path)
