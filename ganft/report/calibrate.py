@@ -174,12 +174,17 @@ def exchange_interval(df: pd.DataFrame, cell: pd.Series, rng: np.random.Generato
 # --------------------------------------------------------------------------- the tables
 
 
+COLUMNS = [N_COL, RATIO_COL, ARM_COL, "n_pairs", "mean_diff", "ci_low", "ci_high", "q_value", "verdict",
+           "bound", "tost_p", "equivalent", "margin", "oracle_gain", "share", "share_low", "share_high",
+           "exchange", "exchange_low", "exchange_high", "sd", "detectable", "seeds_for_1pp"]
+
+
 def calibration(df: pd.DataFrame, cells: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
     """One row per treatment cell: its gain and interval (from ``cells``, stats.paired_cells), the
     bound, TOST p and verdict at ``margin``, the oracle's gain at the same (N, ratio), the oracle
     share with Fieller's interval, the exchange rate with its bootstrap interval, and power."""
     if cells.empty or ARM_COL not in cells:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=COLUMNS)
     pairs = paired_runs(df).astype({ARM_COL: str})
     diff = f"{ACC_COL}:diff"
     rng = np.random.default_rng(0)
@@ -201,7 +206,7 @@ def calibration(df: pd.DataFrame, cells: pd.DataFrame, margin: float = MARGIN) -
                      "share_low": share_low, "share_high": share_high,
                      "exchange": exchange_rate(df, c), "exchange_low": ex_low, "exchange_high": ex_high,
                      "sd": sd, "detectable": detectable(sd, len(arm)), "seeds_for_1pp": seeds_needed(sd)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def pooled_sd(pairs: pd.DataFrame) -> pd.DataFrame:

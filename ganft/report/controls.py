@@ -71,11 +71,16 @@ def placebo_line(cells: pd.DataFrame) -> str:
     placebo = _controls(cells, "placebo")
     if placebo.empty:
         return "No placebo control ran: the study's false-positive rate is not shown."
-    flagged = placebo[placebo["verdict"] != "n.s."]
+    flagged = placebo[~placebo["verdict"].isin(["n.s.", "no CI"])]  # an interval that excludes 0
     parts = "; ".join(f"N={int(r[N_COL]):,}: {pp(r['mean_diff'])} ({ci_text(r)})"
                       for _, r in placebo.iterrows())
-    if flagged.empty:
+    untested = int((placebo["verdict"] == "no CI").sum())
+    if flagged.empty and not untested:
         return f"The placebo (real only with another batch order) stayed null in every cell: {parts}."
+    if flagged.empty:
+        return (f"The placebo (real only with another batch order) stayed null in the "
+                f"{len(placebo) - untested} of {len(placebo)} cells with an interval: {parts}.")
+    # nominal or significant: an interval that excludes 0 where nothing changed but the batch order
     return (f"Warning: the placebo (real only with another batch order, which should change nothing) was "
             f"{', '.join(sorted(set(flagged['verdict'])))} in {len(flagged)} of {len(placebo)} cells: "
             f"{parts}. Read every verdict below against that false-positive rate.")

@@ -88,8 +88,9 @@ def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
 
     history: one row per COMPLETE trial in order: ``number``, ``value`` (validation accuracy),
     ``best_so_far``, ``from_grid`` (True for enqueued grid points, False for sampled ones).
-    importances: ``param``, ``importance`` (fANOVA, seeded; empty with fewer than 4 complete trials
-    or fewer than 2 parameters that vary). Both empty when the study is not in the storage."""
+    importances: ``param``, ``importance`` (fANOVA, seeded; empty with fewer than 4 complete trials,
+    fewer than 2 parameters that vary, or one objective value for every trial). Both empty when the
+    study is not in the storage."""
     import pandas as pd
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
@@ -110,8 +111,8 @@ def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
     history["best_so_far"] = history["value"].cummax()
     shared = set.intersection(*(set(t.params) for t in done))  # a conditional parameter is left out
     varying = {k for k in shared if len({repr(t.params[k]) for t in done}) > 1}
-    if len(done) < 4 or len(varying) < 2:
-        return history, empty[1]
+    if len(done) < 4 or len(varying) < 2 or history["value"].nunique() < 2:
+        return history, empty[1]  # fANOVA needs a spread to split (data.validation none: often all 1.0)
     imp = get_param_importances(_one_space(done, sorted(varying)),
                                 evaluator=FanovaImportanceEvaluator(seed=0))
     return history, pd.DataFrame({"param": list(imp), "importance": [float(v) for v in imp.values()]})
