@@ -45,7 +45,7 @@ def budget_range(cfg: DataConfig, counts: list[int] | None = None) -> tuple[int,
     to its share of the training split; the pool protocol keeps ``val_size`` images out."""
     counts = counts or train_counts(cfg)
     total = sum(counts)
-    per_class = 2 if cfg.validation == "from-budget" else 1
+    per_class = {"from-budget": 2, "kfold": cfg.folds}.get(cfg.validation, 1)
     lo = per_class * len(counts)
     if cfg.dataset == "imagefolder":  # classes may be far from balanced: the smallest one decides
         lo = max(lo, -(-per_class * total // min(counts)))
@@ -76,12 +76,21 @@ def check_sizes(cfg: DataConfig) -> None:
     if cfg.validation == "pool" and cfg.val_size >= train_total:
         raise ConfigError(f"data.val_size: {cfg.val_size} leaves no training pool for {cfg.dataset} "
                           f"(training split has {train_total:,} images)")
+    if cfg.validation == "kfold":  # every fold must hold out an image of every class
+        smallest = cfg.train_size * min(counts) // train_total  # a stratified budget's smallest class
+        if cfg.folds > smallest:
+            allowed = f"2..{smallest}" if smallest >= 2 else "none at this N"
+            raise ConfigError(f"data.folds: {cfg.folds} is more than the {smallest} image(s) of the smallest "
+                              f"class in a budget of N={cfg.train_size:,}; allowed: {allowed}, or a larger "
+                              f"data.train_size")
     lo, hi = budget_range(cfg, counts)
     if not lo <= cfg.train_size <= hi:
         why = {"pool": f"one per class up to the training split without the {cfg.val_size or 0:,} "
                        f"validation images",
                "from-budget": "two per class (one to train, one to validate) up to the whole training split",
-               "none": "one per class up to the whole training split"}[cfg.validation]
+               "none": "one per class up to the whole training split",
+               "kfold": f"data.folds ({cfg.folds}) per class, so every fold holds out each class, up "
+                        f"to the whole training split"}[cfg.validation]
         where = f"imagefolder {cfg.root}" if cfg.dataset == "imagefolder" else cfg.dataset
         if cfg.dataset == "imagefolder" and cfg.train_size < lo:
             names = train_class_names(cfg)

@@ -46,9 +46,15 @@ class DataConfig(StrictModel):
     # looks at: from-budget = a stratified val_fraction of the N images (the rest is trained on);
     # none = nothing, fixed steps and the last checkpoint; pool = a fixed set of val_size images
     # from outside the budget (the earlier protocol: labelled data beyond N, for comparison only)
-    validation: Literal["from-budget", "none", "pool"] = "from-budget"
+    # kfold = no selection inside the trial (all N trained on, fixed steps, last weights) plus
+    # repeated stratified k-fold cross-validation inside the budget, every fold its own GAN and
+    # classifier, scored on its held-out fold by a continuous score (cv/true_class_prob, cv/log_loss):
+    # what a search or a report chooses on; the test metrics are the refit's on all N
+    validation: Literal["from-budget", "none", "pool", "kfold"] = "from-budget"
     val_fraction: float = Field(0.2, gt=0, lt=1)  # from-budget: share of each class held out
     val_size: int | None = Field(None, ge=10, le=10_000_000)  # pool only, and required there
+    folds: int = Field(5, ge=2, le=50)  # kfold only: folds of the budget (every class needs this many)
+    fold_repeats: int = Field(1, ge=1, le=20)  # kfold only: repeats with other fold assignments
     # imagefolder only: images are centre-cropped to a square, resized to image_size (antialiased)
     # and converted to `channels`; without root/train and root/test, a fixed test_fraction of each
     # class (by file content) is the test split; skip_unreadable skips files that do not decode
@@ -82,6 +88,9 @@ class DataConfig(StrictModel):
         if self.validation == "pool" and self.val_size is None:
             raise ValueError("data.validation pool needs data.val_size (the fixed validation set's size, "
                              "e.g. 5000 for fashion-mnist, 300 for digits)")
+        if self.validation != "kfold" and (self.folds, self.fold_repeats) != (5, 1):
+            raise ValueError(f"data.folds and data.fold_repeats apply to data.validation kfold only, not "
+                             f"{self.validation}")
         if self.validation != "pool" and self.val_size is not None:
             raise ValueError(f"data.val_size applies to data.validation pool only; with "
                              f"{self.validation} the validation images come from the budget "
@@ -302,11 +311,14 @@ def check_unlabelled(cfg: TrialConfig) -> None:
 def check_classifier_recipe(cfg: TrialConfig) -> None:
     """Rules that join the classifier to the GAN, data and mix sections; the error names both keys."""
     c = cfg.classifier
-    if cfg.data.validation == "none":
+    if cfg.data.validation in ("none", "kfold"):
         for key, value in (("classifier.patience", c.patience), ("gan.eval_every", cfg.gan.eval_every)):
             if value:
-                raise ValueError(f"{key} {value} selects on validation data, and data.validation none "
-                                 f"has none: set it to 0 or use data.validation from-budget")
+                how = "has none" if cfg.data.validation == "none" else \
+                    "trains every fit for fixed steps (choose steps by a kfold grid over them instead)"
+                raise ValueError(f"{key} {value} selects on validation data, and data.validation "
+                                 f"{cfg.data.validation} {how}: set it to 0 or use data.validation "
+                                 f"from-budget")
     if cfg.synth.real_fraction is not None:
         if cfg.synth.mix != "union":
             raise ValueError(f"synth.real_fraction needs synth.mix union (it fixes the share of real "

@@ -90,11 +90,25 @@ def labelled_budget(splits: Splits, cfg: DataConfig, seed: int) -> Budget:
         pool, val = pool_and_validation(splits, cfg.val_size)
         return Budget("pool", labelled_subset(pool, cfg.train_size, seed), val)
     labelled = labelled_subset(splits.train, cfg.train_size, seed)
-    if cfg.validation == "none":
-        return Budget("none", labelled, None)
+    if cfg.validation in ("none", "kfold"):  # kfold: the trial's own fit uses all N (the folds: budget_folds)
+        return Budget(cfg.validation, labelled, None)
     train_idx, val_idx = budget_holdout(labelled.y, cfg.val_fraction,
                                         derive_seed("budget-val", cfg.train_size, seed) % 2**32)
     return Budget("from-budget", labelled.take(train_idx), labelled.take(val_idx))
+
+
+def budget_folds(budget: Budget, cfg: DataConfig, seed: int) -> list[tuple[Budget, Images]]:
+    """``data.validation kfold``: the budget's repeated stratified k-fold splits (scikit-learn's
+    RepeatedStratifiedKFold, seeded by (N, seed)): per fold, a budget of its training part (no
+    validation images inside: every fit trains for fixed steps) and its held-out images. Every image
+    is held out once per repeat; nothing outside the N images is touched."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    folds = RepeatedStratifiedKFold(n_splits=cfg.folds, n_repeats=cfg.fold_repeats,
+                                    random_state=derive_seed("kfold", cfg.train_size, seed) % 2**32)
+    y = budget.train.y.numpy()
+    return [(Budget("kfold-fold", budget.train.take(np.sort(tr)), None), budget.train.take(np.sort(va)))
+            for tr, va in folds.split(np.zeros(len(y)), y)]
 
 
 # --------------------------------------------------------------------------- unlabelled images

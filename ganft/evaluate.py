@@ -1,11 +1,12 @@
-"""Accuracy, macro-F1, per-class accuracy and a confusion-matrix figure for a classifier."""
+"""Accuracy, macro-F1, per-class accuracy and a confusion-matrix figure for a classifier, and the
+continuous scores a held-out fold is judged by (log-loss, mean true-class probability)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score, log_loss
 from torch import nn
 
 from ganft.images import Images
@@ -19,6 +20,27 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
     batch_size = batch_size or eval_batch_size(x.device)
     with autocast(x.device):
         return torch.cat([model(chunk).argmax(dim=1).cpu() for chunk in x.split(batch_size)])
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Class probabilities (N, K) on the CPU, float32 (softmax of fp32 logits)."""
+    model.eval()
+    batch_size = batch_size or eval_batch_size(x.device)
+    with autocast(x.device):
+        return torch.cat([model(c).float().softmax(dim=1).cpu() for c in x.split(batch_size)])
+
+
+def held_out_scores(model: nn.Module, images: Images, num_classes: int) -> dict[str, float]:
+    """Continuous scores on held-out images, which resolve what accuracy on a few images cannot:
+    ``log_loss`` (scikit-learn's, lower is better), ``true_class_prob`` (the mean probability given
+    to the right class, higher is better) and ``acc``."""
+    probs = probabilities(model, images.x).double().numpy()
+    probs /= probs.sum(axis=1, keepdims=True)  # float32 softmax sums are 1 only to ~1e-7
+    y = images.y.cpu().numpy()
+    return {"log_loss": float(log_loss(y, probs, labels=np.arange(num_classes))),
+            "true_class_prob": float(probs[np.arange(len(y)), y].mean()),
+            "acc": float((probs.argmax(axis=1) == y).mean())}
 
 
 def accuracy(model: nn.Module, images: Images) -> float:

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ganft.classic_augment import classifier_augment
 from ganft.config import SynthConfig, TrialConfig
-from ganft.data import labelled_budget, oracle_pool, splits_for, unlabelled_images
-from ganft.evaluate import test_metrics
-from ganft.finetune import Mix, Start, train_classifier
+from ganft.data import budget_folds, labelled_budget, oracle_pool, splits_for, unlabelled_images
+from ganft.evaluate import held_out_scores, test_metrics
+from ganft.finetune import FinetuneResult, Mix, Start, train_classifier
 from ganft.images import Budget, Images, Splits
 from ganft.keys import flatten
 from ganft.labeller import Labeller
@@ -108,17 +109,20 @@ ARMS: dict[str, Arm] = {"gan": adds(generated), "self-training": adds(self_train
                         "placebo": placebo}  # by synth.source
 
 
-def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,
-              cache: CheckpointCache | None = None,
-              on_eval: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """One trial; ``cache`` stores GANs and labellers for the trials that share them;
-    ``on_eval(step, budget val acc)`` is told every validation of the classifier (a search's
-    pruner, which may stop the trial by raising)."""
-    t0 = time.perf_counter()
-    tracker.log_params(flatten(cfg))
-    splits = splits_for(cfg.data)
-    tracker.set_tags({"data.classes": json.dumps(list(splits.classes))})  # the labels, for reports
-    budget = labelled_budget(splits, cfg.data, cfg.seed)  # the only labels anything below reads
+@dataclass(frozen=True)
+class Fit:
+    """One fit of a trial's recipe on one budget: the classifier and what the arm added."""
+
+    clf: FinetuneResult
+    added: Added
+    n_added: int
+    unlabelled: torch.Tensor
+    gan: GanOnDemand
+
+
+def fit(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.device, tracker: Tracker,
+        cache: CheckpointCache | None, on_eval: Callable[[int, float], None] | None = None) -> Fit:
+    """The trial's recipe on ``budget``: the arm's added set, the classifier's start, training."""
     unlabelled = unlabelled_images(splits, cfg.data, cfg.seed)
     labeller = Labeller(cfg.classifier, budget, splits.num_classes, seed=cfg.seed, device=device,
                         cache=None if cache is None else cache.child("labellers"), tracker=tracker)
@@ -134,14 +138,46 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     clf = train_classifier(cfg.classifier, budget.train, budget.val, splits.num_classes, seed=cfg.seed,
                            device=device, added=added.mixed(cfg.synth),
                            start=Start(trunk, augment, added.order_seed), tracker=tracker, on_eval=on_eval)
+    return Fit(clf, added, n_added, unlabelled, gan)
+
+
+def cross_validate(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.device,
+                   cache: CheckpointCache | None) -> dict[str, float]:
+    """``data.validation kfold``: every fold of the budget fitted as the trial is (its own GAN,
+    labeller and classifier, fixed steps, nothing logged but the result) and scored on its held-out
+    images; the means over folds (``cv/...``) and the spread of the true-class probability."""
+    scores = []
+    for part, held_out in budget_folds(budget, cfg.data, cfg.seed):
+        f = fit(cfg, splits, part, device=device, tracker=NULL_TRACKER, cache=cache)
+        scores.append(held_out_scores(f.clf.model, held_out.to(device), splits.num_classes))
+    per_fold = {k: np.array([s[k] for s in scores]) for k in scores[0]}
+    return {**{f"cv/{k}": float(v.mean()) for k, v in per_fold.items()}, "cv/folds": float(len(scores)),
+            "cv/true_class_prob_sd": float(per_fold["true_class_prob"].std(ddof=1))}
+
+
+def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL_TRACKER,
+              cache: CheckpointCache | None = None,
+              on_eval: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """One trial; ``cache`` stores GANs and labellers for the trials that share them;
+    ``on_eval(step, budget val acc)`` is told every validation of the classifier (a search's
+    pruner, which may stop the trial by raising). Under ``data.validation kfold`` the folds are
+    cross-validated first (``cv/...`` metrics), then the recipe is fitted on all N for the test."""
+    t0 = time.perf_counter()
+    tracker.log_params(flatten(cfg))
+    splits = splits_for(cfg.data)
+    tracker.set_tags({"data.classes": json.dumps(list(splits.classes))})  # the labels, for reports
+    budget = labelled_budget(splits, cfg.data, cfg.seed)  # the only labels anything below reads
+    kfold = cfg.data.validation == "kfold"
+    cv = cross_validate(cfg, splits, budget, device=device, cache=cache) if kfold else {}
+    f = fit(cfg, splits, budget, device=device, tracker=tracker, cache=cache, on_eval=on_eval)
     test = splits.test.to(device)
-    metrics, confusion = test_metrics(clf.model, test, splits.classes)
-    metrics["test/acc_last"] = clf.last_accuracy(test)  # without selection: how much it mattered
+    metrics, confusion = test_metrics(f.clf.model, test, splits.classes)
+    metrics["test/acc_last"] = f.clf.last_accuracy(test)  # without selection: how much it mattered
     tracker.log_figure(confusion, "confusion_matrix.png")
-    metrics = {**clf.metrics, **metrics, "synth/count": n_added, **added.metrics,
+    metrics = {**f.clf.metrics, **metrics, "synth/count": f.n_added, **f.added.metrics, **cv,
                "data/real_count": len(budget.train),
                "data/val_count": 0 if budget.val is None else len(budget.val),
-               "data/unlabelled_count": len(unlabelled), "gan/trained_here": float(gan.trained_here),
+               "data/unlabelled_count": len(f.unlabelled), "gan/trained_here": float(f.gan.trained_here),
                "time/trial_seconds": time.perf_counter() - t0}
     tracker.log_metrics(metrics)
     return metrics

@@ -2,7 +2,8 @@
 (``stats.paired_cells``), every GAN arm against the best cheap baseline, and the answer lines.
 
 The cheap baseline is self-training on the same unlabelled images. Which of its settings (U,
-ratio, ...) is "best" is chosen per N on budget-validation accuracy (``clf/best_val_acc``), the
+ratio, ...) is "best" is chosen per N on budget data (``stats.choice_col``: the cross-validated
+true-class probability under data.validation kfold, else budget-validation accuracy), the
 only accuracy a user with N labels has; the test split never chooses, so the comparison cannot be
 tilted by picking the luckiest test result on either side. The best GAN arm of the answer lines
 is chosen the same way. Each GAN run is paired with the chosen self-training run of the same N and
@@ -24,6 +25,7 @@ from ganft.report.stats import (
     ARM_COL,
     CHEAP_ARM,
     CI_TEXT,
+    CONTROL_ARMS,
     N_COL,
     RATIO_COL,
     REAL_ONLY,
@@ -31,6 +33,7 @@ from ganft.report.stats import (
     STAT_COLS,
     add_q_values,
     cell_keys,
+    choice_col,
     pair_factors,
     select_cell,
     summarise,
@@ -38,7 +41,6 @@ from ganft.report.stats import (
 )
 from ganft.report.text import ReportMeta, _n, cell_name, ci_text, p_text, pp, study_time
 
-VAL_COL = "clf/best_val_acc"  # budget-validation accuracy of the kept checkpoint: what chooses
 __all__ = ["CHEAP_ARM", "answer_lines", "arms_section", "best_cheap", "versus_cheap"]
 
 
@@ -59,7 +61,7 @@ def cell_means(df: pd.DataFrame, col: str) -> pd.DataFrame:
 def best_cheap(df: pd.DataFrame) -> pd.DataFrame:
     """Per N, the self-training cell with the highest mean budget-validation accuracy: its cell
     keys, ``val_acc`` and ``runs``. Empty when the study has no self-training runs."""
-    means = cell_means(df, VAL_COL)
+    means = cell_means(df, choice_col(df)[0])
     cheap = means[means[ARM_COL] == CHEAP_ARM].dropna(subset=["mean"])
     if cheap.empty:
         return cheap.rename(columns={"mean": "val_acc"})
@@ -83,7 +85,7 @@ def versus_cheap(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
         part = select_cell(runs, best, keys)[[*pair_keys, metric]].rename(columns={metric: f"{metric}:cheap"})
         parts.append(part.assign(cheap_cell=setting(best, factors)))
     cheap = pd.concat(parts, ignore_index=True).drop_duplicates(pair_keys, keep="last")
-    gans = runs[~runs[ARM_COL].isin([REAL_ONLY, CHEAP_ARM])]
+    gans = runs[~runs[ARM_COL].isin([REAL_ONLY, CHEAP_ARM, *CONTROL_ARMS])]
     merged = gans[[*dict.fromkeys([*pair_keys, *keys]), metric]].merge(cheap, on=pair_keys, how="inner")
     merged = merged.dropna(subset=[metric, f"{metric}:cheap"])
     rows: list[dict[str, Any]] = []
@@ -130,8 +132,9 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
     the study's size and time."""
     keys, factors = cell_keys(df), varying_factors(df)
     cheap, chosen = versus_cheap(df), best_cheap(df)
-    val = cell_means(df, VAL_COL)
-    gan_val = val[~val[ARM_COL].isin([REAL_ONLY, CHEAP_ARM])].dropna(subset=["mean"])
+    col, label = choice_col(df)
+    val = cell_means(df, col)
+    gan_val = val[~val[ARM_COL].isin([REAL_ONLY, CHEAP_ARM, *CONTROL_ARMS])].dropna(subset=["mean"])
     lines = []
     for n in sorted(df[N_COL].unique()):
         at_n = gan_val[gan_val[N_COL].astype(float) == float(n)]
@@ -140,7 +143,7 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
         best = at_n.loc[at_n["mean"].idxmax()]
         name = setting(best, factors)
         line = (f"N={int(n):,}: the best GAN arm on budget validation is {name} ({100 * best['mean']:.1f}% "
-                f"budget-validation accuracy): {_stat(_row(cells, keys, best))} test accuracy over real only")
+                f"{label}): {_stat(_row(cells, keys, best))} test accuracy over real only")
         pick = chosen[chosen[N_COL].astype(float) == float(n)]
         if len(pick):
             line += (f", and {_stat(_row(cheap, keys, best))} over self-training "
@@ -159,7 +162,7 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
         text += f"; they lost to it in {len(lost)}" + (f" ({_cells_list(lost, factors)})"
                                                        if len(lost) else "")
         lines.append(text + "; the rest show no difference that survives Benjamini-Hochberg.")
-    gan_cells = cells[~cells[ARM_COL].isin([CHEAP_ARM])] if len(cells) else cells
+    gan_cells = cells[~cells[ARM_COL].isin([CHEAP_ARM, *CONTROL_ARMS])] if len(cells) else cells
     if len(gan_cells):
         up = int((gan_cells["significant"] & (gan_cells["mean_diff"] > 0)).sum())
         down = int((gan_cells["significant"] & (gan_cells["mean_diff"] < 0)).sum())
@@ -192,13 +195,13 @@ def arms_section(df: pd.DataFrame, out_dir: Path) -> Section:
     chosen = best_cheap(df)
     factors = varying_factors(df)
     picks = "; ".join(f"N={int(r[N_COL]):,}: {setting(r, factors)} "
-                      f"({100 * r['val_acc']:.1f}% budget-validation accuracy, {int(r['runs'])} runs)"
+                      f"({100 * r['val_acc']:.1f}% {choice_col(df)[1]}, {int(r['runs'])} runs)"
                       for _, r in chosen.iterrows())
     section = Section("GAN arms against the best cheap baseline", [
         "The cheap alternative to a GAN is self-training on the same unlabelled images (real images "
         "labelled by the real-subset classifier, the most confident of each class, added like "
         "synthetic ones, for the same classifier steps). Its best setting per N is chosen on "
-        f"budget-validation accuracy, never on test accuracy: {picks or 'none (no self-training runs)'}. "
+        f"{choice_col(df)[1]}, never on test accuracy: {picks or 'none (no self-training runs)'}. "
         "Each GAN run minus that self-training run of the same N and seed; "
         f"{CI_TEXT}; q: Benjamini-Hochberg across this table. Also in [versus_cheap.csv](versus_cheap.csv)."])
     if len(cheap):

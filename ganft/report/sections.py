@@ -18,6 +18,7 @@ from ganft.report.stats import (
     CI_TEXT,
     N_COL,
     RATIO_COL,
+    choice_col,
     class_extremes,
     paired_cells,
     paired_runs,
@@ -212,9 +213,11 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def objective_by_setting(df: pd.DataFrame, objective: str = "clf/best_val_acc") -> pd.DataFrame:
-    """Per level of each varying factor (ratio included), the budget-validation accuracy the Optuna
-    objective saw: what a choice made on budget data alone would pick (``best``)."""
+def objective_by_setting(df: pd.DataFrame) -> pd.DataFrame:
+    """Per level of each varying factor (ratio included), what a choice on budget data reads
+    (``stats.choice_col``: the cross-validated true-class probability, else budget-validation
+    accuracy): what such a choice would pick (``best``). Column ``score (%)``."""
+    objective, _ = choice_col(df)
     if objective not in df or df[objective].isna().all():
         return pd.DataFrame()
     rows = []
@@ -224,7 +227,7 @@ def objective_by_setting(df: pd.DataFrame, objective: str = "clf/best_val_acc") 
         stats_ = df.groupby(df[factor].astype(str), sort=False)[objective].agg(["mean", "std", "count"])
         for level, r in stats_.iterrows():
             rows.append({"setting": factor, "value": level, "runs": int(r["count"]),
-                         "budget val acc (%)": round(100 * r["mean"], 2),
+                         "score (%)": round(100 * r["mean"], 2),
                          "sd (pp)": round(100 * r["std"], 2) if r["count"] > 1 else math.nan,
                          "best": "best" if r["mean"] == stats_["mean"].max() else ""})
     return pd.DataFrame(rows)
@@ -234,11 +237,14 @@ def objective_section(df: pd.DataFrame) -> Section | None:
     table = objective_by_setting(df)
     if table.empty:
         return None
-    return Section("Budget-validation accuracy by setting", [
-        "The Optuna objective per setting, averaged over the other factors and the seeds: the "
-        "kept checkpoint's accuracy on validation images from inside the budget. This is what a "
-        "choice made without the test split would pick (`best`); the test split never chooses."],
-        table=table)
+    objective, label = choice_col(df)
+    what = ("the mean probability the classifier gave the right class on held-out folds of the budget, "
+            "each fold fitted without it (data.validation kfold)") if objective.startswith("cv/") else \
+        "the kept checkpoint's accuracy on validation images from inside the budget"
+    return Section(f"{label[0].upper()}{label[1:]} by setting", [
+        f"What a choice on budget data reads, per setting, averaged over the other factors and the seeds "
+        f"(`score`): {what}. This is what a choice made without the test split would pick (`best`); the "
+        f"test split never chooses."], table=table)
 
 
 def protocol_table(df: pd.DataFrame, other: pd.DataFrame, ratio: float = 1.0) -> pd.DataFrame:

@@ -50,6 +50,18 @@ CHEAP_ARM = "self-training"  # the cheap alternative a user would try before a G
 # Controls (issue 22): labels a user would not have (oracle) or nothing at all (placebo, real only
 # with another batch order). Reports mark them as controls and never choose them as a best arm.
 CONTROL_ARMS = ("oracle", "placebo")
+# What a choice on budget data reads, best first: the cross-validated true-class probability
+# (data.validation kfold), else the kept checkpoint's accuracy on the budget's validation images.
+CHOICE_COLS = {"cv/true_class_prob": "cross-validated true-class probability",
+               "clf/best_val_acc": "budget-validation accuracy"}
+
+
+def choice_col(df: pd.DataFrame) -> tuple[str, str]:
+    """(column, how it reads) of what chooses among the runs of ``df`` (CHOICE_COLS)."""
+    for col, label in CHOICE_COLS.items():
+        if col in df and df[col].notna().any():
+            return col, label
+    return "clf/best_val_acc", CHOICE_COLS["clf/best_val_acc"]
 # any of these away from its default (as text): the runs form an arms study
 ARM_DEFAULTS = {"data.unlabelled_size": "0", "gan.train_on": "budget", "synth.source": "gan"}
 

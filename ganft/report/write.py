@@ -25,6 +25,7 @@ from ganft.report.stats import (
     CHEAP_ARM,
     MIN_PAIRS,
     SEED_COL,
+    choice_col,
     class_cells,
     paired_cells,
     varying_factors,
@@ -84,15 +85,16 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
 
 
 def choice_lines(df: pd.DataFrame) -> list[str]:
-    """For a study that chooses a setting (no real-only pairs): what budget-validation accuracy picks."""
+    """For a study that chooses a setting (no real-only pairs): what a choice on budget data picks."""
     table = sec.objective_by_setting(df)
+    label = choice_col(df)[1]
     out = []
     for setting, g in table.groupby("setting", sort=False) if len(table) else []:
         best = g[g["best"] == "best"].iloc[0]
         others = g[g["best"] != "best"]
-        rest = ", ".join(f"{r['value']} {r['budget val acc (%)']:.1f}%" for _, r in others.iterrows())
-        out.append(f"Chosen on budget-validation accuracy: {setting} = {best['value']} "
-                   f"({best['budget val acc (%)']:.1f}%, {int(best['runs'])} runs; {rest}).")
+        rest = ", ".join(f"{r['value']} {r['score (%)']:.1f}%" for _, r in others.iterrows())
+        out.append(f"Chosen on {label}: {setting} = {best['value']} "
+                   f"({best['score (%)']:.1f}%, {int(best['runs'])} runs; {rest}).")
     return out
 
 

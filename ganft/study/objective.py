@@ -120,9 +120,12 @@ def _adopt(trial: optuna.Trial, run: Any, name: str) -> float:
 
 
 def objective_value(metrics: dict[str, float]) -> float:
-    """The Optuna objective, from budget data only, never the test split: the kept checkpoint's
-    validation accuracy; under data.validation none (no validation images) the last weights'
-    accuracy on the budget's training images."""
+    """The Optuna objective, from budget data only, never the test split: under data.validation
+    kfold the mean true-class probability on the held-out folds (continuous, cross-validated inside
+    the budget); else the kept checkpoint's validation accuracy; under data.validation none (no
+    validation images) the last weights' accuracy on the budget's training images."""
+    if "cv/true_class_prob" in metrics:
+        return metrics["cv/true_class_prob"]
     return metrics.get("clf/best_val_acc", metrics["clf/train_acc_last"])
 
 
