@@ -43,14 +43,15 @@ class DataConfig(StrictModel):
     # N, the labelled budget (stratified, chosen by (N, seed))
     train_size: int = Field(100, ge=10, le=10_000_000)
     # what every selection (checkpoint, early stopping, GAN best step, filtering, Optuna objective)
-    # looks at: from-budget = a stratified val_fraction of the N images (the rest is trained on);
-    # none = nothing, fixed steps and the last checkpoint; pool = a fixed set of val_size images
-    # from outside the budget (the earlier protocol: labelled data beyond N, for comparison only)
-    # kfold = no selection inside the trial (all N trained on, fixed steps, last weights) plus
+    # looks at: none (the default) = nothing, all N trained on for fixed steps, the last checkpoint
+    # (selection on a few validation images adds more noise than the effects a grid measures);
+    # from-budget = a stratified val_fraction of the N images (the rest is trained on); pool = a
+    # fixed set of val_size images from outside the budget (labelled data beyond N, for comparison
+    # only); kfold = no selection inside the trial (all N trained on, fixed steps, last weights) plus
     # repeated stratified k-fold cross-validation inside the budget, every fold its own GAN and
     # classifier, scored on its held-out fold by a continuous score (cv/true_class_prob, cv/log_loss):
     # what a search or a report chooses on; the test metrics are the refit's on all N
-    validation: Literal["from-budget", "none", "pool", "kfold"] = "from-budget"
+    validation: Literal["from-budget", "none", "pool", "kfold"] = "none"
     val_fraction: float = Field(0.2, gt=0, lt=1)  # from-budget: share of each class held out
     val_size: int | None = Field(None, ge=10, le=10_000_000)  # pool only, and required there
     folds: int = Field(5, ge=2, le=50)  # kfold only: folds of the budget (every class needs this many)

@@ -45,7 +45,7 @@ BAD = {
     "not a mapping": ("- a\n- b\n", r"a study file is a mapping"),
     "train size too big": ("name: x\ngrid:\n  data.train_size: [50, 5000]\n",
                            r"data\.train_size: 5000 is out of range for digits with data\.validation "
-                           r"from-budget; allowed: 20\.\.1437"),
+                           r"none; allowed: 10\.\.1437"),
 }
 
 

@@ -66,8 +66,10 @@ def test_check_sizes_names_key_and_range() -> None:
     msg = (r"data.train_size: 5000 is out of range for digits with data.validation from-budget; "
            r"allowed: 20..1437")
     with pytest.raises(ConfigError, match=msg):
+        check_sizes(DataConfig(train_size=5000, validation="from-budget"))
+    check_sizes(DataConfig(train_size=1437, validation="from-budget"))
+    with pytest.raises(ConfigError, match=r"data.validation none; allowed: 10..1437"):  # the default
         check_sizes(DataConfig(train_size=5000))
-    check_sizes(DataConfig(train_size=1437))
     with pytest.raises(ConfigError, match=r"allowed: 10..1137 \(one per class up to the training split "
                        r"without the 300 validation images\)"):
         check_sizes(DataConfig(train_size=1200, validation="pool", val_size=300))

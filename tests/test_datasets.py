@@ -158,9 +158,11 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
     (lambda r: (image_folder(r, {"cat": 6}), (r / "dog").mkdir()), "train_size: 20",
      "class folder 'dog' holds no images"),
     (lambda r: image_folder(r, {"cat": 6}), "train_size: 20", "one class folder ('cat'); a classifier needs"),
-    (lambda r: image_folder(r, {"cat": 30, "dog": 3}), "train_size: 20",
+    (lambda r: image_folder(r, {"cat": 30, "dog": 3}), "train_size: 20, validation: from-budget",
      "its smallest class 'dog' has 2 training images"),
-    (lambda r: image_folder(r, {"cat": 6, "dog": 6}), "train_size: 500", "allowed: 4..10"),
+    (lambda r: image_folder(r, {"cat": 6, "dog": 6}), "train_size: 500, validation: from-budget",
+     "allowed: 4..10"),
+    (lambda r: image_folder(r, {"cat": 6, "dog": 6}), "train_size: 500", "allowed: 2..10"),
     (lambda r: (image_folder(r, {"cat": 8, "dog": 8}), (r / "dog" / "notes.txt").write_text("x")),
      "train_size: 10", "dog/notes.txt: not a readable PNG or JPEG image"),
 ])

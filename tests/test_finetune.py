@@ -118,7 +118,7 @@ def test_discriminator_init_trains_the_gan_even_at_ratio_0_and_reuses_it(tmp_pat
         "classifier.arch": "seed-cnn"})
     runs = {r: run_trial(with_overrides(base, {"synth.ratio": r}), device=CPU, cache=cache) for r in (0, 1)}
     assert runs[0]["gan/trained_here"] == 1 and runs[0]["synth/count"] == 0
-    assert runs[1]["gan/trained_here"] == 0 and runs[1]["synth/count"] == 20  # 1 x the 20 training images
+    assert runs[1]["gan/trained_here"] == 0 and runs[1]["synth/count"] == 30  # 1 x all N (validation none)
 
 
 def test_torchvision_init_reads_the_local_hub_cache_and_never_downloads(

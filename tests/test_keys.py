@@ -56,7 +56,7 @@ folder = DataConfig(dataset="imagefolder", root=sys.argv[2], image_size=8)
 files = sorted(p for p in Path(sys.argv[2]).rglob("*.png"))
 print(json.dumps({
     "gan": gan({}),
-    "gan selected": gan({"gan.eval_every": 50}),
+    "gan selected": gan({"gan.eval_every": 50, "data.validation": "from-budget"}),
     "gan on unlabelled": gan({"gan.train_on": "budget+unlabelled", "data.unlabelled_size": 100}),
     "labeller": labeller.key,
     "transfer source": source_key(cfg.gan, budget.train, cfg.seed),

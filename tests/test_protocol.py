@@ -17,7 +17,8 @@ from ganft.keys import with_overrides
 from ganft.study.schema import load_study
 
 CPU = torch.device("cpu")
-TINY = {"data.train_size": 60, "gan.steps": 6, "gan.width": 8, "gan.z_dim": 8, "gan.batch_size": 16,
+TINY = {"data.train_size": 60, "data.validation": "from-budget",
+        "gan.steps": 6, "gan.width": 8, "gan.z_dim": 8, "gan.batch_size": 16,
         "classifier.steps": 12, "classifier.width": 8, "classifier.eval_every": 4,
         "classifier.batch_size": 16}
 
@@ -28,7 +29,8 @@ def rows(images: Images) -> list[tuple[float, ...]]:
 
 def test_from_budget_splits_the_n_images_into_disjoint_stratified_parts() -> None:
     s = load_splits("digits")
-    cfg = with_overrides(TrialConfig(), {"data.train_size": 200, "seed": 3}).data
+    cfg = with_overrides(TrialConfig(), {"data.train_size": 200, "seed": 3,
+                                         "data.validation": "from-budget"}).data
     budget = labelled_budget(s, cfg, 3)
     labelled = data.labelled_subset(s.train, 200, 3)
     assert budget.protocol == "from-budget" and len(budget.train) + len(budget.val) == 200

@@ -107,7 +107,8 @@ def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_kid_curve(
 
     cfg = with_overrides(TrialConfig(), {
         "gan.recipe": "seed-dcgan", "gan.steps": 4, "gan.width": 4, "gan.z_dim": 8, "gan.batch_size": 16,
-        "gan.eval_every": 2, "gan.eval_samples": 50, "data.train_size": 30, "synth.ratio": 1,
+        "gan.eval_every": 2, "gan.eval_samples": 50, "data.train_size": 30, "data.validation": "from-budget",
+        "synth.ratio": 1,
         "synth.min_confidence": 0.2, "classifier.steps": 6, "classifier.width": 4, "classifier.eval_every": 3,
         "quality.enabled": True, "quality.num_samples": 100, "quality.k": 3})
     rec = Recorder()

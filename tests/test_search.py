@@ -33,7 +33,7 @@ name: {name}
 sampler: {sampler}
 pruner: {pruner}
 base:
-  data: {{dataset: digits, train_size: 60}}
+  data: {{dataset: digits, train_size: 60, validation: from-budget}}
   gan: {{steps: 12, width: 8, z_dim: 16, batch_size: 32, d_norm: spectral}}
   synth: {{ratio: 1}}
   classifier: {{steps: 12, width: 8, eval_every: 4, batch_size: 32}}

@@ -66,7 +66,7 @@ def test_ema_warms_up_then_averages() -> None:
 
 def test_cache_key_covers_what_determines_the_gan_and_not_the_ratio() -> None:
     key = trial_gan_key
-    base = TrialConfig()
+    base = with_overrides(TrialConfig(), {"data.validation": "from-budget"})  # a hold-out to vary
     same = [with_overrides(base, {"synth.ratio": r}) for r in (0, 1, 4)]
     assert len({key(c) for c in same}) == 1
     assert len({key(c) for c in same + [with_overrides(base, {"classifier.steps": 9})]}) == 1

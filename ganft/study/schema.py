@@ -119,6 +119,11 @@ class StudyConfig(StrictModel):
             raise ValueError(f"sampler {self.sampler} needs a search: block (n_trials, objective, space)")
         if self.grid:
             raise ValueError(f"sampler {self.sampler} searches; a study has a grid or a search, not both")
+        for key, p in self.search.space.items():
+            check_search_param(self.base, key, p, self.search.space)
+            if self.sampler == "cmaes" and (p.choices is not None or p.when):
+                raise ValueError(f"search.space.{key}: sampler cmaes takes int and float ranges without "
+                                 f"conditions; use tpe for categorical or conditional parameters")
         controls = {"oracle", "placebo"}  # labels beyond the budget, or nothing to find: never a treatment
         source = self.search.space.get("synth.source")
         drawn = set(source.choices or []) & controls if source is not None else set()
@@ -127,11 +132,12 @@ class StudyConfig(StrictModel):
             raise ValueError(f"search: synth.source {which} is a control (the oracle reads labels beyond the "
                              f"budget, the placebo adds nothing); a search may not choose it: drop it from "
                              f"search.space and base (run controls in a grid)")
-        for key, p in self.search.space.items():
-            check_search_param(self.base, key, p, self.search.space)
-            if self.sampler == "cmaes" and (p.choices is not None or p.when):
-                raise ValueError(f"search.space.{key}: sampler cmaes takes int and float ranges without "
-                                 f"conditions; use tpe for categorical or conditional parameters")
+        searched = self.search.space.get("data.validation")
+        protocols = {self.base.data.validation, *(searched.choices or [] if searched else [])}
+        if "none" in protocols:
+            raise ValueError("search: data.validation none leaves nothing to choose on (the objective "
+                             "would be training accuracy); set data.validation kfold (cross-validation "
+                             "inside the budget) or from-budget")
         return self
 
     @field_validator("name")
