@@ -251,8 +251,11 @@ class ClassifierConfig(StrictModel):
     head_fraction: float = Field(0.2, gt=0, lt=1)
     full_lr_scale: float = Field(0.1, gt=0, le=1)
     synth_fraction: float = Field(0.5, gt=0, lt=1)  # synth.mix pretrain-then-finetune: share on synthetic
-    # optimiser steps, identical whatever the ratio (equal budget)
+    # optimiser steps of the real-only run; with budget equal-steps every ratio gets as many (equal
+    # budget), with equal-presentations a run with m added images gets steps * (n + m) / n, so each of
+    # its n real images is drawn as often as in the real-only run (synth.mix union only)
     steps: int = Field(400, ge=1, le=MAX_STEPS)
+    budget: Literal["equal-steps", "equal-presentations"] = "equal-steps"
     batch_size: int = Field(64, ge=2, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0, le=1)
     schedule: Literal["constant", "cosine", "step"] = "cosine"  # per phase; step: x step_gamma at 1/2, 3/4
@@ -320,6 +323,10 @@ def check_classifier_recipe(cfg: TrialConfig) -> None:
                 raise ValueError(f"{key} {value} selects on validation data, and data.validation "
                                  f"{cfg.data.validation} {how}: set it to 0 or use data.validation "
                                  f"from-budget")
+    union = cfg.synth.mix == "union" and cfg.synth.real_fraction is None
+    if c.budget == "equal-presentations" and not union:
+        raise ValueError("classifier.budget equal-presentations scales the steps of a union mix; it needs "
+                         "synth.mix union without synth.real_fraction (which fixes the real share itself)")
     if cfg.synth.real_fraction is not None:
         if cfg.synth.mix != "union":
             raise ValueError(f"synth.real_fraction needs synth.mix union (it fixes the share of real "

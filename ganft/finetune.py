@@ -244,6 +244,8 @@ def train_classifier(cfg: ClassifierConfig, real: Images, val: Images | None, nu
         raise ValueError("classifier.patience needs validation images (early stopping selects on them)")
     synthetic = added.images if added is not None and len(added.images) else None
     mix = added.cfg if added is not None else SynthConfig()
+    if cfg.budget == "equal-presentations" and synthetic is not None:  # each real image as often as alone
+        cfg = cfg.model_copy(update={"steps": round(cfg.steps * (len(real) + len(synthetic)) / len(real))})
     train = real.to(device)
     if synthetic is not None:
         synthetic = synthetic.to(device)

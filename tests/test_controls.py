@@ -162,3 +162,14 @@ def test_the_report_margin_comes_from_the_flag_then_the_study_file_then_1_pp(
     study.write_text("name: m\nreport: {margin: 0}\n")
     with pytest.raises(ConfigError, match="report.margin"):
         _margin(Namespace(margin=None, study=str(study)))
+
+
+def test_equal_presentations_grows_the_steps_with_the_added_images() -> None:
+    n = len(labelled_budget(load_splits("digits"), DataConfig(dataset="digits", train_size=100), 0).train)
+    runs = {r: pipeline.run_trial(tiny(synth={"source": "oracle", "ratio": r},
+                                       classifier={"budget": "equal-presentations"}), device=CPU)
+            for r in (0, 1, 4)}
+    assert [runs[r]["clf/stopped_step"] for r in (0, 1, 4)] == [20, 40, 100]  # 20 * (n + r * n) / n
+    assert runs[4]["clf/train_images"] == 5 * n
+    with pytest.raises(ValueError, match="equal-presentations .* needs synth.mix union"):
+        tiny(classifier={"budget": "equal-presentations"}, synth={"mix": "weighted"})
