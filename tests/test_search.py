@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -334,3 +335,26 @@ def test_the_search_report_names_the_earliest_best_and_repeated_points(tmp_path:
     page = (tmp_path / "index.md").read_text()
     assert "Best: trial 1, +10.0 pp" in page  # trial 3 ties it; the earlier one, as `study best`
     assert "2 trial(s) repeat an earlier trial's point: 2 (= 0), 3 (= 1)." in page
+
+
+def test_a_search_whose_objective_does_not_repeat_names_no_winner(tmp_path: Path) -> None:
+    from ganft.report.search import retest, write_search_report
+    from ganft.report.text import ReportMeta
+
+    rng = np.random.default_rng(0)
+    quality = np.linspace(0, 0.1, 12)  # a real effect the objective sees twice...
+    repeatable = [[q + rng.normal(0, 0.005), q + rng.normal(0, 0.005)] for q in quality]
+    noise = [[rng.normal(0, 0.05), rng.normal(0, 0.05)] for _ in quality]  # ...or only noise
+    for values, named in ((repeatable, True), (noise, False)):
+        trials = pd.DataFrame({"number": range(12), "state": "COMPLETE", "repeats": 2,
+                               "value": [np.mean(v) for v in values],
+                               "repeat_sd": [np.std(v, ddof=1) for v in values],
+                               "repeat_values": values, "params": [f"a={i}" for i in range(12)]})
+        rho, p, n = retest(trials)
+        assert n == 12 and (rho > 0.9 and p < 0.001 if named else rho < 0.5)
+        write_search_report(pd.DataFrame({"time/trial_seconds": [1.0]}), trials, tmp_path,
+                            ReportMeta(study="s"), objective="val/acc", history=None, importances=None,
+                            confirm=None)
+        page = (tmp_path / "index.md").read_text()
+        assert ("Best: trial" in page) is named
+        assert ("names no winner" in page) is not named and "test-retest Spearman rho" in page

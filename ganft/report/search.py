@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from ganft.report import figures as figs
 from ganft.report import sections as sec
@@ -32,6 +33,34 @@ def confirmation_lines(confirm: pd.DataFrame | None, name: str) -> list[str]:
             f"{pp(c['mean_diff'])} test accuracy vs real only ({ci}; {c['verdict']})."]
 
 
+RETEST_MIN = 0.5  # Spearman's rho between two repeats' objectives below which it ranks noise
+
+
+def retest(complete: pd.DataFrame) -> tuple[float, float, int]:
+    """(Spearman rho, p, trials) between the first two repeats' objective values over the complete
+    trials with at least two repeats: whether the objective ranks recipes the same way twice. NaN
+    with fewer than 4 such trials."""
+    values = [v for v in complete.get("repeat_values", []) if isinstance(v, list | tuple) and len(v) > 1]
+    if len(values) < 4:
+        return math.nan, math.nan, len(values)
+    res = stats.spearmanr([v[0] for v in values], [v[1] for v in values])
+    return float(res.statistic), float(res.pvalue), len(values)
+
+
+def retest_line(rho: float, p: float, n: int) -> tuple[str, bool]:
+    """The line about the objective's repeatability and whether a winner may be named."""
+    if math.isnan(rho):
+        return (f"The objective's repeatability cannot be judged ({n} trials with two repeats; 4 needed): "
+                f"read the best trial as a candidate, not a finding.", True)
+    if rho >= RETEST_MIN and p < 0.05:
+        return (f"The objective repeats: the two repeats of a trial rank the {n} trials alike (test-retest "
+                f"Spearman rho {rho:.2f}, p = {p_text(p)}).", True)
+    return (f"The objective does not repeat: the two repeats of a trial rank the {n} trials differently "
+            f"(test-retest Spearman rho {rho:.2f}, p = {p_text(p)}; {RETEST_MIN} and p < 0.05 needed), so "
+            f"its best value is mostly noise and this report names no winner. Use a continuous, "
+            f"cross-validated objective (data.validation kfold) or more repeats.", False)
+
+
 def write_search_report(results: pd.DataFrame, trials: pd.DataFrame, out_dir: Path, meta: ReportMeta, *,
                         objective: str, history: pd.DataFrame | None, importances: pd.DataFrame | None,
                         confirm: pd.DataFrame | None) -> Path:
@@ -45,7 +74,9 @@ def write_search_report(results: pd.DataFrame, trials: pd.DataFrame, out_dir: Pa
     complete = trials[trials["state"] == "COMPLETE"].sort_values(["value", "number"], ascending=[False, True])
     lines = [f"Search: {len(done)} trials ({len(complete)} complete, {len(done) - len(complete)} pruned), "
              f"objective: {objective} (never the test split); {study_time(results, meta)}."]
-    if len(complete):
+    repeatable, winner = retest_line(*retest(complete))
+    lines.append(repeatable)
+    if len(complete) and winner:
         best = complete.iloc[0]
         spread = "" if math.isnan(best["repeat_sd"]) else \
             f", sd {100 * best['repeat_sd']:.1f} pp over its repeats"

@@ -137,7 +137,8 @@ def search_status(study: optuna.Study, cfg: StudyConfig) -> tuple[list[str], int
 
 
 def search_trials(name: str, storage: str) -> Any:
-    """A search's trials as a DataFrame: number, state, value, repeat_sd, params (as sampled)."""
+    """A search's trials as a DataFrame: number, state, value, repeat_sd, repeats, repeat_values
+    (the objective of each repeat), params (as sampled)."""
     import pandas as pd
 
     if is_journal(storage) and not Path(storage).is_file():
@@ -151,7 +152,7 @@ def search_trials(name: str, storage: str) -> Any:
         values = t.user_attrs.get("ganft.repeat_values") or []
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
                      "repeat_sd": float(pd.Series(values).std()) if len(values) > 1 else float("nan"),
-                     "repeats": len(values),
+                     "repeats": len(values), "repeat_values": [float(v) for v in values],
                      "params": ", ".join(f"{k}={v}" for k, v in sorted(t.params.items()))})
     out = pd.DataFrame(rows)
     out.attrs["objective"] = (study.metric_names or ["the objective"])[0]
