@@ -128,7 +128,8 @@ def test_controls_are_their_own_multiple_testing_family() -> None:
 def test_pooled_noise_and_the_fit_check() -> None:
     df = planted({(100, 1): 100.0})
     pooled = cal.pooled_sd(paired_runs(df)).set_index("data.train_size")
-    assert pooled.loc[100, "dof"] == 5 * 4 and 0 < pooled.loc[100, "pooled_sd"] < 0.01
+    assert pooled.loc[100, "dof"] == 2 * 4 and 0 < pooled.loc[100, "pooled_sd"] < 0.01  # GAN and placebo
+    assert pooled.loc[500, "dof"] == 4 and pooled.loc[500, "cells"] == 1  # the placebo alone
     fit = df.assign(**{"clf/train_acc_last": 1.0, "clf/loss_last_window": 0.01,
                        "clf/loss_prev_window": 0.0101})
     one = (fit["arm"] == "oracle") & (fit["synth.ratio"] == 4) & (fit["seed"] == 2)

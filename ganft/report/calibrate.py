@@ -211,11 +211,12 @@ def calibration(df: pd.DataFrame, cells: pd.DataFrame, margin: float = MARGIN) -
 
 def pooled_sd(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per N, the pooled standard deviation of the paired differences (``stats.paired_runs``) over
-    every cell, arms and controls, and its degrees of freedom: the instrument's noise, which sets
-    the detectable gain."""
+    the treatment and placebo cells, and its degrees of freedom: the noise a null is measured with,
+    which sets the detectable gain. The oracle's cells are left out: their spread includes that of
+    a real effect (which added images each seed draws)."""
     diff = f"{ACC_COL}:diff"
     rows = []
-    for n, at in pairs.groupby(N_COL, sort=True):
+    for n, at in pairs[pairs[ARM_COL] != "oracle"].groupby(N_COL, sort=True):
         cells = at.groupby([RATIO_COL, ARM_COL], sort=True)
         groups = [g[diff].to_numpy(float) for _, g in cells if len(g) > 1]
         dof = sum(len(g) - 1 for g in groups)

@@ -92,7 +92,8 @@ def noise_line(df: pd.DataFrame) -> str:
     parts = "; ".join(f"N={int(r[N_COL]):,}: {100 * r['pooled_sd']:.2f} pp, so {seeds} seeds detect "
                       f"{pp(cal.detectable(r['pooled_sd'], seeds)).lstrip('+')} with 80% power"
                       for _, r in pooled.iterrows() if r["pooled_sd"] == r["pooled_sd"])
-    return f"Noise: the pooled standard deviation of paired differences was {parts}." if parts else ""
+    return (f"Noise: the pooled standard deviation of paired differences (treatment and placebo cells) "
+            f"was {parts}." if parts else "")
 
 
 def arm_lines(table: pd.DataFrame) -> list[str]:
