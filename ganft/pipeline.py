@@ -1,6 +1,7 @@
-"""run_trial: one trial of a study, as a short script of stages: the labelled budget, the images an
-arm adds to it (the arm picked once from ``ARMS`` by ``synth.source``), the classifier's start, its
-training, the test metrics. Returns the metrics dict; everything else goes to the tracker.
+"""run_trial: one trial of a study, as a short script: the labelled budget, the cross-validation of
+the recipe inside it (``data.validation kfold`` only), the recipe's fit on the budget (``fit``: the
+images an arm adds, the arm picked once from ``ARMS`` by ``synth.source``; the classifier's start;
+its training), the test metrics. Returns the metrics dict; everything else goes to the tracker.
 
 An arm is a small function ``(cfg, data, n) -> Added``: the n images it adds to the budget's real
 ones, their labels and its metrics. Ratio 0 is the real-only baseline for every arm that adds
