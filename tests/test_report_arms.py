@@ -107,3 +107,17 @@ def test_the_report_of_an_arms_study_has_its_tables(tmp_path: Path) -> None:
     cheap = pd.read_csv(tmp_path / "versus_cheap.csv")
     assert len(cheap) == 6 and {"q_value", "verdict", "cheap_cell"} <= set(cheap.columns)
     assert "arm" in pd.read_csv(tmp_path / "cells.csv").columns
+
+
+def test_a_control_is_never_the_best_arm_nor_a_gan_cell_against_the_cheap_baseline() -> None:
+    rows = arms_frame().drop(columns="arm").to_dict("records")
+    oracle = [{**r, "synth.source": "oracle", "synth.ratio": 1.0, U: 0, "gan.train_on": "budget",
+               "classifier.init": "scratch", "classifier.arch": "bn-cnn", "test/acc": r["test/acc"] + 0.1,
+               "clf/best_val_acc": 0.95, "grid_point": f"oracle-{r['grid_point']}"}
+              for r in rows if r["grid_point"].startswith("real-")]
+    df = with_arms(pd.DataFrame(rows + oracle))
+    assert "oracle" in set(df[ARM_COL])  # it validates best of all...
+    lines = answer_lines(df, paired_cells(df))
+    assert not any("best GAN arm on budget validation is oracle" in line for line in lines)
+    assert all("oracle" not in line for line in lines if "best GAN arm" in line)  # ...and is never picked
+    assert "oracle" not in set(versus_cheap(df)[ARM_COL])
