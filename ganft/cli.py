@@ -281,8 +281,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ganft.redact import redact, redact_logging, remember, remember_environment
+
+    remember(*(sys.argv[1:] if argv is None else argv))  # however a driver quotes them later
+    remember_environment()
     args = build_parser().parse_args(argv)
-    from ganft.redact import redact, redact_logging
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

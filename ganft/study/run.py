@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ganft.config import check_device
-from ganft.redact import redact, redact_argv, redact_logging
+from ganft.redact import redact, redact_argv, redact_logging, remember, remember_environment
 from ganft.study import workers
 from ganft.study.grid import OWNER_ATTR, PointState, survey, trial_owner
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
@@ -86,6 +86,8 @@ def _worker_main(index: int, threads: int, cfg: StudyConfig, stores: Stores, par
     logging.basicConfig(level=log_level, format=f"%(asctime)s w{index} %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     redact_logging()
+    remember(stores.storage, stores.tracking_uri)  # a spawned interpreter remembers nothing
+    remember_environment()
     configure_speed(speed)  # a spawned interpreter starts with the defaults
     workers.interrupt_once()
     workers.pin_threads(threads)

@@ -13,7 +13,7 @@ from typing import Any
 from filelock import FileLock
 
 from ganft.paths import project_root
-from ganft.redact import redact
+from ganft.redact import redact, remember
 from ganft.study.mlflow_store import (
     MlflowCheckpointStore,
     MlflowStore,
@@ -37,6 +37,7 @@ class Stores:
     def resolve(cls, storage: str | None = None, tracking_uri: str | None = None,
                 root: Path | None = None, heartbeat: int = 30) -> Stores:
         root = root or project_root()
+        remember(storage, tracking_uri)  # redact them wherever a driver quotes them
         return cls(storage or str(root / "optuna-journal.log"),
                    tracking_uri or default_tracking_uri(root), root, heartbeat)
 

@@ -1,0 +1,62 @@
+"""What a hostile tester broke (issue 23), kept as tests: each fails on the code before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ganft import redact as redact_mod
+from ganft.cli import main
+from ganft.redact import redact, remember
+
+
+@pytest.fixture
+def forget() -> None:
+    """Each test starts with no remembered secret (the registry is per process)."""
+    saved = set(redact_mod._KNOWN)
+    redact_mod._KNOWN.clear()
+    yield
+    redact_mod._KNOWN.clear()
+    redact_mod._KNOWN.update(saved)
+
+
+# --------------------------------------------------------------------------- 1. secrets
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://user:Hunt3r-2@/db?host=/run/postgresql",
+                                 "postgresql://user:Hunt3r-2@/db"])
+def test_a_socket_url_with_an_empty_host_is_redacted(url: str, forget: None) -> None:
+    out = redact(f"storage {url} unreachable")
+    assert "Hunt3r-2" not in out and "user:***@" in out
+
+
+@pytest.mark.parametrize(("typed", "driver_says"), [
+    # an unencoded "@" then ":": the driver reads part of the password as the host
+    ("postgresql://u:p@ss:w0rdX@db/optuna", 'could not translate host name "ss:w0rdX@db" to address'),
+    ("postgresql://u:my secret pw@db/optuna", 'invalid dsn: "u:my secret pw" near "secret"'),
+    ("https://u:T0k%40en@mlflow:5000", "401 for T0k@en"),  # the decoded form
+])
+def test_a_password_a_driver_quotes_out_of_its_uri_is_redacted(typed: str, driver_says: str,
+                                                              forget: None) -> None:
+    secret = typed.split("://", 1)[1].rpartition("@")[0].partition(":")[2]
+    remember(typed)
+    out = redact(driver_says)
+    assert "w0rdX" not in out and "secret pw" not in out and "T0k" not in out, out
+    assert redact(typed).count(secret) == 0
+
+
+def test_environment_secrets_are_remembered(monkeypatch: pytest.MonkeyPatch, forget: None) -> None:
+    monkeypatch.setenv("PGPASSWORD", "s0cket-pass")
+    redact_mod.remember_environment()
+    assert redact('FATAL: password "s0cket-pass" rejected') == 'FATAL: password "***" rejected'
+
+
+def test_a_socket_storage_password_reaches_no_output(home: Path, tiny_study: Path, forget: None,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("psycopg2")
+    url = "postgresql+psycopg2://ganft:Sock3t-pw@/optuna?host=/nonexistent-socket-dir"
+    assert main(["study", "run", str(tiny_study), "--storage", url, "--no-progress"]) == 2
+    out = capsys.readouterr()
+    assert "Sock3t-pw" not in out.out + out.err and "***" in out.err
+    assert not (home / "mlflow.db").exists()
