@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,24 @@ def test_a_socket_storage_password_reaches_no_output(home: Path, tiny_study: Pat
     out = capsys.readouterr()
     assert "Sock3t-pw" not in out.out + out.err and "***" in out.err
     assert not (home / "mlflow.db").exists()
+
+
+# --------------------------------------------------------------------------- 3. script in the report
+
+
+def test_user_text_cannot_put_a_script_link_or_raw_html_into_the_report(tmp_path: Path) -> None:
+    from test_report import frame
+
+    from ganft.report.text import ReportMeta
+    from ganft.report.write import write_report
+
+    evil = {0: "[click](javascript:alert(1))", 1: "<img src=x onerror=alert(2)>", 2: "ok"}
+    meta = ReportMeta(study="s", command="ganft study run [x](javascript:alert(3))",
+                      machine="<script>alert(4)</script>", class_names=evil)
+    write_report(frame({(100, 1.0): 0.0}), tmp_path, meta)
+    page, md = (tmp_path / "index.html").read_text(), (tmp_path / "index.md").read_text()
+    assert "javascript:" not in "".join(re.findall(r'href="([^"]*)"', page))
+    assert "<img src=x" not in page and "<script>" not in page  # escaped in the HTML...
+    assert "<img src=x" not in md and "<script>" not in md  # ...and shown as text in the markdown
+    assert "](javascript:" not in md and "click (javascript:alert(1)" in md
+    assert '<a href="results.csv">results.csv</a>' in page and "[results.csv](results.csv)" in md  # ours stay

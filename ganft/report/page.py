@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,27 +37,50 @@ class Page:
     sections: list[Section]
 
 
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+# A link target the report may hold: a file beside it or a section (reports/x/cells.csv, #method),
+# or a web page. Anything with another scheme (javascript:, data:, file:) is text, not a link:
+# study paths, class folder names and recorded commands reach the page and can hold anything.
+_SAFE_HREF = re.compile(r"(https?://[^\s\"'<>]+|#[\w-]+|(?![a-zA-Z][\w+.\-]*:)[\w./-]+)")
+
+
+def _link_or_text(m: re.Match[str], render: Callable[[str, str], str]) -> str:
+    text, href = m.group(1), m.group(2)
+    return render(text, href) if _SAFE_HREF.fullmatch(href) else f"{text} ({href})"
+
+
+def _md_text(text: str) -> str:
+    """Text for index.md: raw HTML shown as text (a class folder may be named <img onerror=...>):
+    outside `code` spans, where markdown reads it, a "<" that could open a tag is written &lt;;
+    links are kept only where their target is safe."""
+    parts = re.split(r"(`[^`]*`)", text)  # odd parts: code spans, shown as they are
+    escaped = "".join(p if i % 2 else re.sub(r"<(?=[A-Za-z/!?])", "&lt;", p) for i, p in enumerate(parts))
+    return _LINK.sub(lambda m: _link_or_text(m, lambda t, h: f"[{t}]({h})"), escaped)
+
+
 def render_md(page: Page) -> str:
-    out = [f"# {page.title}", "", *[f"> {line}  " for line in page.answer], ""]
-    out += [f"- **{k}:** {v}" for k, v in page.facts] + [""]
+    out = [f"# {_md_text(page.title)}", "", *[f"> {_md_text(line)}  " for line in page.answer], ""]
+    out += [f"- **{_md_text(k)}:** {_md_text(v)}" for k, v in page.facts] + [""]
     for s in page.sections:
-        out += [f"## {s.title}", ""]
+        out += [f"## {_md_text(s.title)}", ""]
         for p in s.paragraphs:
-            out += [p, ""]
+            out += [_md_text(p), ""]
         for name, caption in s.figures:
-            out += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+            out += [f"![{_md_text(caption)}]({name})", "", f"*{_md_text(caption)}*", ""]
         if s.bullets:
-            out += [f"- {b}" for b in s.bullets] + [""]
+            out += [f"- {_md_text(b)}" for b in s.bullets] + [""]
         if s.table is not None and len(s.table):
-            out += [s.table.map(_fmt).to_markdown(index=False, disable_numparse=True), ""]
+            cells = s.table.map(lambda v: _md_text(_fmt(v))).rename(columns=lambda c: _md_text(str(c)))
+            out += [cells.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(out)
 
 
 def _inline(text: str) -> str:
-    """Escape text for HTML, then turn `code` spans, **bold** and [text](href) links into elements."""
+    """Escape text for HTML, then turn `code` spans, **bold** and [text](href) links with a safe
+    target into elements."""
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
     out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', out)
+    return _LINK.sub(lambda m: _link_or_text(m, lambda t, h: f'<a href="{h}">{t}</a>'), out)
 
 
 def _table_html(df: pd.DataFrame, row_classes: list[str] | None) -> str:
