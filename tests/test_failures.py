@@ -3,6 +3,7 @@ attacked (issue 12), each named after its defect."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -360,3 +361,25 @@ def test_no_rerun_hint_when_the_other_workers_finished_every_point(tmp_path: Pat
     assert "rerun" not in done and "the other workers finished their points" in done
     left = " ".join(Summary(total=6, complete=5, failed=[], ran=5, workers_lost=1).lines(cfg))
     assert "rerun the same command to finish the 1 point(s) left" in left
+
+
+def test_repairing_a_damaged_trial_creation_keeps_every_result_on_its_own_point(
+        copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, item 2: dropping an unreadable line that created a trial shifted every later trial
+    id, so later trials' params, values and MLflow runs landed on other trials."""
+    journal = copy / "optuna-journal.log"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    creations = [i for i, line in enumerate(lines) if json.loads(line).get("op_code") == 4]
+    victim = creations[2]  # a trial in the middle: later trials' ids depend on its creation
+    lines[victim] = lines[victim][:20] + b"\n"
+    journal.write_bytes(b"".join(lines))
+    assert main(["study", "repair", str(copy / "tiny.yaml")]) == 0
+    said = capsys.readouterr().out
+    assert f"line {victim + 1}: it created trial id 2; a FAIL trial stands in its place" in said
+    assert run(copy) == 0
+    st = optuna.load_study(study_name="tiny", storage=open_storage(str(journal)))
+    done = [t for t in st.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in done:  # every result on its own point: the params it ran with are its point's
+        n, ratio = t.user_attrs["ganft.grid_point"].split("-")[:2]
+        assert (t.params["data.train_size"], t.params["synth.ratio"]) == (int(n[1:]), float(ratio[1:]))
+    assert complete_trials(copy) == Counter(POINTS) and finished_runs(copy) == Counter(POINTS)

@@ -21,6 +21,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,37 +123,93 @@ def _is_op(line: bytes) -> bool:
 
 def repair_journal(path: str) -> list[str]:
     """Rewrite a journal whose lines cannot all be read (``ganft study repair``): a line that is a
-    torn write followed by a whole one keeps the whole one; an unreadable line is dropped. The old
-    file is kept as ``<journal>.bak-<time>``. Run only while no worker uses the journal: readers
-    keep byte offsets into it. Returns what was done (empty: nothing to repair)."""
+    torn write followed by a whole one keeps the whole one; an unreadable line is dropped, unless it
+    created a trial (``_placeholders``: trial ids count creations, so dropping one would shift every
+    later trial onto another's record): then a FAIL trial stands in its place, and the point runs
+    again (or adopts its FINISHED MLflow run). When the damage cannot be placed with certainty the
+    journal is left as it is and a StudyError says so. The old file is kept as
+    ``<journal>.bak-<time>``. Run only while no worker uses the journal: readers keep byte offsets
+    into it. Returns what was done (empty: nothing to repair)."""
     lock = FlockJournalLock(path)
     lock.acquire()  # also repairs a torn tail
     try:
         lines = Path(path).read_bytes().splitlines(keepends=True)
-        kept, notes = [], []
+        raw: list[bytes | None] = []  # each line as it is kept (None: unreadable)
+        notes = []
         for number, line in enumerate(lines, start=1):
             if _is_op(line):
-                kept.append(line)
+                raw.append(line)
                 continue
             whole = line[line.rfind(b'{"op_code"'):] if b'{"op_code"' in line else b""
             if whole and _is_op(whole):
-                kept.append(whole)
+                raw.append(whole)
                 notes.append(f"line {number}: kept the whole operation after a torn write")
             else:
+                raw.append(None)
                 notes.append(f"line {number}: dropped an unreadable line ({len(line)} bytes)")
-        if notes:
-            backup = f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-            shutil.copy2(path, backup)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.writelines(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            notes.append(f"the old journal is kept as {backup}")
+        if not notes:
+            return []
+        ops = [None if line is None else json.loads(line) for line in raw]
+        placeholders = _placeholders(ops, path)
+        notes += [f"line {i + 1}: it created trial id {tid}; a FAIL trial stands in its place so later "
+                  f"trials keep their ids (its point runs again, or adopts its FINISHED MLflow run)"
+                  for i, (tid, _) in placeholders.items()]
+        kept = [(json.dumps(placeholders[i][1]) + "\n").encode() if i in placeholders else line
+                for i, line in enumerate(raw) if line is not None or i in placeholders]
+        backup = f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copy2(path, backup)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        notes.append(f"the old journal is kept as {backup}")
         return notes
     finally:
         lock.release()
+
+
+CREATE_TRIAL, FAIL = 4, 3  # optuna's JournalOperation.CREATE_TRIAL and TrialState.FAIL
+
+
+def _placeholders(ops: list[dict[str, Any] | None], path: str) -> dict[int, tuple[int, dict[str, Any]]]:
+    """The unreadable lines (None) that created a trial. Trial ids count creations in order, so an
+    operation on trial id t while fewer than t + 1 creations have been read means the missing ones
+    are unreadable lines before it; when exactly that many are unaccounted for, they are them.
+    Line index -> (trial id, a FAIL creation to write there). Raises StudyError when more lines are
+    unaccounted for than creations are missing (which of them created a trial cannot be told)."""
+    created, unknown, creations = 0, [], set()
+    for i, op in enumerate(ops):
+        if op is None:
+            unknown.append(i)
+        elif op.get("op_code") == CREATE_TRIAL:
+            created += 1
+        elif "trial_id" in op and op["trial_id"] >= created:
+            missing = op["trial_id"] - created + 1
+            if len(unknown) != missing:
+                lines = ", ".join(str(g + 1) for g in unknown)
+                raise StudyError(f"{path}: {missing} trial creation(s) before line {i + 1} are unreadable, "
+                                 f"among lines {lines or 'none'}, and which cannot be told; the journal is "
+                                 f"left as it is: restore it from a copy, or delete it and let `ganft study "
+                                 f"run` adopt the FINISHED MLflow runs")
+            creations.update(unknown)
+            created += missing
+            unknown = []
+    out, tid, study = {}, 0, 0
+    for i, op in enumerate(ops):
+        if op is not None and op.get("op_code") == CREATE_TRIAL:
+            tid, study = tid + 1, op["study_id"]
+        elif i in creations:  # of the study whose creations surround it (a journal usually holds one)
+            after = next((o["study_id"] for o in ops[i:] if o and o.get("op_code") == CREATE_TRIAL), study)
+            now = datetime.now(UTC).isoformat(timespec="microseconds")
+            out[i] = (tid, {"op_code": CREATE_TRIAL, "worker_id": "ganft-repair", "study_id": after,
+                            "datetime_start": now, "state": FAIL, "value": None, "values": None,
+                            "datetime_complete": now, "distributions": {}, "params": {},
+                            "user_attrs": {"ganft.repaired": "its creation line was unreadable"},
+                            "system_attrs": {}, "intermediate_values": {}})
+            tid += 1
+    return out
 
 
 @contextlib.contextmanager
