@@ -127,6 +127,12 @@ def check_oracle(cfg: DataConfig, ratio: float) -> None:
                               f"the ratio or N")
 
 
+def plot_label(name: str) -> str:
+    """A class name as matplotlib draws it verbatim: a "$" would open math text (and a folder named
+    "$x^$" stops the figure with a parse error), so it is escaped."""
+    return name.replace("$", r"\$")
+
+
 def train_class_names(cfg: DataConfig) -> tuple[str, ...]:
     if cfg.dataset != "imagefolder":
         return CLASS_NAMES[cfg.dataset]

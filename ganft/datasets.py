@@ -17,9 +17,11 @@ contract for the bundled digits, Fashion-MNIST, MNIST, CIFAR-10 and a folder of 
   ``data.test_fraction`` of each class (chosen by the files' content, so never by N or the seed)
   is the test split. The class folders' names are the labels.
 
-Images are decoded once, into uint8 tensors (torchvision.io for image files; no per-item PIL), and
-kept on disk in ``.ganft-cache/data/`` under a key of the source files' paths, sizes and mtimes, so
-the second load of a folder is fast and a changed folder is decoded again.
+Images are decoded once, into uint8 tensors, and kept on disk in ``.ganft-cache/data/`` under a key
+of the source files' paths, sizes and mtimes, so the second load of a folder is fast and a changed
+folder is decoded again; training never decodes a file. Image files are decoded by Pillow after
+two checks (``decode_image``): torchvision's decoder kills the process on a PNG whose data is
+short, and an image over MAX_PIXELS is refused before its pixels are read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import gzip
 import hashlib
 import logging
 import pickle
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +54,7 @@ IDX_FILES = {  # split -> (images, labels): the names the MNIST family's authors
 FASHION_FILES = IDX_FILES
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-LOADER_VERSION = 1  # bump when a loader's output for the same files changes (invalidates the disk cache)
+LOADER_VERSION = 2  # bump when a loader's output for the same files changes (invalidates the disk cache)
 
 
 def to_unit(x: np.ndarray | torch.Tensor, max_value: float) -> torch.Tensor:
@@ -246,14 +250,62 @@ def carve_test(files: dict[str, list[Path]], fraction: float) -> tuple[dict, dic
     return train, test
 
 
+MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded (a decompression bomb)
+
+
+class UnreadableImage(ValueError):
+    """An image file ganft will not decode; the message says why."""
+
+
+def png_rows_missing(data: bytes) -> bool:
+    """Whether a non-interlaced PNG's image data holds fewer rows than its header declares.
+
+    Written out (chunk walk + bounded zlib) because no library reports it: torchvision's decoder
+    segfaults on such a file (the process dies), and Pillow pads the missing rows with zeros."""
+    pos, idat, head = 8, [], None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR" and len(body) >= 13:
+            head = struct.unpack(">IIBBBBB", body[:13])  # width, height, depth, colour, _, _, interlace
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if head is None:
+        return True
+    width, height, depth, colour, _, _, interlace = head
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    if interlace or channels is None:
+        return False  # Adam7 rows are not laid out this way; Pillow's own checks apply
+    row = 1 + -(-width * channels * depth // 8)  # filter byte + packed samples
+    try:
+        raw = zlib.decompressobj().decompress(b"".join(idat), height * row)  # bounded: no bomb
+    except zlib.error:
+        return True
+    return len(raw) < height * row
+
+
 def decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
-    """One image file -> (channels, size, size) uint8: centre crop to a square, antialiased resize."""
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_image as tv_decode
+    """One image file -> (channels, size, size) uint8: centre crop to a square, antialiased resize.
+    Decoded by Pillow after checks that raise UnreadableImage instead of crashing or exhausting
+    memory: at most MAX_PIXELS pixels (read from the header first), and a PNG's data whole."""
+    from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    img = tv_decode(str(path), mode=mode)  # (C, H, W) uint8
+    try:
+        im = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError:  # Pillow's own, coarser limit: ours, said plainly
+        raise UnreadableImage(f"more than the {MAX_PIXELS:,} pixels ganft decodes") from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise UnreadableImage(f"{w}x{h} pixels, more than the {MAX_PIXELS:,} ganft decodes")
+        if im.format == "PNG" and png_rows_missing(path.read_bytes()):
+            raise UnreadableImage("its image data holds fewer rows than its header declares")
+        pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    img = torch.from_numpy(pixels.copy()).reshape(h, w, -1).permute(2, 0, 1)  # (C, H, W) uint8
     side = min(img.shape[-2:])
     img = TF.center_crop(img, [side, side])
     return TF.resize(img, [size, size], antialias=True)
@@ -266,9 +318,10 @@ def _decode_split(per_class: dict[str, list[Path]], classes: tuple[str, ...], cf
         for path in per_class[c]:
             try:
                 xs.append(decode_image(path, cfg.image_size, cfg.channels))
-            except Exception as exc:  # not an image, or a corrupt one
+            except Exception as exc:  # not an image, a corrupt one, or one too large to decode
                 if not cfg.skip_unreadable:
-                    raise ConfigError(f"{path}: not a readable PNG or JPEG image ({type(exc).__name__}); "
+                    why = str(exc) if isinstance(exc, UnreadableImage) else type(exc).__name__
+                    raise ConfigError(f"{path}: not a readable PNG or JPEG image ({why}); "
                                       f"remove it, or set data.skip_unreadable: true") from None
                 skipped.append(path)
                 continue

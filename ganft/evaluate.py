@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score, log_loss
 from torch import nn
 
+from ganft.catalog import plot_label
 from ganft.images import Images
 from ganft.runtime import autocast, eval_batch_size
 
@@ -64,7 +65,7 @@ def test_metrics(model: nn.Module, test: Images, classes: tuple[str, ...]) -> tu
 def confusion_figure(cm: np.ndarray, classes: tuple[str, ...]) -> Figure:
     fig = Figure(figsize=(6.5, 5.5), dpi=110, layout="constrained")
     ax = fig.subplots()
-    ConfusionMatrixDisplay(cm, display_labels=list(classes)).plot(ax=ax, colorbar=False,
+    ConfusionMatrixDisplay(cm, display_labels=[plot_label(c) for c in classes]).plot(ax=ax, colorbar=False,
                                                                   xticks_rotation=45)
     ax.set_title(f"Test confusion matrix (accuracy {cm.trace() / max(cm.sum(), 1):.3f})")
     return fig

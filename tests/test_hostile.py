@@ -82,3 +82,60 @@ def test_user_text_cannot_put_a_script_link_or_raw_html_into_the_report(tmp_path
     assert "<img src=x" not in md and "<script>" not in md  # ...and shown as text in the markdown
     assert "](javascript:" not in md and "click (javascript:alert(1)" in md
     assert '<a href="results.csv">results.csv</a>' in page and "[results.csv](results.csv)" in md  # ours stay
+
+
+# --------------------------------------------------------------------------- 4. user images
+
+
+def _png(path: Path, width: int, declared: int, rows: int) -> Path:
+    """A grey PNG whose header declares ``declared`` rows and whose data holds ``rows`` of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = b"".join(b"\x00" + bytes([40 * (i % 5)] * width) for i in range(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = struct.pack(">IIBBBBB", width, declared, 8, 0, 0, 0, 0)  # 8-bit grey, not interlaced
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(data))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _folder(root: Path) -> None:
+    for c in ("cat", "dog"):
+        for i in range(10):
+            _png(root / c / f"{i}.png", 8, 8, 8)
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda root: _png(root / "dog" / "short.png", 32, 64, 8),
+     "its image data holds fewer rows than its header"),
+    (lambda root: _png(root / "dog" / "bomb.png", 20000, 20000, 1), "more than the 40,000,000 pixels"),
+])
+def test_a_broken_or_huge_image_is_one_line_naming_it_and_can_be_skipped(
+        make, why: str, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "imgs"
+    _folder(root)
+    bad = make(root)
+    study = home / "s.yaml"
+    study.write_text(f"name: s\nbase:\n  data: {{dataset: imagefolder, root: '{root}', image_size: 8, "
+                     f"train_size: 10}}\n")
+    assert main(["data", "check", str(study)]) == 2  # not a segmentation fault (exit 139)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and why in err[0]
+    study.write_text(study.read_text().replace("train_size: 10}", "train_size: 10, skip_unreadable: true}"))
+    assert main(["data", "check", str(study)]) == 0
+
+
+def test_a_class_named_like_math_text_draws_its_figures() -> None:
+    import io
+
+    import numpy as np
+
+    from ganft.evaluate import confusion_figure
+
+    fig = confusion_figure(np.eye(2, dtype=int), ("$x^$", "ok"))
+    fig.savefig(io.BytesIO(), format="png")  # matplotlib's math-text parser raised here
+    assert "$x^$" in [t.get_text().replace("\\$", "$") for t in fig.axes[0].get_xticklabels()]

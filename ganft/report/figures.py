@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from scipy import stats
 
+from ganft.catalog import plot_label
 from ganft.keys import config_keys
 from ganft.report.stats import (
     ACC_COL,
@@ -235,6 +236,7 @@ def fig_class_gains(classes: pd.DataFrame) -> Figure:
                                 for _, r in classes.iterrows()],
                           pp=100 * classes["mean_diff"])
     order = data.sort_values(keys)["cell"].drop_duplicates().tolist()
+    data["class_name"] = data["class_name"].astype(str).map(plot_label)  # "$" in a folder name: text
     names = data.sort_values("class")["class_name"].drop_duplicates().tolist()
     pivot = data.pivot_table(index="cell", columns="class_name", values="pp", aggfunc="first")
     pivot = pivot.reindex(index=order, columns=names)
