@@ -139,3 +139,44 @@ def test_a_class_named_like_math_text_draws_its_figures() -> None:
     fig = confusion_figure(np.eye(2, dtype=int), ("$x^$", "ok"))
     fig.savefig(io.BytesIO(), format="png")  # matplotlib's math-text parser raised here
     assert "$x^$" in [t.get_text().replace("\\$", "$") for t in fig.axes[0].get_xticklabels()]
+
+
+# --------------------------------------------------------------------------- 5. store creation
+
+
+def test_a_store_creation_cut_short_leaves_no_half_migrated_store(
+        home: Path, tiny_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from ganft.study import mlflow_store
+
+    real = mlflow.MlflowClient.search_experiments
+
+    def killed(self, *a, **k):  # the process dies in the middle of the schema migration
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_experiments", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mlflow_store.create_sqlite_store(home / "mlflow.db")
+    assert not (home / "mlflow.db").exists()  # nothing at the store's own name
+    monkeypatch.setattr(mlflow.MlflowClient, "search_experiments", real)
+    assert main(["study", "status", str(tiny_study)]) in (0, 1)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0  # the next run just works
+    assert not list(home.glob(".mlflow.db.new-*"))  # the leftover was cleared
+
+
+def test_a_half_migrated_store_is_one_sentence_that_says_what_to_run(
+        home: Path, tiny_study: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    def refused(self, *a, **k):  # what MLflow says of a store whose migration stopped part of the way
+        raise MlflowException("Detected out-of-date database schema (found version 451aebb31d03, but "
+                              "expected 1b5f0d9ad7c1). Take a backup of your database, then run 'mlflow db "
+                              "upgrade <database_uri>' to migrate your database to the latest schema.")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", refused)
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has a schema this MLflow cannot use" in err[0] and "move it aside" in err[0]

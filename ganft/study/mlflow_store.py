@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ganft.redact import redact
+from ganft.study.storage import StudyError
 
 PARENT_TAG = "ganft.role"  # "parent" (one per invocation) or "trial"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to choose its view
@@ -73,6 +75,10 @@ class MlflowTracker:
         self.client.log_artifact(self.run_id, str(path))
 
 
+class StoreSchemaError(StudyError):
+    """A tracking store whose schema MLflow refuses; the message says what to do (one line)."""
+
+
 class MlflowStore:
     """One MLflow tracking store (SQLite file or server) and one experiment in it."""
 
@@ -83,7 +89,16 @@ class MlflowStore:
         _quiet()
         self.uri, self.experiment_name = uri, experiment
         self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+        except Exception as exc:  # MlflowException; mlflow is imported here, not at module level
+            if "out-of-date database schema" not in str(exc):
+                raise
+            raise StoreSchemaError(
+                f"the MLflow store {redact(uri)} has a schema this MLflow cannot use (made by another "
+                f"MLflow version, or its creation was cut short); move it aside (e.g. mv mlflow.db "
+                f"mlflow.db.old) and rerun: the Optuna journal keeps every result, and points without a "
+                f"FINISHED run in the new store run again") from None
         if exp is None and not create:
             raise LookupError(f"no MLflow experiment {experiment!r} in {redact(uri)}")
         if exp is None:
@@ -97,13 +112,15 @@ class MlflowStore:
     def prepare(cls, uri: str, experiment: str, artifact_root: Path | None = None) -> MlflowStore:
         """Preflight: create the store (schema migration happens once, here), enable WAL on a
         SQLite file, create the experiment. Call before any worker starts."""
+        path = sqlite_path(uri)
+        if path is not None:
+            create_sqlite_store(Path(path))
         store = cls(uri, experiment, artifact_root)
         exp = store.client.get_experiment(store.experiment_id)
         if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
             # MLflow 3 opens an experiment without this tag in its GenAI view (traces, evaluations,
             # child runs collapsed); a model-training experiment opens on its runs table
             store.client.set_experiment_tag(store.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-        path = sqlite_path(uri)
         if path is not None:
             with sqlite3.connect(path) as conn:  # stored in the file: later connections use WAL
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -264,6 +281,31 @@ class MlflowCheckpointStore:
 
     def fetch(self, entry: RemoteEntry, key: str, dst: Path) -> Path:
         return Path(self.client.download_artifacts(entry.run_id, f"checkpoint/{key}.pt", str(dst)))
+
+
+def create_sqlite_store(path: Path) -> None:
+    """A new SQLite tracking store is migrated to MLflow's schema under a temporary name beside it
+    and then renamed into place, so a process killed during the migration (which takes seconds and
+    many statements) leaves no half-migrated store that every later run would refuse. An existing,
+    non-empty store is left as it is; leftovers of killed creations are removed."""
+    from mlflow import MlflowClient
+
+    for old in path.parent.glob(f".{path.name}.new-*"):
+        pid = old.name.split(".new-", 1)[1].split("-")[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            old.unlink(missing_ok=True)
+    if path.is_file() and path.stat().st_size:
+        return
+    # a name of its own per attempt: MLflow keeps one store object per URI for the process's life
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # the migration
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid)
 
 
 def sqlite_path(uri: str) -> str | None:
