@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "machine only; the UI has no authentication, so expose it deliberately)")
     ui.add_argument("--port", type=int, default=5000, help="port to serve on (default: 5000)")
     return parser
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While a command trains, SIGTERM (kill, a scheduler, a container's stop) stops it as Ctrl-C
+    does: the running trial ends as interrupted, its MLflow run KILLED, the workers are told and
+    waited for; a second signal during that clean-up is ignored (``workers.interrupt_once``). The
+    handlers are restored afterwards (the command may run inside a longer-lived process)."""
+    from ganft.study.workers import interrupt_once
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupt_once()
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _speed(args: argparse.Namespace) -> Any:
@@ -297,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("data", "check"): cmd_data_check}
     handler = handlers[(args.command, getattr(args, "study_command", None) or getattr(args, "data_command",
                                                                                         None))]
+    trains = handler in (cmd_study_run, cmd_study_confirm, cmd_pretrain)
     try:
-        return handler(args)
+        with _stop_on_sigterm() if trains else contextlib.nullcontext():
+            return handler(args)
     except ConfigError as exc:
         print(f"ganft: error: {redact(str(exc))}", file=sys.stderr)
         return 2

@@ -383,3 +383,14 @@ def test_repairing_a_damaged_trial_creation_keeps_every_result_on_its_own_point(
         n, ratio = t.user_attrs["ganft.grid_point"].split("-")[:2]
         assert (t.params["data.train_size"], t.params["synth.ratio"]) == (int(n[1:]), float(ratio[1:]))
     assert complete_trials(copy) == Counter(POINTS) and finished_runs(copy) == Counter(POINTS)
+
+
+def test_a_report_on_a_journal_with_a_damaged_line_says_to_repair(copy: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, item 8: it ended in a UnicodeDecodeError traceback."""
+    journal = copy / "optuna-journal.log"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[4] = b"\xff\xfe not utf-8 \xfd\n"
+    journal.write_bytes(b"".join(lines))
+    assert main(["report", "tiny"]) == 2
+    assert "run `ganft study repair tiny`" in one_line_error(capsys)

@@ -180,3 +180,66 @@ def test_a_half_migrated_store_is_one_sentence_that_says_what_to_run(
     assert main(["study", "run", str(tiny_study), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has a schema this MLflow cannot use" in err[0] and "move it aside" in err[0]
+
+
+# --------------------------------------------------------------------------- 6. signals
+
+SLOW_STUDY = """\
+name: slow
+base:
+  data: {dataset: digits, train_size: 100}
+  gan: {steps: 600, width: 16, z_dim: 16}
+  classifier: {steps: 600, width: 16, eval_every: 100}
+grid:
+  synth.ratio: [0, 1]
+  seed: [0, 1]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_a_run_as_ctrl_c_does(workers: int, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import psutil
+    from mlflow import MlflowClient
+
+    from ganft.study.storage import open_storage
+
+    study = tmp_path / "slow.yaml"
+    study.write_text(SLOW_STUDY)
+    env = {**os.environ, "GANFT_HOME": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "ganft.cli", "study", "run", str(study), "--no-progress",
+           "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def running() -> list:
+        exp = client.get_experiment_by_name("slow") if (tmp_path / "mlflow.db").exists() else None
+        return [] if exp is None else client.search_runs(
+            [exp.experiment_id], "attributes.status = 'RUNNING' and tags.`ganft.role` = 'trial'")
+
+    deadline = time.monotonic() + 120
+    while not running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running(), "no trial started"
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted; rerun the same command" in err
+    time.sleep(1)
+    assert not [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not running()  # no run left RUNNING: the interrupted ones ended KILLED
+    killed = client.search_runs([client.get_experiment_by_name("slow").experiment_id],
+                                "attributes.status = 'KILLED'")
+    assert killed and all(r.data.tags.get("ganft.failure") == "interrupted" for r in killed)
+    st = optuna.load_study(study_name="slow", storage=open_storage(str(tmp_path / "optuna-journal.log")))
+    failed = [t for t in st.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all("interrupted" in t.user_attrs.get("ganft.interrupted", "") for t in failed)
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0  # it continues

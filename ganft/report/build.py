@@ -28,6 +28,7 @@ from ganft.report.tidy import tidy_from_csv, tidy_runs
 from ganft.report.write import write_report
 from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
 from ganft.study.status import optuna_frames, search_trials
+from ganft.study.storage import damaged_journal
 from ganft.study.stores import Stores
 
 
@@ -122,7 +123,8 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
             commands += invocations(other, stores)[1] or [f"ganft study run studies/{other}.yaml"]
     flags = "".join(f" --{flag} {other}" for flag, other in (("ceiling", ceiling), ("protocol", protocol))
                     if other)
-    history, importances = optuna_frames(study, stores.storage)
+    with damaged_journal(study, stores.storage):  # a damaged line: say to run study repair
+        history, importances = optuna_frames(study, stores.storage)
     out = out or project_root() / "reports" / study
     trials = search_trials(study, stores.storage)
     if len(history) and not history["from_grid"].any() and len(trials):  # a search, not a grid

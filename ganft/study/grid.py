@@ -141,7 +141,8 @@ def survey(study: optuna.Study, cfg: StudyConfig) -> list[PointState]:
             # only the point's own errors count as attempts; a killed or interrupted worker does not
             reason = t.user_attrs.get("ganft.fail_reason")
             ps.attempts += reason is not None
-            ps.reason = reason or "interrupted (its worker stopped before the trial ended)"
+            ps.reason = reason or t.user_attrs.get("ganft.interrupted") or \
+                "interrupted (its worker stopped before the trial ended)"
         if t.state == TrialState.RUNNING:
             ps.owner = trial_owner(t)
         if rank[state] > rank[ps.state]:

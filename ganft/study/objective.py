@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Test hook, read only in _injected_fault: grid point names (comma-separated) whose trials get a
 # non-finite loss. It exists so a test can make a trial diverge inside a worker subprocess.
 FAULT_ENV = "GANFT_TEST_NONFINITE"
+INTERRUPTED_ATTR = "ganft.interrupted"  # why a FAIL trial that is not the point's fault ended
 
 
 # --------------------------------------------------------------------------- one trial
@@ -166,7 +167,8 @@ def trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str
         if run_id:
             store.end_run(run_id, "FAILED", reason)
         raise
-    except BaseException:  # Ctrl-C, SystemExit: not the point's fault
+    except BaseException:  # Ctrl-C, SIGTERM, SystemExit: not the point's fault, not an attempt
+        trial.set_user_attr(INTERRUPTED_ATTR, "interrupted (Ctrl-C or SIGTERM); it runs again next time")
         if run_id:
             store.end_run(run_id, "KILLED", "interrupted")
         raise

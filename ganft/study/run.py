@@ -52,6 +52,24 @@ from ganft.study.stores import Stores
 log = logging.getLogger(__name__)
 
 
+class _ReasonOnly(logging.Filter):
+    """Optuna logs every failed trial with its whole traceback (47 lines for a Ctrl-C); the line
+    with the reason stays, the traceback only with -v (debug logging)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_optuna() -> None:
+    """Optuna's warnings, each failed trial's on one line (its handler's and the root's)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in [*logging.getLogger("optuna").handlers, *logging.getLogger().handlers]:
+        if not any(isinstance(f, _ReasonOnly) for f in handler.filters):
+            handler.addFilter(_ReasonOnly())
+
+
 # --------------------------------------------------------------------------- workers
 
 
@@ -59,7 +77,7 @@ def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
          on_trial_done: Callable[[FrozenTrial], None] | None = None,
          should_stop: Callable[[], bool] = lambda: False) -> None:
     """One worker: take queued grid points, one trial at a time, until the queue is empty."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     store = MlflowStore(stores.tracking_uri, cfg.name)
     study = optuna.load_study(study_name=cfg.name, storage=stores.open(store))
     objective = make_objective(cfg, store, stores, parent_id, device)
@@ -172,7 +190,7 @@ def work_search(cfg: StudyConfig, stores: Stores, parent_id: str, device: str, s
     from ganft.study.search import make_pruner, make_sampler, make_search_objective
 
     assert cfg.search is not None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     store = MlflowStore(stores.tracking_uri, cfg.name)
     study = optuna.load_study(study_name=cfg.name, storage=stores.open(store), pruner=make_pruner(cfg))
     # seeded by worker and by how far the search got: a resumed search samples new points instead of
@@ -210,7 +228,7 @@ def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.
                          "locks; two workers can take the same trial). Use the default journal file "
                          "or PostgreSQL.")
     stores.check()
-    with stores.init_lock(), damaged_journal(cfg, stores):
+    with stores.init_lock(), damaged_journal(cfg.name, stores.storage):
         store = MlflowStore.prepare(stores.tracking_uri, cfg.name, stores.root / "mlartifacts")
         study = load_or_create_study(cfg, stores.open(store))
     with coordination(stores.storage):
@@ -250,7 +268,7 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     t0 = time.perf_counter()
     check_device(device)  # a malformed --device fails before anything is written
     study, store, queued = preflight(cfg, stores, workers_n)

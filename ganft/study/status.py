@@ -32,7 +32,7 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
     try:
         if is_journal(stores.storage) and not Path(stores.storage).is_file():
             raise KeyError(cfg.name)  # no journal yet (opening one would create the file)
-        with damaged_journal(cfg, stores):
+        with damaged_journal(cfg.name, stores.storage):
             study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     except KeyError:
         lines = [f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)"]

@@ -226,16 +226,17 @@ def coordination(spec: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def damaged_journal(cfg: Any, stores: Any) -> Iterator[None]:
+def damaged_journal(study: str, storage: str) -> Iterator[None]:
     """A journal line that cannot be read (a damaged middle line) is a StudyError pointing to
-    `ganft study repair`, not a JSONDecodeError traceback."""
+    `ganft study repair`, not a JSONDecodeError or UnicodeDecodeError traceback."""
     try:
         yield
-    except ValueError as exc:  # json.JSONDecodeError, and Optuna's own "invalid log" errors
-        if not is_journal(stores.storage):
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError, Optuna's "invalid log" errors
+        if not is_journal(storage):
             raise
-        raise StudyError(f"the Optuna journal {stores.storage} has a line that cannot be read ({exc}); "
-                         f"run `ganft study repair {cfg.name}` (it keeps a .bak copy), then this command "
+        why = str(exc).splitlines()[0][:200]
+        raise StudyError(f"the Optuna journal {storage} has a line that cannot be read ({why}); run "
+                         f"`ganft study repair {study}` (it keeps a .bak copy), then this command "
                          f"again") from None
 
 
