@@ -243,3 +243,20 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(workers: int, tmp_path: Path) -> Non
     failed = [t for t in st.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
     assert failed and all("interrupted" in t.user_attrs.get("ganft.interrupted", "") for t in failed)
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0  # it continues
+
+
+# --------------------------------------------------------------------------- 9. provenance
+
+
+def test_every_run_records_which_ganft_made_it(home: Path, tiny_study: Path) -> None:
+    from mlflow import MlflowClient
+
+    import ganft
+
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert {r.data.tags.get("ganft.role") for r in runs} == {"parent", "trial"}
+    assert all(r.data.tags.get("ganft.version") == ganft.__version__ for r in runs)
+    if (Path(ganft.__file__).resolve().parents[1] / ".git").exists():  # a checkout: its commit too
+        assert all(len(r.data.tags.get("ganft.commit", "").split("+")[0]) == 40 for r in runs)

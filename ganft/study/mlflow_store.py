@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ganft.paths import provenance
 from ganft.redact import redact
 from ganft.study.storage import StudyError
 
@@ -129,7 +130,8 @@ class MlflowStore:
     # ---------------------------------------------------------------- runs
 
     def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> str:
-        tags = {k: str(v) for k, v in tags.items()}
+        """A run with ``tags`` and which ganft made it (``paths.provenance``: version, commit)."""
+        tags = {k: str(v) for k, v in {**provenance(), **tags}.items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id  # what the UI nests child runs by
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
@@ -148,6 +150,13 @@ class MlflowStore:
             self.client.set_tag(run_id, "ganft.failure", redact(reason)[:4000])
         self.client.set_terminated(run_id, status)
         return True
+
+    def last_provenance(self) -> dict[str, str]:
+        """Which ganft made the study's latest earlier invocation (its parent run's tags), if any."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'parent'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return {k: v for k, v in runs[0].data.tags.items() if k in ("ganft.version", "ganft.commit")} \
+            if runs else {}
 
     def finished_trial_runs(self) -> dict[str, dict[str, str]]:
         """run id -> tags of every FINISHED trial run of the experiment."""

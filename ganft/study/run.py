@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ganft.config import check_device
+from ganft.paths import provenance
 from ganft.redact import redact, redact_argv, redact_logging, remember, remember_environment
 from ganft.study import workers
 from ganft.study.grid import OWNER_ATTR, PointState, survey, trial_owner
@@ -285,6 +286,11 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
         configure_speed(speed)
     pick_device(device)  # an unavailable device (cuda without a GPU) fails before any trial
 
+    earlier, now_code = store.last_provenance(), provenance()
+    if earlier and any(earlier.get(k) != now_code.get(k) for k in earlier):
+        log.warning("study %s was run before by %s; this run is %s: a changed trial could make its "
+                    "points incomparable (each stage's version constant says whether its results change)",
+                    cfg.name, _code(earlier), _code(now_code))
     n = max(1, min(workers_n, todo))
     threads = threads or workers.choose_threads(n)
     log.info("%d worker(s), %d torch thread(s) each", n, threads)
@@ -331,6 +337,12 @@ def run_study(cfg: StudyConfig, stores: Stores, *, device: str = "auto", progres
         summary = _finish(study, cfg, store, stores, parent_id, status, t0)
         summary.workers_lost = lost
     return summary
+
+
+def _code(tags: dict[str, str]) -> str:
+    commit = tags.get("ganft.commit", "")
+    short = commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+    return f"ganft {tags.get('ganft.version', '?')}" + (f" (commit {short})" if commit else "")
 
 
 def _report_lost_workers(codes: list[int]) -> int:
