@@ -97,9 +97,11 @@ def check_sizes(cfg: DataConfig) -> None:
             small = names[counts.index(min(counts))]
             why = (f"its smallest class {small!r} has {min(counts)} training images, too few for one "
                    f"per class" + (" to train and one to validate" if cfg.validation == "from-budget" else "")
-                   + f" below N={lo}")
+                   + (f" below N={lo}" if lo <= hi else f" at any N the {hi:,} images allow: add images to "
+                      f"it or remove it"))
         raise ConfigError(f"data.train_size: {cfg.train_size} is out of range for {where} with "
-                          f"data.validation {cfg.validation}; allowed: {lo}..{hi} ({why})")
+                          f"data.validation {cfg.validation}; allowed: "
+                          f"{f'{lo}..{hi}' if lo <= hi else 'none, whatever N'} ({why})")
 
 
 def check_oracle(cfg: DataConfig, ratio: float) -> None:

@@ -106,6 +106,25 @@ def test_deleted_mlflow_db_reruns_the_points_whose_runs_are_missing(
     assert main(["study", "status", str(copy / "tiny.yaml")]) == 0
 
 
+def test_status_read_while_a_trial_ends_its_run_does_not_say_the_run_is_missing(
+        copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial turns COMPLETE a moment before its worker ends its MLflow run FINISHED: a status read
+    in between (a live worker's run still RUNNING) is no missing run; a dead worker's is."""
+    from ganft.study import workers
+
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    run_id = next(r.info.run_id for r in client.search_runs([exp.experiment_id])
+                  if r.data.tags.get("ganft.role") == "trial")
+    client.update_run(run_id, status="RUNNING")  # the trial's tags name its (ended) worker process
+    assert main(["study", "status", str(copy / "tiny.yaml")]) == 1
+    assert "1 complete point(s) have no FINISHED run" in capsys.readouterr().out
+    for k, v in workers.identity().items():  # now it is this live process's run
+        client.set_tag(run_id, f"ganft.{k}", v)
+    assert main(["study", "status", str(copy / "tiny.yaml")]) == 0
+    assert "no FINISHED run" not in capsys.readouterr().out
+
+
 def test_deleted_journal_adopts_the_finished_runs_instead_of_duplicating_them(
         copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (copy / "optuna-journal.log").unlink()

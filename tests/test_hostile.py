@@ -260,3 +260,24 @@ def test_every_run_records_which_ganft_made_it(home: Path, tiny_study: Path) -> 
     assert all(r.data.tags.get("ganft.version") == ganft.__version__ for r in runs)
     if (Path(ganft.__file__).resolve().parents[1] / ".git").exists():  # a checkout: its commit too
         assert all(len(r.data.tags.get("ganft.commit", "").split("+")[0]) == 40 for r in runs)
+
+
+def test_a_huge_study_name_and_a_hopeless_class_are_said_briefly(tmp_path: Path) -> None:
+    from ganft.catalog import check_sizes
+    from ganft.config import ConfigError, DataConfig
+    from ganft.study.schema import check_study_name
+
+    with pytest.raises(ConfigError) as err:
+        check_study_name("x/" * 5_000_000)
+    assert len(str(err.value)) < 300 and "10,000,000 characters" in str(err.value)
+    root = tmp_path / "imgs"  # one training image in a class, and one to train and one to validate
+    # per class needed (from-budget): no N works
+    for c, n in (("cat", 80), ("dog", 2)):
+        for i in range(n):
+            _png(root / c / f"{i}.png", 8, 8, 8)
+    with pytest.raises(ConfigError) as err:
+        check_sizes(DataConfig(dataset="imagefolder", root=str(root), image_size=8, train_size=50,
+                               validation="from-budget"))
+    msg = str(err.value)
+    assert "allowed: none, whatever N" in msg and "'dog' has 1 training images" in msg, msg
+    assert "add images to it or remove it" in msg and ".." not in msg.split("allowed")[1]

@@ -37,7 +37,8 @@ RESERVED_NAMES = {"default": "MLflow's own experiment 0, whose artifacts go to .
 def check_study_name(name: str) -> str:
     """A study name as the command line gets it (``ganft report NAME``): the study files' rule."""
     if not re.fullmatch(STUDY_NAME, name) or len(name) > 64 or name.lower() in RESERVED_NAMES:
-        raise ConfigError(f"{name!r} is not a study name: letters, digits, '_', '.', '-' (not first), at "
+        shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}... ({len(name):,} characters)"
+        raise ConfigError(f"{shown} is not a study name: letters, digits, '_', '.', '-' (not first), at "
                           f"most 64 characters, not {' or '.join(RESERVED_NAMES)}")
     return name
 

@@ -28,7 +28,6 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_journal(stores.storage):
         probe_rdb(stores.storage)
-    runs = _finished_runs(cfg, stores)
     try:
         if is_journal(stores.storage) and not Path(stores.storage).is_file():
             raise KeyError(cfg.name)  # no journal yet (opening one would create the file)
@@ -36,6 +35,7 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
             study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     except KeyError:
         lines = [f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)"]
+        runs = _finished_runs(cfg, stores)
         if runs:
             lines.append(f"  but the MLflow store has {len(runs)} FINISHED run(s) of it (the Optuna storage "
                          f"was deleted or replaced?): `ganft study run {cfg.name}` adopts them without "
@@ -47,6 +47,9 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
     for ps in states:
         if ps.state == "running" and ps.owner and not workers.alive(ps.owner):
             ps.state = "lost"  # its worker is dead; the next `study run` fails it and runs it again
+    # A trial's run ends FINISHED just after the trial turns COMPLETE (objective's callback): a
+    # COMPLETE trial whose run is still RUNNING under a live worker is finishing, not missing it.
+    runs = {**_finished_runs(cfg, stores, "RUNNING"), **_finished_runs(cfg, stores)}
     finished_by_trial = {t.number: t.user_attrs.get("ganft.mlflow_run_id") in runs
                          for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     no_run = [ps for ps in states if ps.state == "complete"
@@ -70,16 +73,17 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
     return lines, 0 if ok else 1
 
 
-def _finished_runs(cfg: StudyConfig, stores: Stores) -> dict[str, dict[str, str]]:
+def _finished_runs(cfg: StudyConfig, stores: Stores, status: str = "FINISHED") -> dict[str, dict[str, str]]:
     """FINISHED trial runs of the study in MLflow (none when the store does not exist: a SQLite file
-    that does not exist is not created)."""
+    that does not exist is not created); with status RUNNING, those of live workers."""
     db = sqlite_path(stores.tracking_uri)
     if db is not None and not Path(db).is_file():
         return {}
     try:
-        return MlflowStore(stores.tracking_uri, cfg.name, create=False).finished_trial_runs()
+        runs = MlflowStore(stores.tracking_uri, cfg.name, create=False).finished_trial_runs(status)
     except LookupError:
         return {}
+    return runs if status == "FINISHED" else {k: v for k, v in runs.items() if workers.alive(v, "ganft.")}
 
 
 def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
