@@ -119,13 +119,26 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
     return loader.construct_mapping(node, deep=deep)
 
 
+MAX_DEPTH = 32  # a study file nests 4 levels; deeper is an attack on the recursive parser
+
+
 def _no_aliases(loader: _StrictLoader, parent: Any, index: Any) -> Any:
-    """A YAML alias can expand exponentially (a few hundred bytes become gigabytes): refused."""
+    """A YAML alias can expand exponentially (a few hundred bytes become gigabytes): refused. So is
+    nesting deeper than MAX_DEPTH, which would exhaust Python's recursion."""
     if loader.check_event(yaml.events.AliasEvent):
         event = loader.peek_event()
         raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed "
                           f"in a study file; write the value out")
-    return yaml.composer.Composer.compose_node(loader, parent, index)
+    depth = getattr(loader, "_ganft_depth", 0)
+    if depth >= MAX_DEPTH:
+        line = loader.peek_event().start_mark.line + 1
+        raise ConfigError(f"line {line}: values nested more than {MAX_DEPTH} levels deep; a study file "
+                          f"nests a few (base: data: ...)")
+    loader._ganft_depth = depth + 1  # type: ignore[attr-defined]
+    try:
+        return yaml.composer.Composer.compose_node(loader, parent, index)
+    finally:
+        loader._ganft_depth = depth  # type: ignore[attr-defined]
 
 
 _StrictLoader.compose_node = _no_aliases  # type: ignore[method-assign]
@@ -135,8 +148,6 @@ _StrictLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$"),
     list("-+0123456789."),
 )
-
-
 
 
 def read_yaml(path: str | Path) -> Any:

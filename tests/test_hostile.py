@@ -245,6 +245,21 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(workers: int, tmp_path: Path) -> Non
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0  # it continues
 
 
+# --------------------------------------------------------------------------- 8. a sentence, not a traceback
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000, "{a: " * 2_000 + "1" + "}" * 2_000])
+def test_a_deeply_nested_study_file_is_one_line_and_exit_2(value: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GANFT_HOME", str(tmp_path))
+    (tmp_path / "deep.yaml").write_text(f"name: deep\nbase: {value}\n")
+    assert main(["study", "run", str(tmp_path / "deep.yaml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "line 2: values nested more than 32 levels deep" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.yaml"]  # no store written
+
+
 # --------------------------------------------------------------------------- 9. provenance
 
 
