@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -212,9 +213,16 @@ def cmd_study_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
-    from ganft.study.status import study_status
+    from ganft.study.status import stored_confirmation, study_status
 
-    lines, code = study_status(resolve_study(args.study), _stores(args))
+    stores = _stores(args)
+    try:
+        cfg = resolve_study(args.study)
+    except ConfigError:  # a search's confirmation has no file: ganft made it, its storage holds it
+        cfg = stored_confirmation(args.study, stores)
+        if cfg is None:
+            raise
+    lines, code = study_status(cfg, stores)
     print("\n".join(lines))
     return code
 
@@ -299,6 +307,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(args.tracking_uri, args.host, args.port)
 
 
+def _check_home() -> None:
+    """A GANFT_HOME that is not a folder is a typo or a mistake: said, never silently created (a
+    new empty store would say "not started" of a study that ran)."""
+    home = os.environ.get("GANFT_HOME")
+    if home and not Path(home).expanduser().is_dir():
+        why = ("is not a folder; give a folder" if Path(home).expanduser().exists() else
+               f"no such folder; create it (mkdir -p {shlex.quote(home)})")
+        raise ConfigError(f"GANFT_HOME {home}: {why}, or unset GANFT_HOME to use the default project root")
+
+
 def main(argv: list[str] | None = None) -> int:
     from ganft.redact import redact, redact_logging, remember, remember_environment
 
@@ -318,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                         None))]
     trains = handler in (cmd_study_run, cmd_study_confirm, cmd_pretrain)
     try:
+        _check_home()
         with _stop_on_sigterm() if trains else contextlib.nullcontext():
             return handler(args)
     except ConfigError as exc:

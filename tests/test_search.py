@@ -161,6 +161,21 @@ def test_tpe_finds_the_planted_optimum_and_best_prints_a_base_block(
     assert "30 of 30 trials done" in capsys.readouterr().out
 
 
+def test_the_confirmation_ganft_made_can_be_inspected_by_name(
+        home: Path, fake: FakeTrials, capsys: pytest.CaptureFixture[str]) -> None:
+    """``s-confirm`` has no study file (ganft built it from the search's best trial): status reads
+    its config from the storage instead of saying there is no study file."""
+    path = write_search(home, n_trials=4, space="    synth.ratio: {choices: [1, 2]}\n")
+    assert main(["study", "run", str(path), "--no-progress"]) == 0
+    assert main(["study", "confirm", "s", "--seeds", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["study", "status", "s-confirm"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study s-confirm: 4 complete, 0 running, 0 queued, 0 failed, 0 missing of 4"), out
+    assert main(["study", "status", "t-confirm"]) == 2  # none stored: said as before
+    assert "no study file for 't-confirm'" in capsys.readouterr().err
+
+
 def test_a_search_can_be_lengthened_but_not_changed(home: Path, fake: FakeTrials,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "run", str(write_search(home, sampler="random", n_trials=3)), "--no-progress"]) == 0

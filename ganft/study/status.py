@@ -73,6 +73,23 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
     return lines, 0 if ok else 1
 
 
+def stored_confirmation(name: str, stores: Stores) -> StudyConfig | None:
+    """The confirmation ``<search>-confirm`` that ganft made and stored (it has no study file of
+    its own): its config rebuilt from the base and grid its study records; None when there is no
+    such study in the storage."""
+    if not name.endswith("-confirm") or (is_journal(stores.storage) and not Path(stores.storage).is_file()):
+        return None
+    try:
+        with damaged_journal(name, stores.storage):
+            attrs = optuna.load_study(study_name=name, storage=open_storage(stores.storage)).user_attrs
+    except KeyError:
+        return None
+    if "ganft.base" not in attrs or "ganft.grid" not in attrs:
+        return None
+    return StudyConfig(name=name, base=attrs["ganft.base"], grid=attrs["ganft.grid"],
+                       description=f"the confirmation of {name.removesuffix('-confirm')}, as stored")
+
+
 def _finished_runs(cfg: StudyConfig, stores: Stores, status: str = "FINISHED") -> dict[str, dict[str, str]]:
     """FINISHED trial runs of the study in MLflow (none when the store does not exist: a SQLite file
     that does not exist is not created); with status RUNNING, those of live workers."""

@@ -38,8 +38,18 @@ class Stores:
                 root: Path | None = None, heartbeat: int = 30) -> Stores:
         root = root or project_root()
         remember(storage, tracking_uri)  # redact them wherever a driver quotes them
-        return cls(storage or str(root / "optuna-journal.log"),
-                   tracking_uri or default_tracking_uri(root), root, heartbeat)
+        stores = cls(storage or str(root / "optuna-journal.log"),
+                     tracking_uri or default_tracking_uri(root), root, heartbeat)
+        db = sqlite_path(stores.tracking_uri)
+        for path, what, flag in ((stores.storage if is_journal(stores.storage) else None, "the Optuna journal",
+                                  "--storage"), (db, "the MLflow store", "--tracking-uri")):
+            # a folder or a device (/dev/full) as a store file: said now, before anything reads
+            # "not started" from it or waits on a write that can never succeed
+            if path is not None and Path(path).exists() and not Path(path).is_file():
+                kind = "a folder" if Path(path).is_dir() else "not a regular file"
+                raise StudyError(f"{what} {path} is {kind}; give a file path ({flag} FILE), new or one "
+                                 f"ganft wrote")
+        return stores
 
     def gan_cache(self) -> Any:
         """The GAN cache (``.ganft-cache/gan/``, a ``store.CheckpointCache``; labellers in its
