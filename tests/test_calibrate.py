@@ -161,4 +161,8 @@ def test_a_report_with_controls_opens_with_its_calibration(tmp_path, monkeypatch
     assert "## Budget and fit, per arm" in md and "GAN arms against the best cheap baseline" not in md
     table = pd.read_csv(tmp_path / "calibration.csv")
     assert set(table["arm"]) == {"GAN on budget"} and len(table) == 4  # never a control as a treatment
+    noise = pd.read_csv(tmp_path / "noise.csv")  # the answer's noise line, as a CSV to cite
+    for _, r in noise.iterrows():
+        assert f"N={int(r['data.train_size']):,}: {100 * r['pooled_sd']:.2f} pp" in answer
+    assert len(pd.read_csv(tmp_path / "fit.csv")) == len(df.groupby(["data.train_size", "arm", "synth.ratio"]))
     assert json.loads((tmp_path / "meta.json").read_text())["margin"] == 0.01

@@ -226,6 +226,16 @@ def pooled_sd(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def noise_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per N: ``pooled_sd`` of the study's runs (see pooled_sd), its ``dof`` and ``cells``, the
+    ``seeds`` the study ran and the gain those seeds detect with 80% power (``detectable``)."""
+    noise = pooled_sd(paired_runs(df))
+    if noise.empty:
+        return noise
+    seeds = df[SEED_COL].nunique()
+    return noise.assign(seeds=seeds, detectable=[detectable(sd, seeds) for sd in noise["pooled_sd"]])
+
+
 def fit_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (N, arm, ratio): whether its runs fitted their own real images: the lowest and mean
     training accuracy on them (``clf/train_acc_last``), the mean last-window loss and how far it

@@ -25,18 +25,26 @@ from ganft.report.stats import (
     N_COL,
     RATIO_COL,
     SEED_COL,
-    paired_runs,
 )
 from ganft.report.text import ReportMeta, _n, ci_text, p_text, pp, signed, study_time
 
 
 def _images(x: float) -> str:
-    """An exchange rate as people read it: '+120', '-40', 'beyond the curve'."""
+    """An exchange rate as people read it: '+120', '-40'; '< 0' below the curve's first point
+    (fewer images than the smallest N, how many fewer the curve cannot say), '> +X' beyond it."""
     if math.isnan(x):
         return "n/a"
     if math.isinf(x):
-        return "more than the curve spans" if x > 0 else "below the curve's smallest size"
+        return "more than the curve spans" if x > 0 else "< 0"
     return f"{signed(x, 0)}"
+
+
+def _worth(cell: pd.Series) -> str:
+    x, ci = cell["exchange"], _interval(cell["exchange_low"], cell["exchange_high"])
+    if math.isinf(x) and x < 0:
+        return (f"it is worth fewer real labelled images than it already has (its accuracy lies below the "
+                f"real-only curve's smallest N; 95% CI {ci})")
+    return f"it is worth about {_images(x)} real labelled images (95% CI {ci})"
 
 
 def _interval(low: float, high: float, fmt=_images) -> str:
@@ -87,11 +95,10 @@ def placebo_line(cells: pd.DataFrame) -> str:
 
 
 def noise_line(df: pd.DataFrame) -> str:
-    pooled = cal.pooled_sd(paired_runs(df))
-    seeds = df[SEED_COL].nunique()
-    parts = "; ".join(f"N={int(r[N_COL]):,}: {100 * r['pooled_sd']:.2f} pp, so {seeds} seeds detect "
-                      f"{pp(cal.detectable(r['pooled_sd'], seeds)).lstrip('+')} with 80% power"
-                      for _, r in pooled.iterrows() if r["pooled_sd"] == r["pooled_sd"])
+    noise = cal.noise_table(df)
+    parts = "; ".join(f"N={int(r[N_COL]):,}: {100 * r['pooled_sd']:.2f} pp, so {int(r['seeds'])} seeds "
+                      f"detect {pp(r['detectable']).lstrip('+')} with 80% power"
+                      for _, r in noise.iterrows() if r["pooled_sd"] == r["pooled_sd"])
     return (f"Noise: the pooled standard deviation of paired differences (treatment and placebo cells) "
             f"was {parts}." if parts else "")
 
@@ -117,8 +124,7 @@ def arm_lines(table: pd.DataFrame) -> list[str]:
                      else f"; equivalence {within} is not shown.")
         share = _interval(best["share_low"], best["share_high"], _share)
         line += (f" At ratio {best[RATIO_COL]:g} its gain is {_share(best['share'])} of the oracle's "
-                 f"(Fieller 95% CI {share}) and it is worth about {_images(best['exchange'])} real "
-                 f"labelled images (95% CI {_interval(best['exchange_low'], best['exchange_high'])}).")
+                 f"(Fieller 95% CI {share}) and {_worth(best)}.")
         lines.append(line)
     return lines
 
@@ -133,7 +139,8 @@ def fit_line(fit: pd.DataFrame) -> str:
     where = "; ".join(f"N={int(r[N_COL]):,} {r[ARM_COL]} ratio {r[RATIO_COL]:g} (lowest training "
                       f"accuracy {100 * r['train_acc_min']:.1f}%, loss {100 * r['loss_fall']:.0f}% lower "
                       f"than the window before)" for _, r in bad.iterrows())
-    return (f"Warning: {_n(len(bad), 'arm cell')} had not fitted its real images by the end of the budget: "
+    return (f"Warning: {_n(len(bad), 'arm cell')} had not fitted {'its' if len(bad) == 1 else 'their'} real "
+            f"images by the end of the budget: "
             f"{where}. Their comparisons measure under-training as much as the added images.")
 
 
@@ -160,9 +167,16 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, table: pd.DataFrame, met
 # --------------------------------------------------------------------------- sections
 
 
-def calibration_section(table: pd.DataFrame, margin: float, out_dir: Path) -> Section:
-    """``table``: ``calibrate.calibration`` of the study, also written to calibration.csv."""
+def write_tables(df: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> None:
+    """The numbers behind the calibrated answer, as CSVs a README can cite: calibration.csv (``table``,
+    ``calibrate.calibration``), noise.csv (pooled spread per N) and fit.csv (per arm fit)."""
     table.to_csv(out_dir / "calibration.csv", index=False)
+    cal.noise_table(df).to_csv(out_dir / "noise.csv", index=False)
+    cal.fit_table(df).to_csv(out_dir / "fit.csv", index=False)
+
+
+def calibration_section(table: pd.DataFrame, margin: float) -> Section:
+    """``table``: ``calibrate.calibration`` of the study (written by write_tables)."""
     m = f"{100 * margin:g}"
     rows = list(table.iterrows())
     shown = pd.DataFrame({
@@ -187,7 +201,8 @@ def calibration_section(table: pd.DataFrame, margin: float, out_dir: Path) -> Se
         "shows the arm equivalent to real only. `oracle share`: the arm's gain over the oracle's at the "
         "same N and ratio (1: as good as real labelled images; Fieller's interval, none when the oracle's "
         "gain is not clear of 0). `worth`: the arm's accuracy read off the study's real-only learning "
-        "curve, extended by the oracle cells, minus its own real images (bootstrap over seeds). "
+        "curve, extended by the oracle cells, minus its own real images (bootstrap over seeds; `< 0`: "
+        "below the curve's smallest N, by an amount the curve cannot tell). "
         "`detectable`: the smallest gain 5%-level paired t-tests find with 80% power at the cell's spread "
         "and seed count. Also in "
         "[calibration.csv](calibration.csv)."], table=shown)

@@ -125,7 +125,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     sections = [sec.accuracy_section(df, out_dir, ceiling, meta), sec.gain_section(cells, factors, out_dir)]
     table = calibration(df, cells, meta.margin) if calibrated else None
     if table is not None:
-        sections += [controls.calibration_section(table, meta.margin, out_dir),
+        controls.write_tables(df, table, out_dir)
+        sections += [controls.calibration_section(table, meta.margin),
                      controls.controls_section(cells)]
     if cheap:  # arms that use unlabelled images: against the cheap baseline too
         sections.append(arms.arms_section(df, out_dir))
@@ -151,7 +152,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
         facts.append(("Trials ran on", ", ".join(sorted(df["device"].dropna().astype(str).unique()))))
     facts.append(("Data", "[results.csv](results.csv) (one row per trial), [cells.csv](cells.csv) (one "
                   "row per cell)" + (", [classes.csv](classes.csv) (per class)" if len(classes) else "")
-                  + (", [calibration.csv](calibration.csv) (each arm against the controls)"
+                  + (", [calibration.csv](calibration.csv) (each arm against the controls), "
+                     "[noise.csv](noise.csv) (spread per N), [fit.csv](fit.csv) (fit per arm)"
                      if calibrated else "")
                   + (", [versus_cheap.csv](versus_cheap.csv) (GAN arms against self-training)"
                      if cheap else "")))

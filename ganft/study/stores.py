@@ -40,9 +40,9 @@ class Stores:
         remember(storage, tracking_uri)  # redact them wherever a driver quotes them
         stores = cls(storage or str(root / "optuna-journal.log"),
                      tracking_uri or default_tracking_uri(root), root, heartbeat)
-        db = sqlite_path(stores.tracking_uri)
-        for path, what, flag in ((stores.storage if is_journal(stores.storage) else None, "the Optuna journal",
-                                  "--storage"), (db, "the MLflow store", "--tracking-uri")):
+        journal = stores.storage if is_journal(stores.storage) else None
+        for path, what, flag in ((journal, "the Optuna journal", "--storage"),
+                                 (sqlite_path(stores.tracking_uri), "the MLflow store", "--tracking-uri")):
             # a folder or a device (/dev/full) as a store file: said now, before anything reads
             # "not started" from it or waits on a write that can never succeed
             if path is not None and Path(path).exists() and not Path(path).is_file():
