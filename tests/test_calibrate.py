@@ -164,5 +164,6 @@ def test_a_report_with_controls_opens_with_its_calibration(tmp_path, monkeypatch
     noise = pd.read_csv(tmp_path / "noise.csv")  # the answer's noise line, as a CSV to cite
     for _, r in noise.iterrows():
         assert f"N={int(r['data.train_size']):,}: {100 * r['pooled_sd']:.2f} pp" in answer
-    assert len(pd.read_csv(tmp_path / "fit.csv")) == len(df.groupby(["data.train_size", "arm", "synth.ratio"]))
+    cells = df.groupby(["data.train_size", "arm", "synth.ratio"])
+    assert len(pd.read_csv(tmp_path / "fit.csv")) == len(cells)
     assert json.loads((tmp_path / "meta.json").read_text())["margin"] == 0.01

@@ -18,8 +18,9 @@ from ganft.study.mlflow_store import PARENT_TAG, MlflowStore, default_tracking_u
 
 
 def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0, 1.0, 2.0),
-              seeds=(0, 1, 2), rng_seed: int = 0) -> MlflowStore:
-    """Write a parent run and one child run per point, as study.run_study does."""
+              seeds=(0, 1, 2), rng_seed: int = 0, sources=("gan",)) -> MlflowStore:
+    """Write a parent run and one child run per point, as study.run_study does; a GAN run (ratio
+    above 0, source gan) keeps a sample grid as its artifact, a control's run none."""
     store = MlflowStore.prepare(default_tracking_uri(home), name, home / "mlartifacts")
     parent = store.start_run(name, {PARENT_TAG: "parent", "ganft.study": name})
     rng = np.random.default_rng(rng_seed)
@@ -27,10 +28,10 @@ def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0,
     for n in sizes:
         for s in seeds:
             level = 0.7 + 0.05 * np.log10(n) + rng.normal(0, 0.01)
-            for r in ratios:
+            for r, source in [(x, src) for x in ratios for src in (sources if x > 0 else ("gan",))]:
                 cfg = with_overrides(base, {"data.train_size": n, "synth.ratio": r, "seed": s,
-                                            "data.dataset": "fashion-mnist"})
-                point = f"n{n}-r{r}-s{s}"
+                                            "data.dataset": "fashion-mnist", "synth.source": source})
+                point = f"n{n}-r{r}-s{s}" + (f"-{source}" if source != "gan" else "")
                 run = store.start_run(point, {PARENT_TAG: "trial", "ganft.grid_point": point,
                                               "ganft.device": "cpu"}, parent_id=parent)
                 t = store.tracker(run)
@@ -38,6 +39,10 @@ def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0,
                 acc = level + (gain if r > 0 else 0.0) + rng.normal(0, 0.002)
                 t.log_metrics({"test/acc": acc, "time/trial_seconds": 2.0, "gan/trained_here": 0.0,
                                **{f"test/acc_class_{k}": acc + rng.normal(0, 0.01) for k in range(10)}})
+                if r > 0 and source == "gan":
+                    samples = home / "gan_samples.png"
+                    samples.write_bytes(f"png of {point}".encode())
+                    store.client.log_artifact(run, str(samples))
                 store.end_run(run, "FINISHED")
     start = store.client.get_run(parent).info.start_time  # the invocation lasted 72 min (4321 s)
     store.client.set_terminated(parent, "FINISHED", end_time=start + 4_321_000)
@@ -51,6 +56,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log_study(home, "grid_a", gain=0.0, sizes=(100,))
     log_study(home, "grid_b", gain=0.03, sizes=(100,), rng_seed=1)
     log_study(home, "full", gain=0.0, sizes=(55000,), ratios=(0.0,), seeds=(0,))
+    log_study(home, "ctl", gain=0.0, sizes=(100,), ratios=(0.0, 1.0), sources=("oracle", "gan"))
     return home
 
 
@@ -98,4 +104,21 @@ def test_report_cli_with_ceiling_and_compare(home: Path, capsys: pytest.CaptureF
     assert main(["report"]) == 2
     err = capsys.readouterr().err
     assert "study 'nope' has no runs in" in err and "there is no studies/nope.yaml either " \
-        "(studies with runs here: full, grid_a, grid_b; study files: none)" in err
+        "(studies with runs here: ctl, full, grid_a, grid_b; study files: none)" in err
+
+
+def test_a_report_rebuilt_from_its_csvs_is_the_same_page(home: Path, tmp_path: Path) -> None:
+    """--results (stores gone) gives the page the stores gave: ceiling and grid history included."""
+    assert main(["report", "grid_b", "--ceiling", "full"]) == 0
+    out = home / "reports" / "grid_b"
+    assert main(["report", "grid_b", "--results", str(out / "results.csv"), "--out", str(tmp_path)]) == 0
+    for name in ("index.md", "cells.csv", "ceiling.csv", "meta.json"):
+        assert (tmp_path / name).read_text() == (out / name).read_text(), name
+    assert "N=55,000, study `full`" in (tmp_path / "index.md").read_text()
+
+
+def test_the_sample_grids_come_from_gan_runs_not_from_the_controls(home: Path) -> None:
+    assert main(["report", "ctl"]) == 0
+    out = home / "reports" / "ctl"
+    assert (out / "samples_n100.png").read_bytes() == b"png of n100-r1.0-s0"  # not the oracle run's
+    assert "![GAN samples at N=100" in (out / "index.md").read_text()

@@ -93,18 +93,34 @@ def _class_names(df: pd.DataFrame) -> dict[int, str]:
 
 def build_from_results(study: str, results: Path, out: Path | None = None,
                        margin: float | None = None) -> Path:
-    """Rebuild a committed report from its own results.csv (and meta.json: command, wall time,
-    machine and equivalence margin as the report first stated them), when the study's stores are
-    gone. ``margin`` (accuracy, 0.01 = 1 pp) overrides the recorded one."""
+    """Rebuild a committed report from its own results.csv and what lies beside it (meta.json:
+    command, wall time, machine, margin, ceiling study; ceiling.csv; importances.csv; the GAN sample
+    grids), when the study's stores are gone. ``margin`` (accuracy, 0.01 = 1 pp) overrides the
+    recorded one."""
     df = tidy_from_csv(results)
     meta_file = results.parent / "meta.json"
     facts = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     meta = ReportMeta(study=study, command=facts.get("command", ""), machine=facts.get("machine", ""),
                       wall_seconds=facts.get("wall_seconds"), class_names=_class_names(df),
-                      margin=margin or facts.get("margin", ReportMeta.margin))
+                      margin=margin or facts.get("margin", ReportMeta.margin),
+                      ceiling_study=facts.get("ceiling_study", ""))
     saved = results.parent / "importances.csv"  # Optuna's importances, as the report first had them
     importances = pd.read_csv(saved) if saved.is_file() else None
-    return write_report(df, out or results.parent, meta, importances=importances)
+    ceiling_csv = results.parent / "ceiling.csv"
+    ceiling = tidy_from_csv(ceiling_csv) if ceiling_csv.is_file() else None
+    out = out or results.parent
+    samples = {}  # the GAN sample grids the report first had (they came from the stores)
+    for png in sorted(results.parent.glob("samples_n*.png")):
+        if not png.stem.removeprefix("samples_n").isdigit():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        if png.parent.resolve() != out.resolve():
+            shutil.copy(png, out / png.name)
+        samples[int(png.stem.removeprefix("samples_n"))] = png.name
+    grid = facts.get("grid_trials")  # an Optuna grid: every trial was an enqueued point
+    history = pd.DataFrame({"from_grid": [True] * grid}) if grid else None
+    return write_report(df, out, meta, importances=importances, ceiling=ceiling, history=history,
+                        samples=samples or None)
 
 
 def build(study: str, *, ceiling: str | None = None, protocol: str | None = None,
@@ -150,19 +166,24 @@ def sample_grids(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dic
     class), copied into the report folder: N -> file name. Runs without the artifact are skipped."""
     if "run_id" not in df or "synth.ratio" not in df:
         return {}
-    gan_runs = df[df["synth.ratio"] > 0].sort_values(["data.train_size", "seed", "synth.ratio"])
+    gan = df["synth.ratio"] > 0
+    if "synth.source" in df:  # the controls (oracle: real images) train no GAN
+        gan &= df["synth.source"].fillna("gan") == "gan"
+    gan_runs = df[gan].sort_values(["data.train_size", "seed", "synth.ratio"])
     store = MlflowStore(stores.tracking_uri, study, create=False)
     out.mkdir(parents=True, exist_ok=True)
     grids: dict[int, str] = {}
     for n, g in gan_runs.groupby("data.train_size", sort=True):
         name = f"samples_n{int(n)}.png"
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                got = store.download(g["run_id"].iloc[0], "gan_samples.png", Path(tmp))
-                shutil.copy(got, out / name)
-        except Exception:  # noqa: BLE001 - an artifact store that cannot be read: no grid, not no report
-            continue
-        grids[int(n)] = name
+        for run_id in g["run_id"].head(3):  # a run may lack the artifact (a reused GAN): the next seed's
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    got = store.download(run_id, "gan_samples.png", Path(tmp))
+                    shutil.copy(got, out / name)
+            except Exception:  # noqa: BLE001 - an artifact store that cannot be read: no grid, not no report
+                continue
+            grids[int(n)] = name
+            break
     return grids
 
 

@@ -118,6 +118,11 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     df.to_csv(out_dir / "results.csv", index=False)
     facts = {"study": meta.study, "command": meta.command, "machine": meta.machine,
              "wall_seconds": meta.wall_seconds, "margin": meta.margin}  # for rebuilding from results.csv
+    if history is not None and len(history) and history["from_grid"].all():
+        facts["grid_trials"] = len(history)  # an Optuna grid: the page says it has no history
+    if ceiling is not None and len(ceiling):  # its runs, so the ceiling is a number a CSV holds
+        ceiling.to_csv(out_dir / "ceiling.csv", index=False)
+        facts["ceiling_study"] = meta.ceiling_study
     (out_dir / "meta.json").write_text(json.dumps(facts, indent=2) + "\n")
     cells.to_csv(out_dir / "cells.csv", index=False)
     calibrated = has_controls(df)  # oracle / placebo arms: the answer is read against them
