@@ -95,7 +95,8 @@ def main() -> None:
             res = train_classifier(default, everything.train, None, 10, seed=seed, device=CPU)
             rows.append({"n": n, "seed": seed, "classifier": "default, no validation", "val_acc": None,
                          "test_acc": accuracy(res.model, test), "seconds": time.perf_counter() - t0})
-            budget = labelled_budget(splits, DataConfig(dataset="fashion-mnist", train_size=n), seed)
+            budget = labelled_budget(splits, DataConfig(dataset="fashion-mnist", train_size=n,
+                                                        validation="from-budget"), seed)
             for aug in ("none", "classic"):
                 cfg = default.model_copy(update={"augment": aug})
                 t0 = time.perf_counter()

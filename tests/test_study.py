@@ -52,10 +52,11 @@ def test_study_runs_every_point_once_logs_to_mlflow_and_reuses_gans(
     assert (children.status == "FINISHED").all() and (children.parent == parents.id.iloc[0]).all()
     row = children[children.name == "n60-r2.0-s0"].iloc[0]
     assert row.params["data.train_size"] == "60" and row.params["synth.ratio"] == "2.0"
-    # ratio 2 x the 50 training images (10 of the 60 validate)
-    assert row.params["gan.steps"] == "12" and row.metrics["synth/count"] == 100
+    # ratio 2 x the 60 training images (data.validation none, the default: all N train)
+    assert row.params["gan.steps"] == "12" and row.metrics["synth/count"] == 120
+    assert row.params["data.validation"] == "none" and "clf/val_acc" not in row.metrics
     assert 0 <= row.metrics["test/acc"] <= 1 and "test/macro_f1" in row.metrics
-    assert "gan/loss_d" in row.metrics and "clf/val_acc" in row.metrics
+    assert "gan/loss_d" in row.metrics and "clf/train_acc_last" in row.metrics
     # one GAN per (N, seed): the ratio-1 and ratio-2 trials of each N share it
     gan_runs = children[children.cache.notna()]
     assert sorted(gan_runs.cache) == ["hit", "hit", "miss", "miss"]

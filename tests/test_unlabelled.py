@@ -26,7 +26,9 @@ from ganft.study.schema import load_study
 
 CPU = torch.device("cpu")
 SUBSET_INDICES = data_mod.subset_indices
-TINY = {"data": {"dataset": "digits", "train_size": 100, "unlabelled_size": 400}, "gan": {"steps": 30},
+# from-budget: the validation split's selection is part of what poisoned labels must not reach
+TINY = {"data": {"dataset": "digits", "train_size": 100, "unlabelled_size": 400, "validation": "from-budget"},
+        "gan": {"steps": 30},
         "synth": {"ratio": 1}, "classifier": {"steps": 30, "eval_every": 10}}
 
 
