@@ -104,6 +104,15 @@ def test_deleted_mlflow_db_reruns_the_points_whose_runs_are_missing(
     assert "this run: 6 trials" in capsys.readouterr().out
     assert finished_runs(copy) == Counter({p: 1 for p in POINTS})
     assert main(["study", "status", str(copy / "tiny.yaml")]) == 0
+    # Optuna cannot change a finished trial: the old COMPLETE trials stay, listed as lost, and
+    # nothing of ganft's counts them (the README says so)
+    from ganft.study.status import optuna_frames
+
+    st = optuna.load_study(study_name="tiny", storage=open_storage(str(copy / "optuna-journal.log")))
+    raw = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(raw) == 12 and len(st.user_attrs["ganft.lost_run_trials"]) == 6
+    assert complete_trials(copy) == Counter({p: 1 for p in POINTS})
+    assert len(optuna_frames("tiny", str(copy / "optuna-journal.log"))[0]) == 6
 
 
 def test_status_read_while_a_trial_ends_its_run_does_not_say_the_run_is_missing(

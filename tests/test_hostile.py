@@ -234,14 +234,18 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(workers: int, tmp_path: Path) -> Non
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted; rerun the same command" in err
     time.sleep(1)
-    assert not [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    assert not running()  # no run left RUNNING: the interrupted ones ended KILLED
+    left = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not left, (left, err[-2000:])
+    assert not running(), ([r.info.run_name for r in running()], err[-2000:])  # the interrupted: KILLED
     killed = client.search_runs([client.get_experiment_by_name("slow").experiment_id],
                                 "attributes.status = 'KILLED'")
-    assert killed and all(r.data.tags.get("ganft.failure") == "interrupted" for r in killed)
+    assert {r.data.tags.get("ganft.role") for r in killed} == {"parent", "trial"}  # the invocation too
+    assert all(r.data.tags.get("ganft.failure") == "interrupted" for r in killed
+               if r.data.tags.get("ganft.role") == "trial")
     st = optuna.load_study(study_name="slow", storage=open_storage(str(tmp_path / "optuna-journal.log")))
     failed = [t for t in st.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
-    assert failed and all("interrupted" in t.user_attrs.get("ganft.interrupted", "") for t in failed)
+    assert failed and all("interrupted" in t.user_attrs.get("ganft.interrupted", "") for t in failed), \
+        ([(t.number, t.user_attrs) for t in failed], err[-2000:])
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0  # it continues
 
 

@@ -122,3 +122,60 @@ def test_the_sample_grids_come_from_gan_runs_not_from_the_controls(home: Path) -
     out = home / "reports" / "ctl"
     assert (out / "samples_n100.png").read_bytes() == b"png of n100-r1.0-s0"  # not the oracle run's
     assert "![GAN samples at N=100" in (out / "index.md").read_text()
+
+
+# --------------------------------------------------------------------------- report writes (issue 23, item 9)
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_report_that_fails_midway_leaves_the_old_one_whole(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ganft.report import sections
+
+    assert main(["report", "grid_a"]) == 0
+    out = home / "reports" / "grid_a"
+    for name in ("cells.csv", "gain_heatmap.png"):  # an older report: other bytes than today's
+        (out / name).write_bytes(b"from an earlier report")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "README.md").write_text("my notes")  # a user's own file in the report folder
+
+    def killed(*args: object, **kw: object) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C would, after some figures of the new report are written
+
+    original = sections.quality_section
+    monkeypatch.setattr(sections, "quality_section", killed)
+    assert main(["report", "grid_a"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "README.md"} == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".grid_a.")]  # no staging left
+    monkeypatch.setattr(sections, "quality_section", original)
+    assert main(["report", "grid_a"]) == 0
+    assert (out / "README.md").read_text() == "my notes" and (out / "index.html").is_file()
+
+
+def test_a_report_killed_between_its_two_renames_is_put_back_by_the_next_run(home: Path) -> None:
+    assert main(["report", "grid_a"]) == 0
+    out = home / "reports" / "grid_a"
+    pid = _dead_pid()
+    moved = out.parent / f".grid_a.old-{pid}-0000abcd"  # the old report moved aside, the new one lost
+    out.rename(moved)
+    stale = out.parent / f".grid_a.new-{pid}-0000abcd"  # a staging folder a kill -9 left
+    stale.mkdir()
+    (stale / "cells.csv").write_text("half")
+    assert main(["report", "grid_a"]) == 0
+    assert (out / "index.html").is_file() and (out / "cells.csv").read_text() != "half"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".grid_a.")]
+
+
+def test_out_naming_a_folder_of_other_files_is_refused_and_left_alone(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "thesis.tex").write_text("years of work")
+    assert main(["report", "grid_a", "--out", str(tmp_path)]) == 2
+    assert "a folder that holds other files, not a report" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from ganft.report.compare import write_compare_report
 from ganft.report.search import write_search_report
 from ganft.report.text import ReportMeta, busy_seconds
 from ganft.report.tidy import tidy_from_csv, tidy_runs
-from ganft.report.write import write_report
+from ganft.report.write import staged, write_report
 from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
 from ganft.study.status import optuna_frames, search_trials
 from ganft.study.storage import damaged_journal
@@ -109,18 +110,17 @@ def build_from_results(study: str, results: Path, out: Path | None = None,
     ceiling_csv = results.parent / "ceiling.csv"
     ceiling = tidy_from_csv(ceiling_csv) if ceiling_csv.is_file() else None
     out = out or results.parent
-    samples = {}  # the GAN sample grids the report first had (they came from the stores)
-    for png in sorted(results.parent.glob("samples_n*.png")):
-        if not png.stem.removeprefix("samples_n").isdigit():
-            continue
-        out.mkdir(parents=True, exist_ok=True)
-        if png.parent.resolve() != out.resolve():
-            shutil.copy(png, out / png.name)
-        samples[int(png.stem.removeprefix("samples_n"))] = png.name
     grid = facts.get("grid_trials")  # an Optuna grid: every trial was an enqueued point
     history = pd.DataFrame({"from_grid": [True] * grid}) if grid else None
-    return write_report(df, out, meta, importances=importances, ceiling=ceiling, history=history,
-                        samples=samples or None)
+    with staged(out) as new:
+        samples = {}  # the GAN sample grids the report first had (they came from the stores)
+        for png in sorted(results.parent.glob("samples_n*.png")):
+            if png.stem.removeprefix("samples_n").isdigit():
+                shutil.copy(png, new / png.name)
+                samples[int(png.stem.removeprefix("samples_n"))] = png.name
+        page = write_report(df, new, meta, importances=importances, ceiling=ceiling, history=history,
+                            samples=samples or None)
+    return Path(os.path.abspath(out)) / page.name
 
 
 def build(study: str, *, ceiling: str | None = None, protocol: str | None = None,
@@ -151,14 +151,18 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
         meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}"]),
                           machine=machine, wall_seconds=wall, class_names=_class_names(df))
         objective = trials.attrs.get("objective", "the objective")
-        return write_search_report(df, trials, out, meta, objective=objective, history=history,
-                                   importances=importances, confirm=confirm)
-    samples = sample_grids(df, stores, study, out)
+        with staged(out) as new:
+            page = write_search_report(df, trials, new, meta, objective=objective, history=history,
+                                       importances=importances, confirm=confirm)
+        return Path(os.path.abspath(out)) / page.name
     meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}{flags}"]),
                       machine=machine, wall_seconds=wall, ceiling_study=ceiling or "",
                       protocol_study=protocol or "", class_names=_class_names(df), margin=margin)
-    return write_report(df, out, meta, ceiling=extra.get("ceiling"), history=history,
-                        importances=importances, protocol=extra.get("protocol"), samples=samples)
+    with staged(out) as new:
+        samples = sample_grids(df, stores, study, new)
+        page = write_report(df, new, meta, ceiling=extra.get("ceiling"), history=history,
+                            importances=importances, protocol=extra.get("protocol"), samples=samples)
+    return Path(os.path.abspath(out)) / page.name
 
 
 def sample_grids(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dict[int, str]:
@@ -194,5 +198,7 @@ def build_compare(a: str, b: str, *, stores: Stores | None = None, out: Path | N
     machine = invocations(b, stores)[2] or invocations(a, stores)[2]
     meta = ReportMeta(study=f"{a} vs {b}", command=f"ganft report --compare {a} {b}", machine=machine,
                       wall_seconds=math.nan)
-    return write_compare_report(df_a, df_b, out or project_root() / "reports" / f"compare-{a}-vs-{b}",
-                                a, b, meta)
+    out = out or project_root() / "reports" / f"compare-{a}-vs-{b}"
+    with staged(out) as new:
+        page = write_compare_report(df_a, df_b, new, a, b, meta)
+    return Path(os.path.abspath(out)) / page.name

@@ -10,8 +10,13 @@ figures in ``figures`` (pure functions), the sections in ``sections``, the page 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -96,6 +101,61 @@ def choice_lines(df: pd.DataFrame) -> list[str]:
         out.append(f"Chosen on {label}: {setting} = {best['value']} "
                    f"({best['score (%)']:.1f}%, {int(best['runs'])} runs; {rest}).")
     return out
+
+
+REPORT_MARKERS = ("index.html", "index.md", "meta.json")  # a folder holding one is a ganft report
+REPORT_KINDS = (".png", ".csv", ".html", ".json")  # what a report writes: the new report's own, never kept
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A folder to write a report into, which replaces ``out`` only once the report is whole: a
+    report killed while it writes leaves the old one as it was, and a re-run never deletes the old
+    figures before the new ones exist. ``out`` must be new, empty or a report (it is replaced
+    whole, so a folder of other files is refused; files of other kinds in it, a README.md, are
+    carried over). The swap is two renames; a kill between them leaves the old report as
+    ``.NAME.old-*`` beside it, put back by the next report run."""
+    from ganft.config import ConfigError
+
+    out = Path(os.path.abspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _put_back(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())
+                         and not any((out / m).is_file() for m in REPORT_MARKERS)):
+        what = "a folder that holds other files" if out.is_dir() else "a file"
+        raise ConfigError(f"--out {out}: {what}, not a report; give a new or empty folder (a report "
+                          f"replaces its folder whole)")
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    new, old = out.parent / f".{out.name}.new-{tag}", out.parent / f".{out.name}.old-{tag}"
+    new.mkdir()  # the umask's mode, as the folder it becomes
+    try:
+        yield new
+        for f in out.iterdir() if out.is_dir() else ():  # a note the user keeps there (README.md) stays
+            if f.suffix not in REPORT_KINDS and f.name not in REPORT_MARKERS and not (new / f.name).exists():
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, new / f.name)
+        if out.exists():
+            out.rename(old)
+        new.rename(out)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)  # gone already when the swap happened
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _put_back(out: Path) -> None:
+    """After a kill: a report moved aside but never replaced goes back; staging folders of
+    report runs that are gone are removed."""
+    import psutil
+
+    def gone(p: Path) -> bool:
+        pid = p.name.rsplit("-", 2)[-2]
+        return not (pid.isdigit() and psutil.pid_exists(int(pid)))
+
+    for p in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if gone(p) and not out.exists():
+            p.rename(out)
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        if p.is_dir() and gone(p) and p.name.startswith((f".{out.name}.new-", f".{out.name}.old-")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,

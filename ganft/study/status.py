@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ganft.redact import redact
 from ganft.study import workers
-from ganft.study.grid import GRID_KEY_ATTR, survey
+from ganft.study.grid import GRID_KEY_ATTR, lost_trials, survey
 from ganft.study.mlflow_store import MlflowStore, sqlite_path
 from ganft.study.schema import StudyConfig
 from ganft.study.storage import damaged_journal, is_journal, open_storage
@@ -124,7 +124,9 @@ def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
         study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         return empty
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    lost = lost_trials(study)  # their MLflow runs are gone and their points ran again: not counted twice
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.number not in lost]
     if not done:
         return empty
     history = pd.DataFrame({"number": [t.number for t in done], "value": [t.value for t in done],
