@@ -300,3 +300,34 @@ def test_a_huge_study_name_and_a_hopeless_class_are_said_briefly(tmp_path: Path)
     msg = str(err.value)
     assert "allowed: none, whatever N" in msg and "'dog' has 1 training images" in msg, msg
     assert "add images to it or remove it" in msg and ".." not in msg.split("allowed")[1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_ganft_home_that_is_not_a_folder_is_one_line_and_is_not_created(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    home = tmp_path / "typo"
+    if kind == "file":
+        home.write_text("")
+    monkeypatch.setenv("GANFT_HOME", str(home))
+    assert main(["study", "status", "quick"]) == 2
+    err = capsys.readouterr().err
+    assert f"GANFT_HOME {home}: " in err and err.count("\n") == 1, err
+    assert ("no such folder; create it" in err) == (kind == "missing")
+    assert home.exists() == (kind == "file") and sorted(p.name for p in tmp_path.iterdir()) == (
+        ["typo"] if kind == "file" else [])
+
+
+@pytest.mark.parametrize("flag", ["--storage", "--tracking-uri"])
+def test_a_folder_or_a_device_as_a_store_file_is_one_line(
+        flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("GANFT_HOME", str(tmp_path))
+    (tmp_path / "tiny.yaml").write_text("name: tiny\nbase: {data: {dataset: digits}}\ngrid: {seed: [0]}\n")
+    for store in (tmp_path / "a-folder", Path("/dev/full")):
+        (tmp_path / "a-folder").mkdir(exist_ok=True)
+        value = str(store) if flag == "--storage" else f"sqlite:///{store}"
+        for command in (["study", "status"], ["study", "run"]):
+            assert main([*command, str(tmp_path / "tiny.yaml"), flag, value]) == 2
+            err = capsys.readouterr().err
+            kind = "a folder" if store.name == "a-folder" else "not a regular file"
+            assert f"{store} is {kind}" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder", "tiny.yaml"]  # nothing written
