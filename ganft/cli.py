@@ -350,11 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
     except Exception as exc:
-        from ganft.study.storage import StudyError
+        from ganft.study.storage import StudyError, disk_full
 
         if isinstance(exc, StudyError):  # the stores cannot be used as asked: one line, exit 2
             print(f"ganft: error: {redact(str(exc))}", file=sys.stderr)
             return 2
+        if disk_full(exc):  # MLflow's, SQLite's or the journal's write failed: what to do, not how
+            first = redact(str(exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"ganft: error: the disk is full ({first}); free space and rerun the same command: "
+                  f"finished points are kept, the interrupted ones run again", file=sys.stderr)
+            return 1
         # anything else is unexpected: one line (credentials redacted), the traceback with -v
         first = redact(f"{type(exc).__name__}: {exc}").splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ganft: unexpected error: {first}\nganft: rerun with -v for the traceback; "

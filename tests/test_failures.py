@@ -134,6 +134,22 @@ def test_status_read_while_a_trial_ends_its_run_does_not_say_the_run_is_missing(
     assert "no FINISHED run" not in capsys.readouterr().out
 
 
+def test_a_complete_trial_whose_run_was_never_ended_gets_its_run_finished_not_rerun(
+        copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The worker died (or the disk filled) after the trial turned COMPLETE and before its run
+    ended: everything was logged, so the run is ended FINISHED; the point does not train again."""
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    unended = next(r.info.run_id for r in client.search_runs([exp.experiment_id])
+                   if r.data.tags.get("ganft.role") == "trial")
+    client.update_run(unended, status="RUNNING")  # its tags name the ended worker process
+    assert run(copy) == 0
+    assert "study tiny is complete: 6 of 6 grid points done" in capsys.readouterr().out  # nothing trained
+    assert finished_runs(copy) == Counter({p: 1 for p in POINTS})
+    assert complete_trials(copy) == Counter({p: 1 for p in POINTS})
+    assert client.get_run(unended).info.status == "FINISHED"
+
+
 def test_deleted_journal_adopts_the_finished_runs_instead_of_duplicating_them(
         copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (copy / "optuna-journal.log").unlink()

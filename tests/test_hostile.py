@@ -264,6 +264,69 @@ def test_a_deeply_nested_study_file_is_one_line_and_exit_2(value: str, tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.yaml"]  # no store written
 
 
+def test_disk_full_is_recognised_however_a_library_wraps_it() -> None:
+    import errno
+    import sqlite3
+
+    from ganft.study.storage import disk_full
+
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as inner:
+            raise RuntimeError("(sqlite3.OperationalError) ...") from inner  # as MLflow wraps it
+    except RuntimeError as outer:
+        assert disk_full(outer)
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied")) and not disk_full(ValueError("x"))
+
+
+@pytest.mark.slow  # a real full disk: a small tmpfs filled while a trial runs (root only)
+def test_a_disk_that_fills_mid_trial_is_one_line_and_the_rerun_completes(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300M", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        home = small / "home"
+        home.mkdir()
+        (home / "slow.yaml").write_text(SLOW_STUDY)
+        env = {**os.environ, "GANFT_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+        cmd = [sys.executable, "-m", "ganft.cli", "study", "run", str(home / "slow.yaml"), "--no-progress"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+
+        def runs(status: str) -> list:
+            exp = client.get_experiment_by_name("slow") if (home / "mlflow.db").exists() else None
+            return [] if exp is None else client.search_runs(
+                [exp.experiment_id], f"attributes.status = '{status}' and tags.`ganft.role` = 'trial'")
+
+        deadline = time.monotonic() + 120
+        while not runs("RUNNING") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert runs("RUNNING"), "no trial started"
+        subprocess.run(["dd", "if=/dev/zero", f"of={small / 'filler'}", "bs=1M"], capture_output=True)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err[-3000:]
+        assert "Traceback" not in err and len(err.splitlines()) <= 8, err[-3000:]
+        assert "ganft: error: the disk is full" in err and "rerun the same command" in err
+        (small / "filler").unlink()
+        assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+        names = [r.info.run_name for r in runs("FINISHED")]
+        assert sorted(names) == sorted(set(names)) and len(names) == 4  # one FINISHED run per point
+        assert not runs("RUNNING")
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
 # --------------------------------------------------------------------------- 9. provenance
 
 

@@ -158,8 +158,12 @@ class MlflowStore:
         return {k: v for k, v in runs[0].data.tags.items() if k in ("ganft.version", "ganft.commit")} \
             if runs else {}
 
-    def finished_trial_runs(self, status: str = "FINISHED") -> dict[str, dict[str, str]]:
-        """run id -> tags of every FINISHED (or ``status``) trial run of the experiment."""
+    def finished_trial_runs(self) -> dict[str, dict[str, str]]:
+        """run id -> tags of every FINISHED trial run of the experiment."""
+        return self.trial_runs("FINISHED")
+
+    def trial_runs(self, status: str) -> dict[str, dict[str, str]]:
+        """run id -> tags of every trial run of the experiment with this status (FINISHED, RUNNING)."""
         runs = self.client.search_runs([self.experiment_id], max_results=50000, filter_string=(
             f"attributes.status = '{status}' and tags.`{PARENT_TAG}` = 'trial'"))
         return {r.info.run_id: r.data.tags for r in runs}

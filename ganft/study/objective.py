@@ -29,6 +29,7 @@ from ganft.study.grid import (
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
 from ganft.study.queue import superseded
 from ganft.study.schema import StudyConfig
+from ganft.study.storage import disk_full
 from ganft.study.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,18 @@ def trial_run(trial: optuna.Trial, store: MlflowStore, name: str, tags: dict[str
         raise
     except Exception as exc:
         reason = redact(f"{type(exc).__name__}: {exc}")
-        trial.set_user_attr("ganft.fail_reason", reason[:1000])
-        if run_id:
-            store.end_run(run_id, "FAILED", reason)
+        full = disk_full(exc)  # not the point's fault, not an attempt; the stores may not take a write
+        try:
+            if full:
+                trial.set_user_attr(INTERRUPTED_ATTR, "the disk was full; it runs again next time")
+            else:
+                trial.set_user_attr("ganft.fail_reason", reason[:1000])
+            if run_id:
+                store.end_run(run_id, "KILLED" if full else "FAILED", "disk full" if full else reason)
+        except Exception as record_exc:  # the trial's own error is the one to raise
+            if not disk_full(record_exc):
+                raise
+            log.debug("could not record the failure of trial %d: the disk is full", trial.number)
         raise
     except BaseException:  # Ctrl-C, SIGTERM, SystemExit: not the point's fault, not an attempt
         trial.set_user_attr(INTERRUPTED_ATTR, "interrupted (Ctrl-C or SIGTERM); it runs again next time")
@@ -185,10 +195,16 @@ def end_trial_run(store: MlflowStore) -> Callable[[optuna.Study, FrozenTrial], N
         if not any(run_ids) or trial_owner(trial) is None:
             return
         for run_id in filter(None, run_ids):
-            if trial.state == TrialState.COMPLETE:
-                store.end_run(run_id, "FINISHED", only_if_running=True)  # an adopted run is already
-            elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
-                store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL", only_if_running=True)
+            try:
+                if trial.state == TrialState.COMPLETE:
+                    store.end_run(run_id, "FINISHED", only_if_running=True)  # an adopted run is already
+                elif trial.state == TrialState.FAIL:  # e.g. Optuna refused the value (NaN)
+                    store.end_run(run_id, "FAILED", "Optuna recorded the trial as FAIL",
+                                  only_if_running=True)
+            except Exception as exc:  # a full disk: the next trial's disk check stops the worker
+                if not disk_full(exc):
+                    raise
+                log.debug("could not end MLflow run %s: the disk is full", run_id)
 
     return callback
 

@@ -167,8 +167,21 @@ def reclaim(study: optuna.Study, cfg: StudyConfig, store: MlflowStore) -> int:
 
 def find_lost_runs(study: optuna.Study, store: MlflowStore) -> int:
     """Mark the COMPLETE trials whose MLflow run is not FINISHED in the tracking store (a deleted or
-    replaced ``mlflow.db``): their points count as missing and run again. Returns how many."""
+    replaced ``mlflow.db``): their points count as missing and run again. Returns how many.
+
+    A COMPLETE trial whose run is still RUNNING under a dead worker had logged everything (the
+    trial turns COMPLETE only after its run's last metric); only the run's end was lost (the worker
+    died, or the disk was full, between the two): the run is ended FINISHED instead."""
+    from ganft.study import workers
+
     finished = store.finished_trial_runs()
+    unended = {k: v for k, v in store.trial_runs("RUNNING").items() if not workers.alive(v, "ganft.")}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = t.user_attrs.get("ganft.mlflow_run_id")
+        if run_id in unended and run_id not in finished:
+            log.warning("trial %d: its MLflow run %s was never ended; ended FINISHED now", t.number, run_id)
+            store.end_run(run_id, "FINISHED", only_if_running=True)
+            finished[run_id] = unended[run_id]
     lost = lost_trials(study)
     new = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
            if GRID_KEY_ATTR in t.user_attrs and t.number not in lost

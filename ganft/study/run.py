@@ -41,10 +41,12 @@ from ganft.study.queue import (
 )
 from ganft.study.schema import StudyConfig
 from ganft.study.storage import (
+    DISK_FULL_TEXT,
     StudyError,
     check_disk,
     coordination,
     damaged_journal,
+    disk_full,
     is_journal,
     repair_journal,
 )
@@ -58,17 +60,23 @@ class _ReasonOnly(logging.Filter):
     with the reason stays, the traceback only with -v (debug logging)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        if not debug and disk_full(record.exc_info[1] if record.exc_info else None) or \
+                not debug and any(t in record.getMessage().lower() for t in DISK_FULL_TEXT):
+            return False  # a full disk: ganft says it once, in one line with what to do (cli.main)
+        if record.exc_info and not debug:
             record.exc_info, record.exc_text = None, None
         return True
 
 
 def quiet_optuna() -> None:
-    """Optuna's warnings, each failed trial's on one line (its handler's and the root's)."""
+    """Optuna's warnings, each failed trial's on one line (its handler's, MLflow's and the root's);
+    the tracebacks MLflow and Optuna log for a full disk, not at all."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for handler in [*logging.getLogger("optuna").handlers, *logging.getLogger().handlers]:
-        if not any(isinstance(f, _ReasonOnly) for f in handler.filters):
-            handler.addFilter(_ReasonOnly())
+    for name in ("optuna", "mlflow", None):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _ReasonOnly) for f in handler.filters):
+                handler.addFilter(_ReasonOnly())
 
 
 # --------------------------------------------------------------------------- workers

@@ -97,7 +97,7 @@ def _finished_runs(cfg: StudyConfig, stores: Stores, status: str = "FINISHED") -
     if db is not None and not Path(db).is_file():
         return {}
     try:
-        runs = MlflowStore(stores.tracking_uri, cfg.name, create=False).finished_trial_runs(status)
+        runs = MlflowStore(stores.tracking_uri, cfg.name, create=False).trial_runs(status)
     except LookupError:
         return {}
     return runs if status == "FINISHED" else {k: v for k, v in runs.items() if workers.alive(v, "ganft.")}

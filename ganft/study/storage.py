@@ -301,6 +301,25 @@ class StaleTrialCallback:
         self.retry(study, trial)
 
 
+DISK_FULL_TEXT = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) is a full disk or quota: OSError ENOSPC/EDQUOT,
+    or what SQLite and MLflow say of it (they wrap it in their own exceptions)."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(exc).lower() for t in DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def check_disk(paths: list[Path], min_free: int = MIN_FREE_BYTES) -> None:
     """Stop before a trial when a store's filesystem is nearly full: a full disk is what tears a
     journal line or a checkpoint."""
