@@ -129,6 +129,21 @@ def check_oracle(cfg: DataConfig, ratio: float) -> None:
                               f"the ratio or N")
 
 
+def check_fixmatch_pool(cfg: DataConfig, per_step: int, what: str) -> None:
+    """``synth.source fixmatch`` draws ``per_step`` distinct unlabelled images a step: the pool (the
+    training split less the budget and any validation set, or data.unlabelled_size of it) must hold
+    them. Raises one ConfigError naming the keys."""
+    total = sum(train_counts(cfg))
+    pool = total - cfg.train_size - (cfg.val_size or 0)
+    if cfg.unlabelled_size != "all":
+        pool = min(pool, cfg.unlabelled_size)
+    if pool < per_step:
+        where = f"imagefolder {cfg.root}" if cfg.dataset == "imagefolder" else cfg.dataset
+        raise ConfigError(f"{what} = {per_step:,} unlabelled images a step, and {where} has {max(pool, 0):,} "
+                          f"outside the budget (data.unlabelled_size {cfg.unlabelled_size}): lower "
+                          f"fixmatch.mu or classifier.batch_size")
+
+
 def plot_label(name: str) -> str:
     """A class name as matplotlib draws it verbatim: a "$" would open math text (and a folder named
     "$x^$" stops the figure with a parse error), so it is escaped."""

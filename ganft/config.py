@@ -218,7 +218,13 @@ class SynthConfig(StrictModel):
     # class-balanced real *labelled* images from outside the budget, its validation images and the
     # unlabelled pool, mixed exactly as generated ones (a perfect generator); placebo = real only
     # again with another data-order seed (an A/A test; needs ratio 0)
-    source: Literal["gan", "self-training", "oracle", "placebo"] = "gan"
+    # fixmatch: no images added (ratio 0); the classifier trains by FixMatch on the budget and the
+    # data.unlabelled_size images (the fixmatch section)
+    source: Literal["gan", "self-training", "fixmatch", "oracle", "placebo"] = "gan"
+    # self-training only: rounds of pseudo-labelling; round 1's teacher is the real-subset labeller,
+    # each later round's is the student of the round before (trained on the budget and its
+    # pseudo-labelled images, with classifier.augment as its noise); the last student is the result
+    rounds: int = Field(1, ge=1, le=10)
     # mix union only: this share of every batch (round(real_fraction * batch_size) images) is drawn
     # from the real images and the rest from the synthetic ones, whatever the ratio, so every ratio
     # presents the real images equally often; None: batches drawn uniformly from real ∪ synthetic
@@ -262,12 +268,29 @@ class ClassifierConfig(StrictModel):
     step_gamma: float = Field(0.1, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: Literal["none", "classic"] = "none"  # classic: crop+pad, small affine, h-flip if label-safe
+    # none | crop-flip: whole-pixel crop with padding, h-flip where it keeps the label (no resampling) |
+    # affine (classic: its earlier name): crop+pad, small rotation and scale, h-flip if label-safe, one
+    # bilinear resampling of every image | strong: crop-flip + RandAugment + cutout (FixMatch's strong view)
+    augment: Literal["none", "crop-flip", "affine", "classic", "strong"] = "none"
     width: int = Field(32, ge=4, le=512)  # first-stage channels of bn-cnn and seed-cnn (resnet18: fixed)
     # validation accuracy every K steps; the best checkpoint is kept
     eval_every: int = Field(50, ge=1, le=MAX_STEPS)
     # early stop after this many evaluations without a better val acc; 0: off
     patience: int = Field(0, ge=0, le=MAX_STEPS)
+
+
+class FixMatchConfig(StrictModel):
+    # synth.source fixmatch (Sohn et al. 2020), for classifier.steps steps: each step a labelled batch
+    # of classifier.batch_size images (weak view: classifier.augment, cross-entropy) and mu x batch
+    # unlabelled images drawn from the whole pool (every image once per pass); an unlabelled image's
+    # pseudo-label is the argmax of its weak view where the max probability is at least tau, and the
+    # cross-entropy of its strong view (classifier_augment strong) against it, weight lambda_u, joins
+    # the loss. The EMA of the weights (decay ema_decay) is the trained classifier. Defaults: the
+    # paper's (tau 0.95, mu 7, lambda 1, EMA 0.999); its optimiser is the classifier recipe's
+    tau: float = Field(0.95, gt=0, le=1)
+    mu: int = Field(7, ge=1, le=64)
+    lambda_u: float = Field(1.0, ge=0, le=100)
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # 0: the raw weights
 
 
 class TrialConfig(StrictModel):
@@ -277,6 +300,7 @@ class TrialConfig(StrictModel):
     synth: SynthConfig = SynthConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     quality: QualityConfig = QualityConfig()
+    fixmatch: FixMatchConfig = FixMatchConfig()
 
     @model_validator(mode="after")
     def _classifier_recipe_fits(self) -> TrialConfig:
@@ -297,13 +321,39 @@ def check_unlabelled(cfg: TrialConfig) -> None:
     if cfg.synth.source == "placebo" and cfg.synth.ratio:
         raise ValueError(f"synth.source placebo adds no images (real only with another data order): set "
                          f"synth.ratio 0, not {cfg.synth.ratio}")
+    if cfg.synth.source == "fixmatch" and cfg.synth.ratio:
+        raise ValueError(f"synth.source fixmatch adds no images (it trains on the unlabelled ones by "
+                         f"consistency): set synth.ratio 0, not {cfg.synth.ratio}")
+    if cfg.synth.source == "fixmatch" and cfg.classifier.augment == "none":
+        raise ValueError("synth.source fixmatch needs a weak view: set classifier.augment (crop-flip, as "
+                         "the paper's flip-and-shift), not none")
+    if cfg.synth.source == "fixmatch":
+        c = cfg.classifier
+        for key, value, allowed in (("classifier.init", c.init, "scratch"),
+                                    ("classifier.freeze", c.freeze, "full")):
+            if value != allowed:
+                raise ValueError(f"synth.source fixmatch trains a classifier from scratch, every layer: "
+                                 f"set {key} {allowed}, not {value}")
+        if cfg.data.validation not in ("none", "kfold"):
+            raise ValueError(f"synth.source fixmatch keeps its last EMA weights and selects nothing: use "
+                             f"data.validation none or kfold, not {cfg.data.validation}")
+    if cfg.synth.rounds > 1 and cfg.synth.source != "self-training":
+        raise ValueError(f"synth.rounds {cfg.synth.rounds} applies to synth.source self-training only, "
+                         f"not {cfg.synth.source}")
     needs = [(f"gan.train_on {cfg.gan.train_on}", cfg.gan.train_on == "budget+unlabelled"),
              ("gan.transfer_source unlabelled", cfg.gan.train_on == "transfer"
               and cfg.gan.transfer_source == "unlabelled"),
-             ("synth.source self-training", cfg.synth.source == "self-training")]
+             ("synth.source self-training", cfg.synth.source == "self-training"),
+             ("synth.source fixmatch", cfg.synth.source == "fixmatch")]
     for what, applies in needs:
         if applies and cfg.data.unlabelled_size == 0:
             raise ValueError(f"{what} needs unlabelled images: set data.unlabelled_size (a count, or all)")
+    draw = cfg.fixmatch.mu * cfg.classifier.batch_size
+    if cfg.synth.source == "fixmatch" and isinstance(cfg.data.unlabelled_size, int) \
+            and 0 < cfg.data.unlabelled_size < draw:
+        raise ValueError(f"fixmatch.mu {cfg.fixmatch.mu} x classifier.batch_size {cfg.classifier.batch_size} "
+                         f"= {draw} unlabelled images a step, more than data.unlabelled_size "
+                         f"{cfg.data.unlabelled_size}: lower mu or the batch, or use more unlabelled images")
     if cfg.gan.train_on == "transfer" and cfg.gan.transfer_source == cfg.data.dataset:
         raise ValueError(f"gan.transfer_source must differ from data.dataset ({cfg.data.dataset}): "
                          f"its whole labelled training split is labels the N-image setting does not "

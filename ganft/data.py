@@ -148,6 +148,14 @@ def unlabelled_images(splits: Splits, cfg: DataConfig, seed: int) -> torch.Tenso
     return splits.train.x[torch.as_tensor(unlabelled_positions(splits, cfg, seed))]
 
 
+def unlabelled_truth(splits: Splits, cfg: DataConfig, seed: int) -> torch.Tensor | None:
+    """The true labels (U,) of ``unlabelled_images``, for metrics only (pseudo-label precision,
+    fixmatch.LabelProbe): no training or choice reads them. None without unlabelled images."""
+    if cfg.unlabelled_size == 0:
+        return None
+    return splits.train.y[torch.as_tensor(unlabelled_positions(splits, cfg, seed))]
+
+
 def oracle_positions(splits: Splits, cfg: DataConfig, seed: int) -> np.ndarray:
     """Sorted positions in ``splits.train`` of the labelled images the ``oracle`` control draws from:
     outside the budget, any validation set and the unlabelled pool (the test split is another tensor

@@ -250,7 +250,8 @@ def train_classifier(cfg: ClassifierConfig, real: Images, val: Images | None, nu
     if synthetic is not None:
         synthetic = synthetic.to(device)
         train = Images(torch.cat([train.x, synthetic.x]), torch.cat([train.y, synthetic.y]))
-    model = prepare_model(_build(cfg, tuple(real.x.shape[1:]), num_classes, seed, start.trunk_state), device)
+    model = prepare_model(build_model(cfg, tuple(real.x.shape[1:]), num_classes, seed, start.trunk_state),
+                          device)
     order = derive_seed(seed, "clf-batches") if start.order_seed is None else start.order_seed
     run = _Run(cfg, model, train, len(real), None if val is None else val.to(device), make_generator(order),
                start.augment, make_generator(derive_seed(seed, "clf-augment"), device), tracker,
@@ -306,7 +307,7 @@ def late_improvement(curve: list[tuple[int, float]], steps: int) -> float:
     return float(max(late) > max(early))
 
 
-def _build(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int, seed: int,
+def build_model(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int, seed: int,
            trunk_state: dict[str, torch.Tensor] | None) -> nn.Module:
     norm = trunk_norm(trunk_state) if trunk_state else "batch"  # seed-cnn follows the trunk it loads
     with seeded(derive_seed(seed, "clf-init")):  # the same head init for every ratio and every init

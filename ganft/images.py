@@ -4,6 +4,7 @@ stage can use these types without depending on another stage."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,21 @@ class Budget:
     protocol: str
     train: Images
     val: Images | None
+
+
+class LabelProbe:
+    """The unlabelled images' true labels, for a metric only: how many of a step's pseudo-labels are
+    right. Training never reads them (the loss uses the model's own pseudo-labels)."""
+
+    def __init__(self, truth: torch.Tensor | None) -> None:
+        self._truth = truth  # (U,) on the CPU, or None where the labels are not known
+
+    def correct(self, idx: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Number of the masked pseudo-labels (pseudo[mask]) equal to the true label; NaN if unknown."""
+        if self._truth is None:
+            return torch.tensor(math.nan)
+        truth = self._truth.to(idx.device)[idx]
+        return ((truth == pseudo) & mask).sum().float()
 
 
 def resize_images(images: Images, image_shape: tuple[int, int, int]) -> Images:

@@ -23,10 +23,18 @@ import torch
 
 from ganft.classic_augment import classifier_augment
 from ganft.config import SynthConfig, TrialConfig
-from ganft.data import budget_folds, labelled_budget, oracle_pool, splits_for, unlabelled_images
+from ganft.data import (
+    budget_folds,
+    labelled_budget,
+    oracle_pool,
+    splits_for,
+    unlabelled_images,
+    unlabelled_truth,
+)
 from ganft.evaluate import held_out_scores, test_metrics
-from ganft.finetune import FinetuneResult, Mix, Start, train_classifier
-from ganft.images import Budget, Images, Splits
+from ganft.finetune import Augment, FinetuneResult, Mix, Start, train_classifier
+from ganft.fixmatch import Views, train_fixmatch
+from ganft.images import Budget, Images, LabelProbe, Splits
 from ganft.keys import flatten
 from ganft.labeller import Labeller
 from ganft.pretrain import initial_trunk_state
@@ -46,6 +54,8 @@ class TrialData:
     splits: Splits
     budget: Budget
     unlabelled: torch.Tensor  # (U, C, H, W) pixels of data.unlabelled_size images, no labels
+    probe: LabelProbe  # their true labels, for pseudo-label precision metrics only
+    augment: Augment | None  # classifier.augment for this dataset
     labeller: Labeller
     gan: GanOnDemand
     device: torch.device
@@ -84,10 +94,21 @@ def generated(cfg: TrialConfig, t: TrialData, n: int) -> Added:
 
 
 def self_training(cfg: TrialConfig, t: TrialData, n: int) -> Added:
-    """n real unlabelled images with the labeller's labels (the cheap alternative: no GAN)."""
-    images, metrics = self_training_set(t.unlabelled, n, t.splits.num_classes, t.labeller(),
+    """n real unlabelled images with a teacher's labels (the cheap alternative: no GAN). Round 1's
+    teacher is the real-subset labeller; with ``synth.rounds`` > 1 each round's student (the trial's
+    classifier recipe on the budget and that round's images, ``classifier.augment`` as its noise)
+    labels the next round's, and the last round's images are the ones the trial's classifier adds."""
+    teacher, metrics = t.labeller(), {}
+    for r in range(1, cfg.synth.rounds + 1):
+        images, got = self_training_set(t.unlabelled, n, t.splits.num_classes, teacher,
                                         min_confidence=cfg.synth.min_confidence,
-                                        seed=derive_seed(cfg.seed, "synth"), device=t.device)
+                                        seed=derive_seed(cfg.seed, "synth"), device=t.device, probe=t.probe)
+        metrics.update(got if r == cfg.synth.rounds else
+                       {f"{k}_round{r}": v for k, v in got.items() if "precision" in k})
+        if r < cfg.synth.rounds:
+            teacher = train_classifier(cfg.classifier, t.budget.train, None, t.splits.num_classes,
+                                       seed=derive_seed(cfg.seed, "self-training-round", r), device=t.device,
+                                       added=Mix(images, cfg.synth), start=Start(augment=t.augment)).model
     return Added(images, metrics)
 
 
@@ -106,8 +127,13 @@ def placebo(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     return Added(None, order_seed=derive_seed(cfg.seed, "clf-batches", "placebo"))
 
 
+def fixmatch(cfg: TrialConfig, t: TrialData, n: int) -> Added:
+    """FixMatch adds no images: its unlabelled images enter through its own training (``fit``)."""
+    return Added(None)
+
+
 ARMS: dict[str, Arm] = {"gan": adds(generated), "self-training": adds(self_training), "oracle": adds(oracle),
-                        "placebo": placebo}  # by synth.source
+                        "placebo": placebo, "fixmatch": fixmatch}  # by synth.source
 
 
 @dataclass(frozen=True)
@@ -131,15 +157,27 @@ def fit(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.devic
                                          unlabelled=unlabelled, labeller=labeller, device=device,
                                          tracker=tracker, cache=cache))
     n_added = synthetic_count(cfg.synth.ratio, len(budget.train))
-    added = ARMS[cfg.synth.source](cfg, TrialData(splits, budget, unlabelled, labeller, gan, device, tracker),
-                                   n_added)
+    augment = _augment(cfg, "classifier", splits)
+    probe = LabelProbe(unlabelled_truth(splits, cfg.data, cfg.seed))
+    data = TrialData(splits, budget, unlabelled, probe, augment, labeller, gan, device, tracker)
+    added = ARMS[cfg.synth.source](cfg, data, n_added)
+    if cfg.synth.source == "fixmatch":  # the one arm that changes the training itself, not its data
+        clf = train_fixmatch(cfg.classifier, cfg.fixmatch, budget.train, unlabelled, splits.num_classes,
+                             seed=cfg.seed, device=device, tracker=tracker, probe=probe,
+                             views=Views(augment, _augment(cfg, "strong", splits)))
+        return Fit(clf, added, n_added, unlabelled, gan)
     trunk = initial_trunk_state(cfg.classifier, splits.image_shape, gan, tracker)  # classifier.init
-    augment = classifier_augment(cfg.classifier.augment, cfg.data.dataset, splits.image_shape[1],
-                                 cfg.data.hflip if cfg.data.dataset == "imagefolder" else None)
     clf = train_classifier(cfg.classifier, budget.train, budget.val, splits.num_classes, seed=cfg.seed,
                            device=device, added=added.mixed(cfg.synth),
                            start=Start(trunk, augment, added.order_seed), tracker=tracker, on_eval=on_eval)
     return Fit(clf, added, n_added, unlabelled, gan)
+
+
+def _augment(cfg: TrialConfig, policy: str, splits: Splits) -> Augment | None:
+    """The augmentation ``policy`` ("classifier": ``classifier.augment``) for the trial's dataset."""
+    name = cfg.classifier.augment if policy == "classifier" else policy
+    return classifier_augment(name, cfg.data.dataset, splits.image_shape[1],
+                              cfg.data.hflip if cfg.data.dataset == "imagefolder" else None)
 
 
 def cross_validate(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.device,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganft.config import SynthConfig
-from ganft.images import Images
+from ganft.images import Images, LabelProbe
 from ganft.labeller import predict_labels
 from ganft.models.gan import Generator
 from ganft.runtime import autocast, make_generator
@@ -143,11 +143,12 @@ def synthesise(cfg: SynthConfig, generator: nn.Module, n: int, num_classes: int,
 
 
 def self_training_set(unlabelled: torch.Tensor, n: int, num_classes: int, labeller: nn.Module, *,
-                      min_confidence: float, seed: int,
-                      device: torch.device) -> tuple[Images, dict[str, float]]:
+                      min_confidence: float, seed: int, device: torch.device,
+                      probe: LabelProbe | None = None) -> tuple[Images, dict[str, float]]:
     """Self-training's added set: n real unlabelled images with the labeller's labels, class balanced
     like a synthetic set, the most confident of each class first and none below min_confidence
-    (fewer only where a class has too few such images: ``synth/shortfall``)."""
+    (fewer only where a class has too few such images: ``synth/shortfall``). ``probe`` (the images'
+    true labels, for the metric only) gives ``synth/pseudo_label_precision``."""
     label, conf = predict_labels(labeller, unlabelled, device)
     gen = make_generator(seed)
     need = class_counts(n, num_classes, gen)
@@ -162,6 +163,9 @@ def self_training_set(unlabelled: torch.Tensor, n: int, num_classes: int, labell
     metrics = {"synth/count": float(len(idx)), "synth/shortfall": float(n - len(idx)),
                "synth/self_training_confident_fraction": float((conf >= min_confidence).float().mean())
                if len(conf) else 0.0}
+    if probe is not None and len(idx):
+        right = probe.correct(idx, label[idx], torch.ones(len(idx), dtype=torch.bool))
+        metrics["synth/pseudo_label_precision"] = float(right) / len(idx)
     return Images(unlabelled[idx].to(device), label[idx].to(device)), metrics
 
 

@@ -96,8 +96,8 @@ def test_discriminator_init_copies_the_trunk_weights_and_adds_a_new_head(d_norm:
             D.trunk.train()(x)  # BatchNorm statistics and spectral-norm power iterations move
     gan = TrialGan(cfg.gan, CachedGan({}, torch.zeros(1), {}, D.state_dict()), (1, 8, 8), 10, trained=False)
     trunk = initial_trunk_state(cfg.classifier, (1, 8, 8), lambda: gan)
-    model = finetune._build(cfg.classifier, (1, 8, 8), 10, 0, trunk)
-    scratch = finetune._build(cfg.classifier, (1, 8, 8), 10, 0, None)
+    model = finetune.build_model(cfg.classifier, (1, 8, 8), 10, 0, trunk)
+    scratch = finetune.build_model(cfg.classifier, (1, 8, 8), 10, 0, None)
     assert same_weights(model.trunk.state_dict(), trunk)
     D.eval(), model.eval()
     with torch.no_grad():  # the same features, tensor for tensor (spectral norm: W / sigma)
@@ -135,7 +135,7 @@ def test_torchvision_init_reads_the_local_hub_cache_and_never_downloads(
     torch.save(fake, path)
     trunk = initial_trunk_state(cfg.classifier, (1, 8, 8))
     assert torch.equal(trunk["conv1.weight"], fake["conv1.weight"].sum(1, keepdim=True))  # grey = R+G+B
-    model = finetune._build(cfg.classifier, (1, 8, 8), 10, 0, trunk)
+    model = finetune.build_model(cfg.classifier, (1, 8, 8), 10, 0, trunk)
     assert torch.equal(model.trunk.layer4[1].conv2.weight, fake["layer4.1.conv2.weight"])
     out = model.eval()(torch.zeros(2, 1, 8, 8))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
@@ -155,8 +155,8 @@ def test_pretrained_init_is_built_by_pretrain_once_then_loaded(home: Path) -> No
     rec = Recorder()
     trunk = initial_trunk_state(cfg.classifier, shape, tracker=rec)
     assert rec.tags["clf.pretrained_key"] == key
-    model = finetune._build(cfg.classifier, shape, 10, 0, trunk)
-    scratch = finetune._build(cfg.classifier, shape, 10, 0, None)
+    model = finetune.build_model(cfg.classifier, shape, 10, 0, trunk)
+    scratch = finetune.build_model(cfg.classifier, shape, 10, 0, None)
     assert same_weights(model.trunk.state_dict(), trunk)
     assert not same_weights(scratch.trunk.state_dict(), trunk)
     # the key follows what determines the checkpoint
@@ -192,7 +192,7 @@ grid:
 
 def test_linear_probe_leaves_the_trunk_unchanged_and_full_does_not() -> None:
     torch.manual_seed(0)
-    start = finetune._build(TINY, (1, 8, 8), 10, 5, None).trunk.state_dict()  # any trunk
+    start = finetune.build_model(TINY, (1, 8, 8), 10, 5, None).trunk.state_dict()  # any trunk
     probe = train(TINY.model_copy(update={"freeze": "linear-probe", "lr": 1e-2}), trunk_state=start)
     assert same_weights(probe.model.trunk.state_dict(), start)  # BatchNorm statistics included
     full = train(TINY.model_copy(update={"lr": 1e-2}), trunk_state=start)

@@ -98,16 +98,27 @@ def run_poisoned(cfg: TrialConfig, monkeypatch: pytest.MonkeyPatch, poison: str)
 
 
 @pytest.mark.slow  # three trials per arm: about 10-20 s each on 2 cores
-@pytest.mark.parametrize("arm", ["self-training", "budget+unlabelled", "transfer"])
+@pytest.mark.parametrize("arm", ["self-training", "self-training-2-rounds", "budget+unlabelled", "transfer",
+                                 "fixmatch"])
 def test_poisoned_unlabelled_labels_change_nothing(arm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fixmatch = {"data": {"validation": "none"}, "synth": {"source": "fixmatch", "ratio": 0},
+                "classifier": {"augment": "crop-flip"}, "fixmatch": {"mu": 2, "tau": 0.5}}
     cfg = {"self-training": tiny(synth={"source": "self-training"}),
+           "self-training-2-rounds": tiny(synth={"source": "self-training", "rounds": 2},
+                                          classifier={"augment": "crop-flip"}),
            "budget+unlabelled": tiny(gan={"train_on": "budget+unlabelled"}),
-           "transfer": tiny(gan={"train_on": "transfer", "source_steps": 20})}[arm]
+           "transfer": tiny(gan={"train_on": "transfer", "source_steps": 20}),
+           "fixmatch": tiny(**fixmatch)}[arm]
     honest = run_poisoned(cfg, monkeypatch, "none")
     poisoned = run_poisoned(cfg, monkeypatch, "unlabelled")
     same = ("test/acc", "test/acc_last", "clf/best_val_acc", "clf/train_acc_last", "synth/count")
+    same = tuple(k for k in same if k in honest)
     assert {k: poisoned[k] for k in same} == {k: honest[k] for k in same}
     assert poisoned["data/unlabelled_count"] == 400
+    # the metric that reads the true labels does see the poison (so it is not reading something else)
+    probe = "fixmatch/pseudo_label_acc" if arm == "fixmatch" else "synth/pseudo_label_precision"
+    if probe in honest:
+        assert poisoned[probe] != honest[probe]
     # the control: the same poison on the budget's labels does change the trial
     control = run_poisoned(cfg, monkeypatch, "budget")
     assert {k: control[k] for k in same} != {k: honest[k] for k in same}
