@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ganft.keys import config_keys
 from ganft.report.stats import (
     ACC_COL,
     ARM_COL,
@@ -39,7 +40,9 @@ from ganft.report.stats import (
     RATIO_COL,
     REAL_ONLY,
     SEED_COL,
+    pair_factors,
     paired_runs,
+    varying_factors,
 )
 
 MARGIN = 0.01  # default equivalence margin: 1 pp of accuracy (study file: report.margin, in pp)
@@ -134,15 +137,33 @@ def images_for(images: np.ndarray, accs: np.ndarray, acc: float) -> float:
     return float(np.exp(np.interp(acc, y, x)))
 
 
+def extra_factors(cells: pd.DataFrame) -> list[str]:
+    """The cell keys of ``cells`` besides N, ratio and arm (a step budget, an augmentation, ...)."""
+    return [k for k in cells.columns if k in set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}]
+
+
+def matching(frame: pd.DataFrame, cell: pd.Series, cols: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` that agree with ``cell`` on ``cols`` (compared as text; a column
+    ``frame`` lacks does not filter)."""
+    keep = pd.Series(True, index=frame.index)
+    for c in cols:
+        if c in frame and c in cell:
+            keep &= frame[c].astype(str) == str(cell[c])
+    return frame[keep]
+
+
 def _per_seed(df: pd.DataFrame, cell: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The curve's sizes (P,), each seed's accuracy at each curve point (S, P), each seed's accuracy
-    in ``cell`` (S,) and the cell's own real images, over the seeds the cell has."""
+    in ``cell`` (S,) and the cell's own real images, over the seeds the cell has. The curve's runs
+    share the cell's other settings (its step budget, its augmentation) where they have them."""
+    others = [k for k in cell.index if k in set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}]
     runs = df[df[ARM_COL].isin([REAL_ONLY, "oracle"])]
+    runs = matching(runs, cell, [k for k in others if k in pair_factors(df)])
     keys = [N_COL, RATIO_COL, ARM_COL]
     acc = runs.pivot_table(index=SEED_COL, columns=keys, values=ACC_COL, aggfunc="mean")
     images = runs.assign(images=_images(runs)).groupby(keys)["images"].mean().reindex(acc.columns)
-    mine = df[(df[N_COL] == cell[N_COL]) & (df[RATIO_COL] == cell[RATIO_COL])
-              & (df[ARM_COL] == cell[ARM_COL])]
+    mine = matching(df[(df[N_COL] == cell[N_COL]) & (df[RATIO_COL] == cell[RATIO_COL])
+                       & (df[ARM_COL] == cell[ARM_COL])], cell, others)
     arm = mine.groupby(SEED_COL)[ACC_COL].mean()
     seeds = arm.index.intersection(acc.index)
     own = mine["data/real_count"].mean() if "data/real_count" in mine else float(cell[N_COL])
@@ -189,16 +210,20 @@ def calibration(df: pd.DataFrame, cells: pd.DataFrame, margin: float = MARGIN) -
     diff = f"{ACC_COL}:diff"
     rng = np.random.default_rng(0)
     rows = []
+    extra = extra_factors(cells)
     for _, c in cells[~cells[ARM_COL].isin([*CONTROL_ARMS, REAL_ONLY])].iterrows():
         at = pairs[(pairs[N_COL] == c[N_COL]) & (pairs[RATIO_COL] == c[RATIO_COL])]
-        arm = at[at[ARM_COL] == c[ARM_COL]].set_index(SEED_COL)[diff]
-        oracle = at[at[ARM_COL] == "oracle"].set_index(SEED_COL)[diff]
+        arm = matching(at[at[ARM_COL] == c[ARM_COL]], c, extra).set_index(SEED_COL)[diff]
+        oracles = at[at[ARM_COL] == "oracle"]
+        same = matching(oracles, c, extra)  # the oracle at the cell's settings, where it ran them
+        oracle = (same if len(same) else oracles).drop_duplicates(SEED_COL).set_index(SEED_COL)[diff]
         common = arm.index.intersection(oracle.index)
         share, share_low, share_high = fieller(arm.loc[common].to_numpy(), oracle.loc[common].to_numpy())
         sd = float(arm.std(ddof=1)) if len(arm) > 1 else math.nan
         p_eq = tost(arm.to_numpy(), margin)
         ex_low, ex_high = exchange_interval(df, c, rng)
-        rows.append({N_COL: c[N_COL], RATIO_COL: c[RATIO_COL], ARM_COL: c[ARM_COL], "n_pairs": len(arm),
+        rows.append({N_COL: c[N_COL], RATIO_COL: c[RATIO_COL], ARM_COL: c[ARM_COL],
+                     **{k: c[k] for k in extra}, "n_pairs": len(arm),
                      "mean_diff": c["mean_diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                      "q_value": c["q_value"], "verdict": c["verdict"], "bound": c["ci_high"],
                      "tost_p": p_eq, "equivalent": bool(p_eq < ALPHA), "margin": margin,
@@ -206,7 +231,7 @@ def calibration(df: pd.DataFrame, cells: pd.DataFrame, margin: float = MARGIN) -
                      "share_low": share_low, "share_high": share_high,
                      "exchange": exchange_rate(df, c), "exchange_low": ex_low, "exchange_high": ex_high,
                      "sd": sd, "detectable": detectable(sd, len(arm)), "seeds_for_1pp": seeds_needed(sd)})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=[*COLUMNS[:3], *extra, *COLUMNS[3:]])
 
 
 def pooled_sd(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +242,7 @@ def pooled_sd(pairs: pd.DataFrame) -> pd.DataFrame:
     diff = f"{ACC_COL}:diff"
     rows = []
     for n, at in pairs[pairs[ARM_COL] != "oracle"].groupby(N_COL, sort=True):
-        cells = at.groupby([RATIO_COL, ARM_COL], sort=True)
+        cells = at.groupby([RATIO_COL, ARM_COL, *extra_factors(at)], sort=True)  # a cell: all its settings
         groups = [g[diff].to_numpy(float) for _, g in cells if len(g) > 1]
         dof = sum(len(g) - 1 for g in groups)
         var = sum(((g - g.mean()) ** 2).sum() for g in groups) / dof if dof else math.nan
@@ -245,14 +270,22 @@ def fit_table(df: pd.DataFrame) -> pd.DataFrame:
     if not need <= set(df.columns) or ARM_COL not in df:
         return pd.DataFrame()
     rows = []
-    for (n, arm, ratio), g in df.groupby([N_COL, ARM_COL, RATIO_COL], sort=True):
+    keys = [N_COL, ARM_COL, RATIO_COL, *fit_factors(df)]
+    text = df.astype({k: str for k in keys[3:]})
+    for cell, g in text.groupby(keys, sort=True):
         fall = ((g["clf/loss_prev_window"] - g["clf/loss_last_window"]) / g["clf/loss_prev_window"]).mean()
         acc_min = g["clf/train_acc_last"].min()
-        rows.append({N_COL: n, ARM_COL: arm, RATIO_COL: ratio, "runs": len(g),
+        rows.append({**dict(zip(keys, cell, strict=True)), "runs": len(g),
                      "train_acc_min": acc_min, "train_acc_mean": g["clf/train_acc_last"].mean(),
                      "loss_last": g["clf/loss_last_window"].mean(), "loss_fall": fall,
                      "fitted": bool(acc_min >= FIT_ACC and not fall >= STILL_FALLING)})
     return pd.DataFrame(rows)
+
+
+def fit_factors(df: pd.DataFrame) -> list[str]:
+    """The settings besides N, arm and ratio that split the fit table: those that vary within an arm
+    (a step budget, ...) or among the real-only runs (an augmentation), since each fits differently."""
+    return [k for k in dict.fromkeys([*varying_factors(df), *pair_factors(df)]) if k != ARM_COL]
 
 
 def has_controls(df: pd.DataFrame) -> bool:

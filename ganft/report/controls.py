@@ -108,23 +108,33 @@ def arm_lines(table: pd.DataFrame) -> list[str]:
     ratios shown equivalent, the oracle share and the exchange rate at the ratio with the largest
     mean gain."""
     lines = []
+    extra = cal.extra_factors(table)
+
+    def at(r: pd.Series) -> str:
+        """Where a cell lies: its ratio (none for an arm that adds no images) and its other settings."""
+        parts = [] if r[RATIO_COL] == 0 and extra else [f"ratio {r[RATIO_COL]:g}"]
+        return ", ".join(parts + [f"{k.split('.')[-1]} {r[k]}" for k in extra])
+
     for (n, arm), g in table.groupby([N_COL, ARM_COL], sort=True):
-        gains = ", ".join(f"{pp(r['mean_diff'])} at ratio {r[RATIO_COL]:g} ({ci_text(r)}; "
+        gains = ", ".join(f"{pp(r['mean_diff'])} at {at(r)} ({ci_text(r)}; "
                           f"{r['verdict']})" for _, r in g.iterrows())
         bound = g.loc[g["bound"].idxmax()] if g["bound"].notna().any() else None
         margin = g["margin"].iloc[0]
-        eq = [f"{r[RATIO_COL]:g}" for _, r in g.iterrows() if r["equivalent"]]
+        eq = [at(r) for _, r in g.iterrows() if r["equivalent"]]
         best = g.loc[g["mean_diff"].idxmax()]
         line = f"N={int(n):,}, {arm}: {gains}."
         if bound is not None:
             line += (f" The intervals rule out gains above {pp(bound['bound'])} (the largest upper 95% "
-                     f"limit, at ratio {bound[RATIO_COL]:g})")
+                     f"limit, at {at(bound)})")
             within = f"within ±{100 * margin:g} pp"
-            line += (f"; equivalent to real only {within} (TOST, p < 0.05) at ratio {', '.join(eq)}." if eq
+            line += (f"; equivalent to real only {within} (TOST, p < 0.05) at {'; '.join(eq)}." if eq
                      else f"; equivalence {within} is not shown.")
         share = _interval(best["share_low"], best["share_high"], _share)
-        line += (f" At ratio {best[RATIO_COL]:g} its gain is {_share(best['share'])} of the oracle's "
-                 f"(Fieller 95% CI {share}) and {_worth(best)}.")
+        if best["share"] == best["share"]:  # an oracle ran at that ratio
+            line += (f" At {at(best)} its gain is {_share(best['share'])} of the oracle's "
+                     f"(Fieller 95% CI {share}) and {_worth(best)}.")
+        elif best["exchange"] == best["exchange"]:
+            line += f" At {at(best)} it {_worth(best).removeprefix('it ')}."
         lines.append(line)
     return lines
 
@@ -136,7 +146,10 @@ def fit_line(fit: pd.DataFrame) -> str:
     if bad.empty:
         return (f"Every arm fitted its real images: training accuracy at least {100 * cal.FIT_ACC:.0f}% "
                 f"in every run and the loss no longer falling over the last 10% of steps.")
-    where = "; ".join(f"N={int(r[N_COL]):,} {r[ARM_COL]} ratio {r[RATIO_COL]:g} (lowest training "
+    extra = [k for k in fit.columns if k.startswith(("classifier.", "synth.", "gan.", "data.", "fixmatch."))
+             and k not in (N_COL, RATIO_COL)]
+    where = "; ".join(f"N={int(r[N_COL]):,} {r[ARM_COL]} ratio {r[RATIO_COL]:g}"
+                      + "".join(f", {k.split('.')[-1]} {r[k]}" for k in extra) + " (lowest training "
                       f"accuracy {100 * r['train_acc_min']:.1f}%, loss {100 * r['loss_fall']:.0f}% lower "
                       f"than the window before)" for _, r in bad.iterrows())
     return (f"Warning: {_n(len(bad), 'arm cell')} had not fitted {'its' if len(bad) == 1 else 'their'} real "
@@ -230,7 +243,7 @@ def fit_section(df: pd.DataFrame) -> Section | None:
     if fit.empty:
         return None
     shown = pd.DataFrame({"N": fit[N_COL].astype(int), "arm": fit[ARM_COL], "ratio": fit[RATIO_COL],
-                          "runs": fit["runs"],
+                          **{k: fit[k] for k in cal.fit_factors(df) if k in fit}, "runs": fit["runs"],
                           "training accuracy, lowest (%)": (100 * fit["train_acc_min"]).round(2),
                           "training accuracy, mean (%)": (100 * fit["train_acc_mean"]).round(2),
                           "last-window loss": fit["loss_last"].round(4),

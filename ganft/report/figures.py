@@ -160,6 +160,52 @@ def fig_accuracy_vs_ratio(df: pd.DataFrame, ceiling: pd.DataFrame | None = None)
     return fig
 
 
+# --------------------------------------------------------------------------- budget curve
+
+STEPS_COL = "classifier.steps"
+
+
+def curve_label(df: pd.DataFrame) -> pd.Series:
+    """What a budget curve's line is: the arm (or ratio), with any setting besides N and the step
+    budget that varies among the runs (an augmentation, ...)."""
+    factors = [f for f in varying_factors(df) if f not in (STEPS_COL, ARM_COL)]
+    factors += [f for f in ("classifier.augment",) if f in df and df[f].nunique() > 1 and f not in factors]
+    base = df[ARM_COL].astype(str) if ARM_COL in df else "ratio " + df[RATIO_COL].map("{:g}".format)
+    for f in factors:
+        base = base + ", " + f.split(".")[-1] + " " + df[f].astype(str)
+    return base
+
+
+def fig_budget_curve(df: pd.DataFrame) -> Figure:
+    """Test accuracy against the classifier's step budget, one panel per N and one line per arm
+    (mean over seeds, band: 95% t-interval): whether an arm's gain holds, grows or was still
+    climbing when its budget ended."""
+    data = df.assign(N=df[N_COL].astype(int), acc_pct=100 * df[ACC_COL], steps=df[STEPS_COL].astype(int),
+                     line=curve_label(df))
+    sizes = sorted(data["N"].unique())
+    lines = sorted(data["line"].unique())
+    palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
+    with _style():
+        cols = min(len(sizes), 2)
+        fig = Figure(figsize=(8.5 if cols == 1 else 13, 5.0 * math.ceil(len(sizes) / cols)), dpi=DPI,
+                     layout="constrained")
+        for ax, n in zip(_grid(fig, len(sizes)), sizes, strict=True):
+            g = data[data["N"] == n]
+            sns.lineplot(data=g, x="steps", y="acc_pct", hue="line", palette=palette, marker="o",
+                         errorbar=t_interval, err_kws={"alpha": 0.15}, ax=ax, legend=False)
+            ax.set_xscale("log")
+            ticks = sorted(g["steps"].unique())
+            ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("classifier steps (log scale)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"N = {n:,}")
+        fig.legend(handles=[Line2D([], [], color=palette[k], marker="o") for k in lines], labels=lines,
+                   loc="outside lower center", ncols=min(len(lines), 3), fontsize=9.5, frameon=False)
+        fig.suptitle("Test accuracy against the step budget (band: 95% t-interval over seeds)")
+    return fig
+
+
 # --------------------------------------------------------------------------- heatmaps
 
 

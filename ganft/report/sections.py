@@ -43,6 +43,8 @@ def cells_table(cells: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, 
                           **{f: cells[f] for f in factors}, "pairs": cells["n_pairs"],
                           "with GAN (%)": (100 * cells["mean_acc"]).round(2),
                           "real only (%)": (100 * cells["baseline_acc"]).round(2),
+                          **({"minutes per run": cells["run_minutes"].round(1)}
+                             if "run_minutes" in cells and cells["run_minutes"].notna().any() else {}),
                           "gain (pp)": (100 * cells["mean_diff"]).round(2),
                           "95% t-CI (pp)": [ci_text(r) for _, r in cells.iterrows()],
                           "p (paired t)": cells["p_value"].map(p_text),
@@ -62,6 +64,18 @@ def accuracy_section(df: pd.DataFrame, out_dir: Path, ceiling: pd.DataFrame | No
                     f"run(s){steps}): {100 * ceiling[ACC_COL].mean():.2f}% test accuracy.")
     return Section("Accuracy against ratio", text, [(name, "Test accuracy against ratio, per N (band: "
                                                      "95% t-interval over seeds; dashed: real only).")])
+
+
+def budget_section(df: pd.DataFrame, out_dir: Path) -> Section | None:
+    """The budget curve, when the study trains at more than one ``classifier.steps``."""
+    if figs.STEPS_COL not in df or df[figs.STEPS_COL].nunique() < 2:
+        return None
+    name = save_figure(figs.fig_budget_curve(df), out_dir, "budget_curve.png")
+    return Section("Budget curve", [
+        "Mean test accuracy over seeds at each classifier step budget, per arm. Test accuracy is read once "
+        "per finished run, as everywhere in the report; no budget is chosen on it. A line still rising "
+        "at the largest budget means that arm had not converged there."],
+        [(name, "Test accuracy against classifier steps, per N (band: 95% t-interval over seeds).")])
 
 
 def gain_section(cells: pd.DataFrame, factors: list[str], out_dir: Path) -> Section:

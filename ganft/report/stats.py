@@ -45,8 +45,10 @@ MIN_PAIRS = 3  # fewer pairs per cell than this: the report warns (a t-interval 
 # start) of the same N and seed; settings that only an arm has (data.unlabelled_size,
 # gan.train_on, synth.source, ...) need no real-only twin, since real only reads none of them.
 ARM_COL = "arm"
+TIME_COL = "time/trial_seconds"  # a run's wall time (its GAN included when this run trained it)
 REAL_ONLY = "real only"
 CHEAP_ARM = "self-training"  # the cheap alternative a user would try before a GAN
+FIXMATCH_ARM = "FixMatch"  # the consistency-based semi-supervised baseline (synth.source fixmatch)
 # Controls (issue 22): labels a user would not have (oracle) or nothing at all (placebo, real only
 # with another batch order). Reports mark them as controls and never choose them as a best arm.
 CONTROL_ARMS = ("oracle", "placebo")
@@ -71,6 +73,8 @@ def arm_label(row: pd.Series) -> str:
     source = str(row.get("synth.source", "gan"))
     if source in CONTROL_ARMS and (row[RATIO_COL] > 0 or source == "placebo"):
         return source
+    if source == "fixmatch":  # ratio 0, but trained on the unlabelled images: not real only
+        return FIXMATCH_ARM
     init = str(row.get("classifier.init", "scratch"))
     train_on = str(row.get("gan.train_on", "budget"))
     gan = f"transferred from {row.get('gan.transfer_source', 'unlabelled')}" if train_on == "transfer" \
@@ -184,8 +188,8 @@ def paired_runs(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     base = df[is_base].drop_duplicates(pair_keys, keep="last")
     base = base[[*pair_keys, *metrics]].rename(columns={m: f"{m}:base" for m in metrics})
     quality = [c for c in df.columns if c.startswith("quality/")]
-    keep = [c for c in dict.fromkeys([*pair_keys, *factors, RATIO_COL, "run_id", *metrics, *quality])
-            if c in df]
+    keep = [c for c in dict.fromkeys([*pair_keys, *factors, RATIO_COL, "run_id", *metrics, *quality,
+                                      TIME_COL]) if c in df]
     treated = ~is_base if ARM_COL in df else df[RATIO_COL] > 0  # ratio 0 with another start: no pair
     merged = df[treated][keep].merge(base, on=pair_keys, how="inner")
     for m in metrics:
@@ -197,7 +201,7 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) ->
     """Per (N, ratio > 0, other factors): the paired difference of ``metric`` to real only.
     Columns: the cell keys, ``mean_acc``, ``baseline_acc``, then STAT_COLS and Q_COLS."""
     keys = cell_keys(df)
-    cols = [*keys, "mean_acc", "baseline_acc", *STAT_COLS, *Q_COLS]
+    cols = [*keys, "mean_acc", "baseline_acc", "run_minutes", *STAT_COLS, *Q_COLS]
     if df.empty or metric not in df:
         return pd.DataFrame(columns=cols)
     pairs = paired_runs(df, [metric]).dropna(subset=[f"{metric}:diff"])
@@ -205,6 +209,7 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) ->
     for cell, g in pairs.groupby(keys, sort=True, dropna=False):
         rows.append({**dict(zip(keys, cell, strict=True)), "mean_acc": g[metric].mean(),
                      "baseline_acc": g[f"{metric}:base"].mean(),
+                     "run_minutes": g[TIME_COL].mean() / 60 if TIME_COL in g else math.nan,
                      **summarise(g[f"{metric}:diff"], min_pairs)})
     out = pd.DataFrame(rows, columns=cols)
     return family_q(out)

@@ -188,6 +188,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     calibrated = has_controls(df)  # oracle / placebo arms: the answer is read against them
     cheap = ARM_COL in df and bool((df[ARM_COL] == CHEAP_ARM).any())
     sections = [sec.accuracy_section(df, out_dir, ceiling, meta), sec.gain_section(cells, factors, out_dir)]
+    budget = sec.budget_section(df, out_dir)
+    sections += [budget] if budget is not None else []
     table = calibration(df, cells, meta.margin) if calibrated else None
     if table is not None:
         controls.write_tables(df, table, out_dir)
