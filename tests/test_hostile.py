@@ -226,10 +226,28 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(workers: int, tmp_path: Path) -> Non
         return [] if exp is None else client.search_runs(
             [exp.experiment_id], "attributes.status = 'RUNNING' and tags.`ganft.role` = 'trial'")
 
+    def training() -> bool:
+        """A trial run is RUNNING and has logged a training loss: it is mid-training. Read with
+        plain SQLite, a few ms a poll (an MlflowClient's first query takes seconds, long enough for
+        a trial to finish before the signal is sent)."""
+        import sqlite3
+
+        db = tmp_path / "mlflow.db"
+        if not db.exists():
+            return False
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                return bool(conn.execute(
+                    "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid JOIN metrics m ON "
+                    "m.run_uuid = r.run_uuid WHERE r.status = 'RUNNING' AND t.key = 'ganft.role' AND "
+                    "t.value = 'trial' AND m.key = 'clf/loss' LIMIT 1").fetchone())
+        except sqlite3.Error:  # the store is being created
+            return False
+
     deadline = time.monotonic() + 120
-    while not running() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert running(), "no trial started"
+    while not training() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert training(), "no trial started training"
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -398,3 +416,30 @@ def test_a_folder_or_a_device_as_a_store_file_is_one_line(
             kind = "a folder" if store.name == "a-folder" else "not a regular file"
             assert f"{store} is {kind}" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder", "tiny.yaml"]  # nothing written
+
+
+def test_two_machines_tagging_one_new_experiment_at_once_is_not_an_error() -> None:
+    """CI saw two machines prepare one study on an MLflow server at the same moment: both found
+    mlflow.experimentKind unset, and the server refused the second insert (UniqueViolation)."""
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    from ganft.study.mlflow_store import _tag_experiment
+
+    class Client:
+        def __init__(self, other_sets_it: bool) -> None:
+            self.tags: dict[str, str] = {}
+            self.other_sets_it = other_sets_it
+
+        def get_experiment(self, _id: str) -> SimpleNamespace:
+            return SimpleNamespace(tags=dict(self.tags))
+
+        def set_experiment_tag(self, _id: str, key: str, value: str) -> None:
+            if self.other_sets_it:
+                self.tags[key] = value  # the other machine's insert landed first
+            raise MlflowException("duplicate key value violates unique constraint \"experiment_tag_pk\"")
+
+    _tag_experiment(Client(other_sets_it=True), "1", "mlflow.experimentKind", "custom_model_development")
+    with pytest.raises(MlflowException):  # a refusal that left the tag unset is still an error
+        _tag_experiment(Client(other_sets_it=False), "1", "mlflow.experimentKind", "custom_model_development")

@@ -117,11 +117,9 @@ class MlflowStore:
         if path is not None:
             create_sqlite_store(Path(path))
         store = cls(uri, experiment, artifact_root)
-        exp = store.client.get_experiment(store.experiment_id)
-        if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-            # MLflow 3 opens an experiment without this tag in its GenAI view (traces, evaluations,
-            # child runs collapsed); a model-training experiment opens on its runs table
-            store.client.set_experiment_tag(store.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        # MLflow 3 opens an experiment without this tag in its GenAI view (traces, evaluations, child
+        # runs collapsed); a model-training experiment opens on its runs table
+        _tag_experiment(store.client, store.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         if path is not None:
             with sqlite3.connect(path) as conn:  # stored in the file: later connections use WAL
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -209,6 +207,21 @@ def experiment_names(uri: str) -> list[str]:
 
     _quiet()
     return sorted(e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default")
+
+
+def _tag_experiment(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag unless it holds ``value`` already. Two machines preparing one study at
+    once can both find it unset: the server then refuses the second insert (a unique-key violation),
+    which is fine when the tag it finds afterwards is the value wanted."""
+    from mlflow.exceptions import MlflowException
+
+    if client.get_experiment(experiment_id).tags.get(key) == value:
+        return
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
 
 
 def _create_experiment(client: Any, name: str, location: str | None) -> str:
