@@ -197,11 +197,13 @@ def run_pool(n: int, target: Callable[..., None], args: tuple[Any, ...],
 
 
 def _stop(procs: list[Any], grace_s: float = 60.0) -> None:
-    """Interrupt the workers (a terminal's Ctrl-C reaches them already; a `kill -INT` of the parent
-    does not), give them time to end their runs, then terminate what is left."""
+    """Interrupt the workers (a terminal's Ctrl-C reaches them already; a `kill` of the parent
+    does not), give them time to end their runs, then terminate what is left. SIGTERM, not SIGINT:
+    a study started under nohup or in the background has SIGINT ignored, and its workers keep it so
+    (interrupt_once), so a SIGINT would let them train on; their SIGTERM handler is always set."""
     for p in procs:
         if p.is_alive():
-            os.kill(p.pid, signal.SIGINT)
+            os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for p in procs:
         p.join(timeout=max(0.0, deadline - time.monotonic()))
