@@ -83,7 +83,7 @@ def train_fixmatch(cfg: ClassifierConfig, fm: FixMatchConfig, real: Images, unla
     if len(unlabelled) < m:
         raise ValueError(f"fixmatch.mu {fm.mu} x classifier.batch_size {B} = {m} unlabelled images a step, "
                          f"and the pool has {len(unlabelled)}")
-    real, pool = real.to(device), unlabelled.to(device)
+    real, pool, probe = real.to(device), unlabelled.to(device), probe.to(device)
     model = prepare_model(build_model(cfg, tuple(real.x.shape[1:]), num_classes, seed, None), device)
     ema = ema_model(model, fm.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -65,13 +65,17 @@ class LabelProbe:
     right. Training never reads them (the loss uses the model's own pseudo-labels)."""
 
     def __init__(self, truth: torch.Tensor | None) -> None:
-        self._truth = truth  # (U,) on the CPU, or None where the labels are not known
+        self._truth = truth  # (U,), or None where the labels are not known
+
+    def to(self, device: torch.device | str) -> LabelProbe:
+        """The probe with its labels on ``device``, moved once rather than on every step."""
+        return LabelProbe(None if self._truth is None else self._truth.to(device))
 
     def correct(self, idx: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Number of the masked pseudo-labels (pseudo[mask]) equal to the true label; NaN if unknown."""
         if self._truth is None:
             return torch.tensor(math.nan)
-        truth = self._truth.to(idx.device)[idx]
+        truth = self._truth.to(idx.device)[idx]  # a no-op once the probe is on idx's device
         return ((truth == pseudo) & mask).sum().float()
 
 

@@ -137,9 +137,14 @@ def images_for(images: np.ndarray, accs: np.ndarray, acc: float) -> float:
     return float(np.exp(np.interp(acc, y, x)))
 
 
+def settings(names) -> list[str]:
+    """The config keys among ``names`` besides N, ratio and seed (a step budget, an augmentation, ...)."""
+    return [k for k in names if k in set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}]
+
+
 def extra_factors(cells: pd.DataFrame) -> list[str]:
-    """The cell keys of ``cells`` besides N, ratio and arm (a step budget, an augmentation, ...)."""
-    return [k for k in cells.columns if k in set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}]
+    """The cell keys of ``cells`` besides N, ratio and arm."""
+    return settings(cells.columns)
 
 
 def matching(frame: pd.DataFrame, cell: pd.Series, cols: list[str]) -> pd.DataFrame:
@@ -156,7 +161,7 @@ def _per_seed(df: pd.DataFrame, cell: pd.Series) -> tuple[np.ndarray, np.ndarray
     """The curve's sizes (P,), each seed's accuracy at each curve point (S, P), each seed's accuracy
     in ``cell`` (S,) and the cell's own real images, over the seeds the cell has. The curve's runs
     share the cell's other settings (its step budget, its augmentation) where they have them."""
-    others = [k for k in cell.index if k in set(config_keys()) - {N_COL, RATIO_COL, SEED_COL}]
+    others = settings(cell.index)
     runs = df[df[ARM_COL].isin([REAL_ONLY, "oracle"])]
     runs = matching(runs, cell, [k for k in others if k in pair_factors(df)])
     keys = [N_COL, RATIO_COL, ARM_COL]

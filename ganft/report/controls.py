@@ -146,8 +146,7 @@ def fit_line(fit: pd.DataFrame) -> str:
     if bad.empty:
         return (f"Every arm fitted its real images: training accuracy at least {100 * cal.FIT_ACC:.0f}% "
                 f"in every run and the loss no longer falling over the last 10% of steps.")
-    extra = [k for k in fit.columns if k.startswith(("classifier.", "synth.", "gan.", "data.", "fixmatch."))
-             and k not in (N_COL, RATIO_COL)]
+    extra = cal.extra_factors(fit)
     where = "; ".join(f"N={int(r[N_COL]):,} {r[ARM_COL]} ratio {r[RATIO_COL]:g}"
                       + "".join(f", {k.split('.')[-1]} {r[k]}" for k in extra) + " (lowest training "
                       f"accuracy {100 * r['train_acc_min']:.1f}%, loss {100 * r['loss_fall']:.0f}% lower "
