@@ -129,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="look at a study's dataset before a long study")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    check = dsub.add_parser("check", help="load the dataset of a study file: per-split and per-class "
-                            "counts, image shape, cache location; the same one-line errors as a study")
-    check.add_argument("study", help="study YAML file or name")
+    check = dsub.add_parser("check", help="load the dataset of a study file, or an image folder: "
+                            "per-split and per-class counts, image shape, cache location, a warning for a "
+                            "split so small that one image moves accuracy by more than 2 pp; the same "
+                            "one-line errors as a study")
+    check.add_argument("path", metavar="PATH", help="study YAML file or name, or an image folder "
+                       "(root/<class>/<image>, or root/train and root/test)")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the default store")
     ui.add_argument("--tracking-uri", help="MLflow backend store (default: sqlite:///mlflow.db)")
@@ -237,13 +240,15 @@ def cmd_study_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ganft.report.build import NothingToReport, build, build_compare, build_from_results
-
     if bool(args.study) == bool(args.compare):
         print("ganft report: give a study, or --compare A B", file=sys.stderr)
         return 2
     if args.margin is not None and not 0 < args.margin <= 100:
         raise ConfigError(f"--margin {args.margin}: allowed: above 0, at most 100 (percentage points)")
+    if args.study and not args.results:
+        _unrun_study(_study_name(args.study), args.tracking_uri)
+    from ganft.report.build import NothingToReport, build, build_compare, build_from_results
+
     try:
         if args.results:
             margin = args.margin / 100 if args.margin is not None else None
@@ -256,9 +261,20 @@ def cmd_report(args: argparse.Namespace) -> int:
                           out=args.out, margin=_margin(args))
     except NothingToReport as exc:
         print(f"ganft report: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"report: {index}")
     return 0
+
+
+def _unrun_study(study: str, tracking_uri: str | None) -> None:
+    """A study without finished runs in a local store is said at once, with the command that runs it
+    (before MLflow and the plotting stack are imported); a remote store is left to the report."""
+    from ganft.study.peek import default_tracking_uri, finished_trials, run_hint
+
+    counts = finished_trials(tracking_uri or default_tracking_uri())
+    if counts is not None and not counts.get(study):
+        raise ConfigError(f"study {study!r} has no finished runs yet; "
+                          f"{run_hint(study, sorted(n for n in counts if n != study))}")
 
 
 def _margin(args: argparse.Namespace) -> float:
@@ -294,9 +310,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from ganft.config import DataConfig
     from ganft.datasets import describe
 
-    for data in resolve_study(args.study).datasets():
+    if Path(args.path).is_dir():  # an image folder, read as a study's `data: {dataset: imagefolder}` would
+        print("\n".join(describe(DataConfig(dataset="imagefolder", root=args.path), budget=False)))
+        return 0
+    for data in resolve_study(args.path).datasets():
         print("\n".join(describe(data)))
     return 0
 

@@ -34,14 +34,18 @@ class ConfigError(ValueError):
 class StrictModel(BaseModel):
     """A config model: unknown keys are errors, and a validated config never changes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # each field's docstring (the line after it) is its description: `ganft study keys` prints it
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DataConfig(StrictModel):
     dataset: DatasetName = "digits"
-    root: str | None = None  # a folder holding the dataset files; None: the dataset's default places
+    """Where the images come from (image folders: imagefolder with data.root)."""
+    root: str | None = None
+    """A folder holding the dataset files; null: the dataset's default places."""
     # N, the labelled budget (stratified, chosen by (N, seed))
     train_size: int = Field(100, ge=10, le=10_000_000)
+    """N, the labelled budget: a stratified subset chosen by (N, seed)."""
     # what every selection (checkpoint, early stopping, GAN best step, filtering, Optuna objective)
     # looks at: none (the default) = nothing, all N trained on for fixed steps, the last checkpoint
     # (selection on a few validation images adds more noise than the effects a grid measures);
@@ -52,22 +56,33 @@ class DataConfig(StrictModel):
     # classifier, scored on its held-out fold by a continuous score (cv/true_class_prob, cv/log_loss):
     # what a search or a report chooses on; the test metrics are the refit's on all N
     validation: Literal["from-budget", "none", "pool", "kfold"] = "none"
-    val_fraction: float = Field(0.2, gt=0, lt=1)  # from-budget: share of each class held out
-    val_size: int | None = Field(None, ge=10, le=10_000_000)  # pool only, and required there
-    folds: int = Field(5, ge=2, le=50)  # kfold only: folds of the budget (every class needs this many)
-    fold_repeats: int = Field(1, ge=1, le=20)  # kfold only: repeats with other fold assignments
+    """What selections look at: none (train on all N, last weights), from-budget, pool or kfold."""
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    """from-budget: the share of each class of the N images held out to validate."""
+    val_size: int | None = Field(None, ge=10, le=10_000_000)
+    """pool only (and required there): validation images from outside the budget."""
+    folds: int = Field(5, ge=2, le=50)
+    """kfold only: folds of the budget (every class needs this many images)."""
+    fold_repeats: int = Field(1, ge=1, le=20)
+    """kfold only: repeats of the k-fold split with other fold assignments."""
     # imagefolder only: images are centre-cropped to a square, resized to image_size (antialiased)
     # and converted to `channels`; without root/train and root/test, a fixed test_fraction of each
     # class (by file content) is the test split; skip_unreadable skips files that do not decode
     image_size: int = Field(28, ge=8, le=256)
+    """imagefolder only: side length images are resized to (built-in datasets keep theirs)."""
     channels: Literal[1, 3] = 1
+    """imagefolder only: 1 (grey) or 3 (RGB) channels."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    """imagefolder without root/test: the share of each class held out as the test split."""
     skip_unreadable: bool = False
-    hflip: bool = False  # imagefolder: whether a mirror image keeps its class (classic augmentation)
+    """imagefolder only: skip files that do not decode instead of stopping."""
+    hflip: bool = False
+    """imagefolder only: whether a mirror image keeps its class (augmentation may flip)."""
     # U unlabelled images from the training split outside the budget (and outside the pool protocol's
     # validation set), chosen by (N, U, seed); their labels are dropped on loading (data.py). all:
     # every such image. 0: none (a study without unlabelled data)
     unlabelled_size: int | Literal["all"] = 0
+    """U images from outside the budget with their labels dropped; all: every such image."""
 
     @field_validator("unlabelled_size", mode="before")
     @classmethod
@@ -121,46 +136,72 @@ class GanConfig(StrictModel):
     # dcgan: size-aware DCGAN (models/gan.py); seed-dcgan: the seed article's 64x64 DCGAN layer stack
     # (pytorch/examples dcgan, ngf = ndf = width), data resized to 64 for training, samples back
     arch: Literal["dcgan", "seed-dcgan"] = "dcgan"
-    loss: Literal["ns", "hinge", "wgan-gp"] = "ns"  # non-saturating (BCE) | hinge | WGAN + gradient penalty
-    steps: int = Field(600, ge=1, le=MAX_STEPS)  # generator optimiser steps (d_steps D steps each)
+    """dcgan (size-aware) or seed-dcgan (the seed article's 64x64 stack)."""
+    loss: Literal["ns", "hinge", "wgan-gp"] = "ns"
+    """Adversarial loss: non-saturating, hinge or WGAN with gradient penalty."""
+    steps: int = Field(600, ge=1, le=MAX_STEPS)
+    """Generator optimiser steps (d_steps discriminator steps each)."""
     batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    """Images per GAN step."""
     z_dim: int = Field(64, ge=1, le=4096)
+    """Length of the generator's noise vector."""
     # channels of the full-resolution D layer (G mirrors it); deeper layers double it, up to 512. 32 is
     # enough for 8x8-32x32 images from small labelled sets and is what the studies use (bench/README.md)
     width: int = Field(32, ge=4, le=512)
+    """Channels of the discriminator's full-resolution layer (G mirrors it)."""
     lr_g: float = Field(2e-4, gt=0, le=1)
+    """Generator learning rate (Adam)."""
     lr_d: float = Field(2e-4, gt=0, le=1)
+    """Discriminator learning rate (Adam)."""
     beta1: float = Field(0.5, ge=0, lt=1)
+    """Adam beta1 of both networks."""
     beta2: float = Field(0.999, ge=0, lt=1)
+    """Adam beta2 of both networks."""
     # DiffAugment policies, applied in the order given to D's real and fake inputs
     diffaugment: tuple[Literal["translation", "cutout", "color"], ...] = ("translation",)
-    ema_decay: float = Field(0.999, ge=0, lt=1)  # 0 disables EMA (sampling uses the raw generator)
+    """DiffAugment policies applied to D's real and fake inputs, in order."""
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    """EMA of the generator's weights used for sampling; 0: the raw generator."""
     recipe: Literal["custom", "default", "hinge-sn", "wgan-gp", "no-diffaugment", "diffaugment-all",
                     "acgan", "unconditional", "seed-dcgan"] = "custom"  # see GAN_RECIPES
+    """A named GAN recipe that sets arch, loss, conditioning, d_norm and diffaugment; custom: as written."""
     # projection discriminator | ACGAN auxiliary classifier | none: unconditional G and D, samples
     # pseudo-labelled by a classifier trained on the real subset (synth.min_confidence)
     conditioning: Literal["projection", "acgan", "none"] = "projection"
+    """Projection discriminator, ACGAN classifier, or none (samples pseudo-labelled)."""
     # D's normalisation: batch norm (DCGAN) | spectral norm on every D layer, no batch norm | none
     d_norm: Literal["batch", "spectral", "none"] = "batch"
-    d_steps: int = Field(1, ge=1, le=100)  # D steps per G step (n_critic)
-    gp_weight: float = Field(10.0, ge=0)  # loss wgan-gp: lambda of the gradient penalty
-    r1_gamma: float = Field(0.0, ge=0)  # R1 penalty gamma/2 * E|grad D(real)|^2 (Mescheder et al.); 0: off
-    bcr_weight: float = Field(0.0, ge=0)  # balanced consistency regularisation lambda (Zhao et al.); 0: off
-    acgan_weight: float = Field(1.0, ge=0)  # conditioning acgan: weight of the class cross-entropy
+    """The discriminator's normalisation: batch, spectral or none."""
+    d_steps: int = Field(1, ge=1, le=100)
+    """Discriminator steps per generator step (n_critic)."""
+    gp_weight: float = Field(10.0, ge=0)
+    """loss wgan-gp: weight of the gradient penalty."""
+    r1_gamma: float = Field(0.0, ge=0)
+    """R1 penalty gamma/2 * E|grad D(real)|^2 (Mescheder et al.); 0: off."""
+    bcr_weight: float = Field(0.0, ge=0)
+    """Balanced consistency regularisation weight (Zhao et al.); 0: off."""
+    acgan_weight: float = Field(1.0, ge=0)
+    """conditioning acgan: weight of the class cross-entropy."""
     # budget-validation KID every K steps, best kept; 0: the last
     eval_every: int = Field(0, ge=0, le=MAX_STEPS)
-    eval_samples: int = Field(1000, ge=50, le=MAX_SAMPLES)  # generated images per validation KID
+    """Budget-validation KID every K steps and the best step kept; 0: the last step."""
+    eval_samples: int = Field(1000, ge=50, le=MAX_SAMPLES)
+    """Generated images per validation KID."""
     # what the GAN learns from (trial_gan.py): budget = the budget's training images; budget+unlabelled
     # = those and the data.unlabelled_size images, pseudo-labelled by the real-subset classifier
     # (S2GAN, Lucic et al., 2019); transfer = first source_steps on transfer_source, cached, then
     # gan.steps on the budget from those weights (Wang et al., 2018), D's first freeze_d stages frozen
     # (FreezeD, Mo et al., 2020)
     train_on: Literal["budget", "budget+unlabelled", "transfer"] = "budget"
+    """What the GAN learns from: budget, budget+unlabelled (pseudo-labelled) or transfer."""
     # transfer: unlabelled = the data.unlabelled_size images (pseudo-labelled, as above); a built-in
     # dataset's training split (its own labels, resized and converted to the target's shape)
     transfer_source: Literal["unlabelled", "digits", "fashion-mnist", "mnist", "cifar10"] = "unlabelled"
-    source_steps: int = Field(2000, ge=1, le=MAX_STEPS)  # transfer: G steps on the source
-    freeze_d: int = Field(0, ge=0, le=8)  # transfer: D's first stages (conv + norm) kept frozen
+    """train_on transfer: the source images (unlabelled, or a built-in dataset)."""
+    source_steps: int = Field(2000, ge=1, le=MAX_STEPS)
+    """train_on transfer: generator steps on the source before the budget."""
+    freeze_d: int = Field(0, ge=0, le=8)
+    """train_on transfer: the discriminator's first stages (conv + norm) kept frozen (FreezeD)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -201,16 +242,20 @@ def canon(value: Any) -> Any:
 
 
 class SynthConfig(StrictModel):
-    ratio: float = Field(0.0, ge=0, le=100)  # synthetic images = round(ratio * N), class balanced
+    ratio: float = Field(0.0, ge=0, le=100)
+    """Added images per real image: round(ratio x N) of them, class balanced."""
     # how the classifier uses them (finetune.py): union = batches drawn uniformly from real ∪ synthetic;
     # weighted = a synthetic image counts `weight` times a real one; pretrain-then-finetune = the first
     # classifier.synth_fraction of the steps on synthetic images only, the rest on real images only
     mix: Literal["union", "weighted", "pretrain-then-finetune"] = "union"
-    weight: float = Field(1.0, ge=0, le=100)  # mix weighted only: 0 is real-only, 1 is union
+    """How added images join training: union, weighted or pretrain-then-finetune."""
+    weight: float = Field(1.0, ge=0, le=100)
+    """mix weighted only: an added image counts this many times a real one (0: real only, 1: union)."""
     # keep a generated image only if a classifier trained on the real subset gives its label at least
     # this probability (its conditioning label; for gan.conditioning none, its own argmax, i.e. the
     # pseudo-label); 0 keeps every image (conditional) or every pseudo-label (unconditional)
     min_confidence: float = Field(0.0, ge=0, lt=1)
+    """Keep an added image only if the real-subset classifier gives its label this probability."""
     # gan: generated images; self-training: real data.unlabelled_size images labelled by the
     # real-subset classifier, the most confident ones of each class at or above min_confidence,
     # round(ratio * N) of them class balanced, used exactly as synthetic images (no GAN trained).
@@ -221,62 +266,88 @@ class SynthConfig(StrictModel):
     # fixmatch: no images added (ratio 0); the classifier trains by FixMatch on the budget and the
     # data.unlabelled_size images (the fixmatch section)
     source: Literal["gan", "self-training", "fixmatch", "oracle", "placebo"] = "gan"
+    """Where added images come from: gan, self-training, fixmatch, or the controls oracle and placebo."""
     # self-training only: rounds of pseudo-labelling; round 1's teacher is the real-subset labeller,
     # each later round's is the student of the round before (trained on the budget and its
     # pseudo-labelled images, with classifier.augment as its noise); the last student is the result
     rounds: int = Field(1, ge=1, le=10)
+    """self-training only: rounds of pseudo-labelling, each student labelling the next round."""
     # mix union only: this share of every batch (round(real_fraction * batch_size) images) is drawn
     # from the real images and the rest from the synthetic ones, whatever the ratio, so every ratio
     # presents the real images equally often; None: batches drawn uniformly from real ∪ synthetic
     real_fraction: float | None = Field(None, gt=0, lt=1)
+    """mix union only: this share of every batch is real images; null: drawn uniformly."""
 
 
 class QualityConfig(StrictModel):
     # GAN quality in a domain feature space (quality.py), logged under quality/: FCD, KID,
     # precision/recall/density/coverage, per-class FCD and CAS; costs a CAS classifier training
     enabled: bool = False
+    """Score the generator (FCD, KID, precision/recall/density/coverage, CAS)."""
     # generated images scored against the real test split
     num_samples: int = Field(2000, ge=100, le=MAX_SAMPLES)
-    k: int = Field(5, ge=1, le=100)  # nearest neighbours for precision/recall/density/coverage (Naeem et al.)
+    """Generated images scored against the test split."""
+    k: int = Field(5, ge=1, le=100)
+    """Nearest neighbours for precision/recall/density/coverage (Naeem et al.)."""
 
 
 class ClassifierConfig(StrictModel):
     # bn-cnn: two 3x3 conv + batch norm + max-pool stages (the strong default, bench/baseline.py);
     # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small stem
     arch: Literal["bn-cnn", "seed-cnn", "resnet18"] = "bn-cnn"
+    """Bn-cnn (the strong default), seed-cnn (the seed article's) or resnet18."""
     # scratch | discriminator (the trained GAN's D trunk, new head) | pretrained (a `ganft pretrain`
     # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
     init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
+    """Where the weights start: scratch, the GAN's discriminator, pretrained or torchvision."""
     # init pretrained: source dataset, resized to the target size
     pretrained_source: BuiltinDataset = "digits"
+    """init pretrained: the source dataset."""
     # init pretrained: optimiser steps of the source training
     pretrain_steps: int = Field(2000, ge=1, le=MAX_STEPS)
+    """init pretrained: optimiser steps of the source training."""
     # full | linear-probe (only the head trains; trunk frozen, BatchNorm statistics included) |
     # head-then-full (head alone for head_fraction of the fine-tuning steps, then all at lr * full_lr_scale)
     freeze: Literal["full", "linear-probe", "head-then-full"] = "full"
+    """Full, linear-probe (trunk frozen) or head-then-full."""
     head_fraction: float = Field(0.2, gt=0, lt=1)
+    """freeze head-then-full: the share of steps that train the head alone."""
     full_lr_scale: float = Field(0.1, gt=0, le=1)
-    synth_fraction: float = Field(0.5, gt=0, lt=1)  # synth.mix pretrain-then-finetune: share on synthetic
+    """freeze head-then-full: learning-rate factor once every layer trains."""
+    synth_fraction: float = Field(0.5, gt=0, lt=1)
+    """mix pretrain-then-finetune: the share of steps on added images only."""
     # optimiser steps of the real-only run; with budget equal-steps every ratio gets as many (equal
     # budget), with equal-presentations a run with m added images gets steps * (n + m) / n, so each of
     # its n real images is drawn as often as in the real-only run (synth.mix union only)
     steps: int = Field(400, ge=1, le=MAX_STEPS)
+    """Classifier optimiser steps (real only; see classifier.budget for other arms)."""
     budget: Literal["equal-steps", "equal-presentations"] = "equal-steps"
+    """Equal-steps for every arm, or equal-presentations of each real image."""
     batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    """Images per classifier step."""
     lr: float = Field(1e-3, gt=0, le=1)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"  # per phase; step: x step_gamma at 1/2, 3/4
+    """Classifier learning rate (AdamW)."""
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    """Learning-rate schedule per phase: constant, cosine or step (x step_gamma at 1/2 and 3/4)."""
     step_gamma: float = Field(0.1, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay
+    """schedule step: factor at 1/2 and 3/4 of the steps."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy."""
     # none | crop-flip: whole-pixel crop with padding, h-flip where it keeps the label (no resampling) |
     # affine (classic: its earlier name): crop+pad, small rotation and scale, h-flip if label-safe, one
     # bilinear resampling of every image | strong: crop-flip + RandAugment + cutout (FixMatch's strong view)
     augment: Literal["none", "crop-flip", "affine", "classic", "strong"] = "none"
-    width: int = Field(32, ge=4, le=512)  # first-stage channels of bn-cnn and seed-cnn (resnet18: fixed)
+    """Training augmentation: none, crop-flip, affine (classic), or strong."""
+    width: int = Field(32, ge=4, le=512)
+    """First-stage channels of bn-cnn and seed-cnn (resnet18: fixed)."""
     # validation accuracy every K steps; the best checkpoint is kept
     eval_every: int = Field(50, ge=1, le=MAX_STEPS)
+    """Validation every K steps (with a validation set, the best checkpoint is kept)."""
     # early stop after this many evaluations without a better val acc; 0: off
     patience: int = Field(0, ge=0, le=MAX_STEPS)
+    """Early stop after this many validations without a better accuracy; 0: off."""
 
 
 class FixMatchConfig(StrictModel):
@@ -288,13 +359,18 @@ class FixMatchConfig(StrictModel):
     # the loss. The EMA of the weights (decay ema_decay) is the trained classifier. Defaults: the
     # paper's (tau 0.95, mu 7, lambda 1, EMA 0.999); its optimiser is the classifier recipe's
     tau: float = Field(0.95, gt=0, le=1)
+    """Confidence a pseudo-label needs (max probability of the weak view)."""
     mu: int = Field(7, ge=1, le=64)
+    """Unlabelled images per labelled image in each step."""
     lambda_u: float = Field(1.0, ge=0, le=100)
-    ema_decay: float = Field(0.999, ge=0, lt=1)  # 0: the raw weights
+    """Weight of the unlabelled (strong view) loss."""
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    """EMA decay of the weights that are evaluated; 0: the raw weights."""
 
 
 class TrialConfig(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    """The trial's seed: the labelled subset, initialisations and batch order follow from it."""
     data: DataConfig = DataConfig()
     gan: GanConfig = GanConfig()
     synth: SynthConfig = SynthConfig()

@@ -30,6 +30,7 @@ import functools
 import gzip
 import hashlib
 import logging
+import math
 import pickle
 import struct
 import zlib
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ganft.catalog import CIFAR10_CLASSES, CLASS_NAMES, check_sizes, scan_folder
+from ganft.catalog import CIFAR10_CLASSES, CLASS_NAMES, check_root, check_sizes, scan_folder
 from ganft.config import ConfigError, DataConfig
 from ganft.images import Images, Splits
 from ganft.paths import project_root
@@ -367,9 +368,10 @@ def load(cfg: DataConfig) -> Splits:
     return Splits(cfg.dataset, train, test, classes)
 
 
-def describe(cfg: DataConfig) -> list[str]:
-    """``ganft data check``: what a study's dataset holds, once loaded (and cached) as a trial would."""
-    check_sizes(cfg)
+def describe(cfg: DataConfig, budget: bool = True) -> list[str]:
+    """``ganft data check``: what a study's dataset holds, once loaded (and cached) as a trial would;
+    ``budget`` False for a bare image folder, whose check has no N to range-check."""
+    check_sizes(cfg) if budget else check_root(cfg.root)
     splits = load(cfg)
     c, h, w = splits.image_shape
     cached = "bundled with scikit-learn" if cfg.dataset == "digits" else \
@@ -382,4 +384,18 @@ def describe(cfg: DataConfig) -> list[str]:
         n_train, n_test = int((splits.train.y == k).sum()), int((splits.test.y == k).sum())
         lines.append(f"  {name:{width}s}  {n_train:7,d}  {n_test:6,d}")
     lines.append(f"  {'total':{width}s}  {len(splits.train):7,d}  {len(splits.test):6,d}")
-    return lines
+    val = {"from-budget": round(cfg.val_fraction * cfg.train_size), "pool": cfg.val_size}.get(cfg.validation)
+    return lines + [line for line in (tiny_split("test split", len(splits.test)),
+                                      tiny_split(f"validation set ({cfg.validation})", val)) if line]
+
+
+TINY_SPLIT_PP = 2.0  # one image moving accuracy by more than this swamps the effects a study measures
+
+
+def tiny_split(what: str, n: int | None) -> str:
+    """A warning when one image of a split moves its accuracy by more than TINY_SPLIT_PP points."""
+    if not n or 100 / n <= TINY_SPLIT_PP:
+        return ""
+    return (f"warning: the {what} has {n:,} image{'s' if n != 1 else ''}, so one image moves its accuracy "
+            f"by {100 / n:.1f} pp (more than {TINY_SPLIT_PP:g} pp): differences smaller than that are one "
+            f"image's worth; give it at least {math.ceil(100 / TINY_SPLIT_PP)} images")

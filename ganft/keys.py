@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -40,14 +41,36 @@ def field_annotation(key: str, model: type[BaseModel] = TrialConfig) -> Any:
 
 
 def describe_keys() -> list[str]:
-    """``ganft study keys``: one line per dotted key: its type and default."""
+    """``ganft study keys``: per dotted key, a line with its whole type (every choice) and default,
+    then its description (the field's docstring in config.py), indented."""
     base = flatten(TrialConfig())
     lines = []
     for key in config_keys():
-        ann = field_annotation(key)
-        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
-        lines.append(f"{key:28s} {kind:40.40s} default {base[key]!r}")
+        *parents, leaf = key.split(".")
+        model: Any = TrialConfig
+        for p in parents:
+            model = model.model_fields[p].annotation
+        field = model.model_fields[leaf]
+        default = "null" if base[key] is None else base[key]
+        lines.append(f"{key}: {type_text(field.annotation)}; default {default}")
+        lines.append(f"    {field.description or ''}".rstrip())
     return lines
+
+
+def type_text(ann: Any) -> str:
+    """A config field's type as a user writes its values: ``one of: a, b``, ``int or all``,
+    ``list of: x, y``, ``float or none``."""
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return "one of: " + ", ".join(str(a) for a in args)
+    if origin is tuple:  # tuple[X, ...]: a YAML list
+        return f"list of{type_text(args[0]).removeprefix('one of')}" if get_origin(args[0]) is Literal \
+            else f"list of {type_text(args[0])}"
+    if origin in (Union, UnionType):  # int | Literal["all"]: "int or all"
+        return " or ".join(type_text(a).removeprefix("one of: ") for a in args)
+    if ann is type(None):
+        return "null"
+    return ann.__name__ if isinstance(ann, type) else str(ann)
 
 
 def unknown_key(key: str) -> str:
@@ -182,7 +205,9 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
         key = _dotted(loc)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(root, loc[:-1])
-            lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}")
+            close = difflib.get_close_matches(loc[-1], allowed, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            lines.append(f"{key}: unknown key; {hint}allowed: {', '.join(allowed)}")
         elif err["type"] == "value_error":
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(msg if msg.startswith("grid.") or not loc else f"{key}: {msg}")

@@ -204,8 +204,9 @@ def test_data_check_prints_counts_shape_and_cache(home: Path, tmp_path: Path,
     assert main(["data", "check", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"imagefolder from {root}: 1x16x16 images, 2 classes" in out and ".ganft-cache/data" in out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.startswith("  ")}
     assert rows == {"cat": ["8", "2"], "dog": ["4", "1"], "total": ["12", "3"]}
+    assert "warning: the test split has 3 images, so one image moves its accuracy by 33.3 pp" in out
 
 
 # --------------------------------------------------------------------------- end to end

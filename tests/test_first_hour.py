@@ -74,7 +74,7 @@ def test_version_and_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_read_only_commands_create_no_store_and_list_the_studies_that_exist(
         studies: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "nosuchstudy"]) == 1
+    assert main(["report", "nosuchstudy"]) == 2
     err = capsys.readouterr().err
     assert "there is no studies/nosuchstudy.yaml either" in err and "study files: one" in err
     assert "studies/nosuchstudy.yaml`" not in err  # never a command that cannot work

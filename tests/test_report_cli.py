@@ -99,11 +99,11 @@ def test_report_cli_with_ceiling_and_compare(home: Path, capsys: pytest.CaptureF
     assert "grid_b gains significantly more than grid_a (Benjamini-Hochberg q &lt; 0.05 across the shared " \
            "cells) in 2 of 2 shared cells" in page
 
-    assert main(["report", "nope"]) == 1
-    assert main(["report", "grid_a", "--ceiling", "nope"]) == 1
+    assert main(["report", "nope"]) == 2  # no runs: exit 2, as bad input (issue 25)
+    assert main(["report", "grid_a", "--ceiling", "nope"]) == 2
     assert main(["report"]) == 2
     err = capsys.readouterr().err
-    assert "study 'nope' has no runs in" in err and "there is no studies/nope.yaml either " \
+    assert "study 'nope' has no finished runs yet; there is no studies/nope.yaml either " \
         "(studies with runs here: ctl, full, grid_a, grid_b; study files: none)" in err
 
 

@@ -28,6 +28,7 @@ from ganft.report.text import ReportMeta, busy_seconds
 from ganft.report.tidy import tidy_from_csv, tidy_runs
 from ganft.report.write import staged, write_report
 from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
+from ganft.study.peek import run_hint
 from ganft.study.status import optuna_frames, search_trials
 from ganft.study.storage import damaged_journal
 from ganft.study.stores import Stores
@@ -42,26 +43,17 @@ def study_runs(study: str, stores: Stores) -> pd.DataFrame:
     there are none. A store that does not exist is not created."""
     db = sqlite_path(stores.tracking_uri)
     if db is not None and not Path(db).is_file():
-        raise NothingToReport(f"no MLflow store at {db} yet (no study has run here); {_hint(study, [])}")
+        raise NothingToReport(f"no MLflow store at {db} yet (no study has run here); {run_hint(study, [])}")
     try:
         store = MlflowStore(stores.tracking_uri, study, create=False)
     except LookupError:
         known = [n for n in experiment_names(stores.tracking_uri) if n != CACHE_EXPERIMENT]
         raise NothingToReport(f"study {study!r} has no runs in {redact(stores.tracking_uri)}; "
-                              f"{_hint(study, known)}") from None
+                              f"{run_hint(study, known)}") from None
     df = tidy_runs(store.runs_frame())
     if df.empty:
-        raise NothingToReport(f"study {study} has no finished trials yet; {_hint(study, [])}")
+        raise NothingToReport(f"study {study} has no finished trials yet; {run_hint(study, [])}")
     return df
-
-
-def _hint(study: str, with_runs: list[str]) -> str:
-    """What to run: the study file if there is one, else which studies exist."""
-    files = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
-    if study in files:
-        return f"run `ganft study run {study}` first"
-    have = f"studies with runs here: {', '.join(with_runs)}; " if with_runs else ""
-    return f"there is no studies/{study}.yaml either ({have}study files: {', '.join(files) or 'none'})"
 
 
 def invocations(study: str, stores: Stores) -> tuple[float | None, list[str], str]:

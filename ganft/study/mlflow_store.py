@@ -20,6 +20,7 @@ import pandas as pd
 
 from ganft.paths import provenance
 from ganft.redact import redact
+from ganft.study.peek import default_tracking_uri
 from ganft.study.storage import StudyError
 
 PARENT_TAG = "ganft.role"  # "parent" (one per invocation) or "trial"
@@ -32,10 +33,6 @@ def is_remote(uri: str) -> bool:
     """A tracking server (http/https), as opposed to a local file store: the GAN cache is then
     shared through its artifact store."""
     return uri.startswith(("http://", "https://"))
-
-
-def default_tracking_uri(root: Path) -> str:
-    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def _quiet() -> None:

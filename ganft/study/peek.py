@@ -1,0 +1,54 @@
+"""What a read-only command can tell from a local MLflow store without importing MLflow: whether a
+study has finished trial runs. ``ganft report NAME`` asks this first, so a study that never ran is
+said at once (importing MLflow and the report's plotting stack takes seconds on a small machine).
+
+Hand-written on purpose: MLflow has no cheaper reader than its client, and this reads three columns
+of two tables of its SQLite schema, read-only. Where the schema or the store is not what it expects
+(a tracking server, another MLflow's tables), it answers None and the caller asks MLflow itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from ganft.paths import project_root
+
+ROLE_TAG = "ganft.role"  # as study/mlflow_store.PARENT_TAG (not imported: that module imports pandas)
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def finished_trials(tracking_uri: str) -> dict[str, int] | None:
+    """Per study (active experiment) in a local SQLite store, its number of FINISHED trial runs
+    (studies without any are left out; an empty dict when the file does not exist); None when this
+    cannot tell (a remote store, an unreadable file, an unexpected schema). Never creates or writes
+    the store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.exists():
+        return {}
+    try:
+        uri = f"{db.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+            rows = conn.execute(
+                "SELECT e.name, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'trial' "
+                "WHERE e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' "
+                "AND r.status = 'FINISHED' GROUP BY e.name", (ROLE_TAG,)).fetchall()
+    except sqlite3.Error:
+        return None
+    return {str(name): int(n) for name, n in rows}
+
+
+def run_hint(study: str, with_runs: list[str]) -> str:
+    """What to run: the study file if there is one, else which studies exist."""
+    files = sorted(p.stem for p in (project_root() / "studies").glob("*.yaml"))
+    if study in files:
+        return f"run `ganft study run {study}` first"
+    have = f"studies with runs here: {', '.join(with_runs)}; " if with_runs else ""
+    return f"there is no studies/{study}.yaml either ({have}study files: {', '.join(files) or 'none'})"

@@ -1,0 +1,104 @@
+"""The first hour, round 2 (issue 25): commands that say what to do at once, keys that describe
+themselves, a did-you-mean everywhere, a data check that takes a folder and warns of tiny splits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ganft.cli import main
+
+ONE = """\
+name: one
+base:
+  data: {dataset: digits, train_size: 30}
+  gan: {steps: 6, width: 8, z_dim: 8, batch_size: 16}
+  classifier: {steps: 6, width: 8, eval_every: 3, batch_size: 16}
+grid:
+  synth.ratio: [0, 1]
+"""
+
+
+@pytest.fixture
+def studies(home: Path) -> Path:
+    (home / "studies").mkdir()
+    (home / "studies" / "one.yaml").write_text(ONE)
+    return home
+
+
+def test_report_of_a_study_that_never_ran_says_what_to_run_at_once(studies: Path) -> None:
+    """Exit 2 and the command, decided before MLflow or the plotting stack is imported (a fresh
+    interpreter shows what the command loaded), and no store is created."""
+    code = ("import sys; from ganft.cli import main; rc = main(['report', 'one']); "
+            "print(rc, *(m in sys.modules for m in ('mlflow', 'matplotlib', 'seaborn')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GANFT_HOME": str(studies)})
+    assert out.stdout.split() == ["2", "False", "False", "False"], out.stderr
+    assert out.stderr.strip() == ("ganft: error: study 'one' has no finished runs yet; "
+                                  "run `ganft study run one` first")
+    assert sorted(p.name for p in studies.iterdir()) == ["studies"]  # no mlflow.db, no journal
+
+
+def test_report_of_an_unknown_study_lists_those_with_runs(studies: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "run", "one", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "onne"]) == 2
+    err = capsys.readouterr().err
+    assert "study 'onne' has no finished runs yet; there is no studies/onne.yaml either (studies with runs " \
+           "here: one; study files: one)" in err
+    assert main(["report", "one"]) == 0  # the same peek lets a study with runs through
+
+
+def test_study_keys_prints_every_choice_and_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    from ganft.keys import config_keys
+
+    assert main(["study", "keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    heads, descriptions = lines[0::2], lines[1::2]
+    assert [h.split(":")[0] for h in heads] == config_keys()  # every key, in order
+    assert all(d.startswith("    ") and len(d.strip()) > 15 for d in descriptions)  # one line each
+    assert "data.dataset: one of: digits, fashion-mnist, mnist, cifar10, imagefolder; default digits" in heads
+    assert "gan.diffaugment: list of: translation, cutout, color; default translation" in heads
+    assert "data.unlabelled_size: int or all; default 0" in heads
+    assert "synth.real_fraction: float or null; default null" in heads
+
+
+@pytest.mark.parametrize(("where", "typo", "hint"), [
+    ("base", "  quality: {enabeld: true}\n", "base.quality.enabeld: unknown key; did you mean enabled?"),
+    ("base", "  gann: {steps: 6}\n", "base.gann: unknown key; did you mean gan?"),
+    ("study", "bsae: {}\n", "bsae: unknown key; did you mean base?"),
+])
+def test_a_typo_in_any_key_gets_a_did_you_mean(studies: Path, capsys: pytest.CaptureFixture[str],
+                                               where: str, typo: str, hint: str) -> None:
+    text = ONE.replace("base:\n", f"base:\n{typo}") if where == "base" else ONE + typo
+    (studies / "studies" / "typo.yaml").write_text(text.replace("name: one", "name: typo"))
+    assert main(["study", "run", "typo", "--no-progress"]) == 2
+    assert hint in capsys.readouterr().err
+    assert sorted(p.name for p in studies.iterdir()) == ["studies"]  # refused before any store
+
+
+def test_data_check_takes_an_image_folder_and_warns_of_a_tiny_split(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_datasets import image_folder
+
+    small = image_folder(tmp_path / "small", {"cat": 30, "dog": 30})  # test split: 20% = 12 images
+    assert main(["data", "check", str(small)]) == 0
+    out = capsys.readouterr().out
+    assert f"imagefolder from {small}: 1x28x28 images, 2 classes" in out
+    assert "warning: the test split has 12 images, so one image moves its accuracy by 8.3 pp (more than " \
+           "2 pp)" in out
+    big = image_folder(tmp_path / "big", {"cat": 130, "dog": 130}, size_of=lambda i: (8, 8))  # 52 test images
+    assert main(["data", "check", str(big)]) == 0
+    assert "warning" not in capsys.readouterr().out
+    (studies_dir := home / "studies").mkdir()
+    (studies_dir / "one.yaml").write_text(ONE.replace("train_size: 30", "train_size: 100, validation: "
+                                                      "from-budget"))
+    assert main(["data", "check", "one"]) == 0  # a study file still works; 20 validation images warn
+    assert "warning: the validation set (from-budget) has 20 images, so one image moves its accuracy by " \
+           "5.0 pp" in capsys.readouterr().out
+    assert main(["data", "check", str(tmp_path / "nothing")]) == 2  # neither a folder nor a study
