@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("study", help="study YAML file or name")
     confirm.add_argument("--seeds", type=_positive, metavar="N", help="fresh seeds (default: the study "
                          "file's confirm.seeds, else 5: 1000..1004)")
-    confirm.add_argument("--workers", type=_positive, default=1, metavar="N")
+    confirm.add_argument("--workers", type=_positive, default=1, metavar="N",
+                         help="worker processes on this machine, as for study run (default: 1)")
     confirm.add_argument("--no-progress", action="store_true", help="no progress bar")
     _store_flags(confirm)
     _device_flags(confirm)

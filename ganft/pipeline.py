@@ -202,8 +202,9 @@ def run_trial(cfg: TrialConfig, *, device: torch.device, tracker: Tracker = NULL
     pruner, which may stop the trial by raising). Under ``data.validation kfold`` the folds are
     cross-validated first (``cv/...`` metrics), then the recipe is fitted on all N for the test."""
     t0 = time.perf_counter()
-    tracker.log_params(flatten(cfg))
     splits = splits_for(cfg.data)
+    c, size, _ = splits.image_shape  # logged as loaded: data.image_size/channels set folders only
+    tracker.log_params({**flatten(cfg), "data.image_size": size, "data.channels": c})
     tracker.set_tags({"data.classes": json.dumps(list(splits.classes))})  # the labels, for reports
     budget = labelled_budget(splits, cfg.data, cfg.seed)  # the only labels anything below reads
     kfold = cfg.data.validation == "kfold"

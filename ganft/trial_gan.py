@@ -254,9 +254,26 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
         log.info("GAN %s: reused from the cache", key)
     tracker.set_tags({"gan.cache": "hit" if hit else "miss", "gan.key": key})
     tracker.log_metrics(entry.metrics)
-    log_image_tensor(tracker, entry.samples, "gan_samples.png", nrow=SAMPLES_PER_CLASS,
-                     row_labels=list(splits.classes))  # one row per class
+    rows, labels = real_beside_generated(entry.samples, budget.train, splits.classes,
+                                         conditional=cfg.conditioning != "none")
+    log_image_tensor(tracker, rows, "gan_samples.png", nrow=SAMPLES_PER_CLASS, row_labels=labels)
     return TrialGan(cfg, entry, splits.image_shape, splits.num_classes, trained=not hit)
+
+
+def real_beside_generated(samples: torch.Tensor, real: Images, classes: tuple[str, ...] | list[str], *,
+                          conditional: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """The sample grid's rows: per class, up to SAMPLES_PER_CLASS budget images of that class (the
+    first ones, padded with blank tiles), then its generated row, so a reader compares like with like.
+    ``samples``: (K * SAMPLES_PER_CLASS, C, H, W), class by class. Returns (2K * SAMPLES_PER_CLASS,
+    C, H, W) and the row labels (an unconditional GAN's rows are not classes, and say so)."""
+    per = SAMPLES_PER_CLASS
+    rows, labels = [], []
+    for k, name in enumerate(classes):
+        mine = real.x[real.y == k][:per].to(samples)
+        blank = torch.ones((per - len(mine), *samples.shape[1:]), dtype=samples.dtype, device=samples.device)
+        rows += [torch.cat([mine, blank]), samples[k * per:(k + 1) * per]]
+        labels += [f"{name} (real)", f"{name} (GAN)" if conditional else "GAN (no class)"]
+    return torch.cat(rows), labels
 
 
 class GanOnDemand:

@@ -4,13 +4,17 @@ themselves, a did-you-mean everywhere, a data check that takes a folder and warn
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from PIL import Image
 
 from ganft.cli import main
+from ganft.tracker import MIN_GRID_WIDTH
 
 ONE = """\
 name: one
@@ -52,6 +56,16 @@ def test_report_of_an_unknown_study_lists_those_with_runs(studies: Path,
     assert "study 'onne' has no finished runs yet; there is no studies/onne.yaml either (studies with runs " \
            "here: one; study files: one)" in err
     assert main(["report", "one"]) == 0  # the same peek lets a study with runs through
+    md = (studies / "reports" / "one" / "index.md").read_text()
+    assert re.search(r"\b1 pairs\b", md) is None and "1 pair)" in md  # one seed: singular
+    client = MlflowClient(f"sqlite:///{studies / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("one").experiment_id],
+                             filter_string="tags.`ganft.grid_point` = 'r1.0'")[0]
+    assert (run.data.params["data.image_size"], run.data.params["data.channels"]) == ("8", "1")  # digits
+    grid = Image.open(client.download_artifacts(run.info.run_id, "gan_samples.png", str(studies)))
+    tile_w = 8 * (8 + 1) + 1  # make_grid: 8 images of 8 px a row, 1 px padding
+    scale = -(-MIN_GRID_WIDTH // tile_w)
+    assert grid.height == (2 * 10 * (8 + 1) + 1) * scale  # a real and a generated row for each of 10 classes
 
 
 def test_study_keys_prints_every_choice_and_a_description(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,3 +116,54 @@ def test_data_check_takes_an_image_folder_and_warns_of_a_tiny_split(
     assert "warning: the validation set (from-budget) has 20 images, so one image moves its accuracy by " \
            "5.0 pp" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "nothing")]) == 2  # neither a folder nor a study
+
+
+def test_sample_grid_puts_real_budget_images_above_each_class_row() -> None:
+    import torch
+
+    from ganft.gan_train import SAMPLES_PER_CLASS as PER
+    from ganft.images import Images
+    from ganft.trial_gan import real_beside_generated
+
+    samples = torch.rand(3 * PER, 1, 8, 8) * 2 - 1  # 3 classes, class by class
+    y = torch.tensor([0] * 10 + [1] * 3 + [2] * 9)  # class 1 has fewer budget images than a row
+    real = Images(torch.arange(len(y)).float().view(-1, 1, 1, 1).expand(-1, 1, 8, 8) / 100, y)
+    rows, labels = real_beside_generated(samples, real, ("a", "b", "c"))
+    assert rows.shape == (6 * PER, 1, 8, 8)
+    assert labels == ["a (real)", "a (GAN)", "b (real)", "b (GAN)", "c (real)", "c (GAN)"]
+    row = rows.view(6, PER, 1, 8, 8)
+    assert torch.equal(row[0], real.x[:PER]) and torch.equal(row[4], real.x[13:13 + PER])  # same class
+    assert torch.equal(row[2, :3], real.x[10:13]) and (row[2, 3:] == 1).all()  # blank (white) tiles
+    assert torch.equal(row[3], samples[PER:2 * PER])
+    _, labels = real_beside_generated(samples, real, ("a", "b", "c"), conditional=False)
+    assert labels[1::2] == ["GAN (no class)"] * 3
+
+
+def test_the_readme_documents_every_flag_of_every_command() -> None:
+    """The README's command table has a row per command that names every flag its --help shows."""
+    import argparse
+
+    from ganft.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Commands and flags", 1)[1].split("\n## ", 1)[0]
+    rows = {" ".join(w for w in line.split("`")[1].split()[1:] if w.islower()): line  # "study run": row
+            for line in table.splitlines() if line.startswith("| `ganft ")}
+    seen = 0
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        nonlocal seen
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif action.option_strings and action.dest not in ("help", "verbose", "version"):
+                row = rows.get(" ".join(path))
+                assert row is not None, f"no README row for ganft {' '.join(path)}"
+                flag = action.option_strings[-1]
+                assert f"`{flag}" in row, f"{flag} of ganft {' '.join(path)} is not in its README row"
+                seen += 1
+
+    walk(build_parser(), [])
+    assert seen >= 40  # the walk reached every subcommand (40 flags at the time of writing)
+    assert "`-v` / `--verbose`" in table and "`--version`" in table

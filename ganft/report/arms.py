@@ -110,7 +110,7 @@ def _stat(row: pd.Series | None) -> str:
     if math.isnan(row["ci_low"]):
         return f"{pp(row['mean_diff'])} ({row['note']})"
     return (f"{pp(row['mean_diff'])} (95% CI {ci_text(row)}, q = {row['q_value']:.2g}, {row['verdict']}, "
-            f"{int(row['n_pairs'])} pairs)")
+            f"{_n(int(row['n_pairs']), 'pair')})")
 
 
 def _row(table: pd.DataFrame, keys: list[str], ref: pd.Series) -> pd.Series | None:

@@ -15,7 +15,7 @@ from ganft.report import figures as figs
 from ganft.report import sections as sec
 from ganft.report.page import Page, Section
 from ganft.report.stats import paired_cells
-from ganft.report.text import ReportMeta, ci_text, p_text, pp, study_time
+from ganft.report.text import ReportMeta, _n, ci_text, p_text, pp, study_time
 from ganft.report.write import write_page
 from ganft.study.queue import PAIRED_OBJECTIVE_NAME
 
@@ -29,7 +29,7 @@ def confirmation_lines(confirm: pd.DataFrame | None, name: str) -> list[str]:
         return ["The confirmation has no pair of best recipe and real only yet."]
     c = cells.iloc[0]
     ci = c["note"] if math.isnan(c["ci_low"]) else f"95% CI {ci_text(c)}, p = {p_text(c['p_value'])}"
-    return [f"Confirmation on {int(c['n_pairs'])} fresh seeds, tested once: the best recipe "
+    return [f"Confirmation on {_n(int(c['n_pairs']), 'fresh seed')}, tested once: the best recipe "
             f"{pp(c['mean_diff'])} test accuracy vs real only ({ci}; {c['verdict']})."]
 
 
@@ -98,11 +98,7 @@ def write_search_report(results: pd.DataFrame, trials: pd.DataFrame, out_dir: Pa
         fig = figs.fig_optimization_history(history, paired_gain=paired)
         optuna.figures.append((sec.save_figure(fig, out_dir, "optimization_history.png"),
                                "Optimisation history (Optuna)."))
-    if importances is not None and len(importances):
-        importances.to_csv(out_dir / "importances.csv", index=False)
-        optuna.figures.append((sec.save_figure(figs.fig_param_importances(importances), out_dir,
-                                               "param_importances.png"),
-                               "fANOVA parameter importances (Optuna)."))
+    sec.add_importances(optuna, importances, len(complete), out_dir)
     top = complete.head(10)
     optuna.table = pd.DataFrame({"trial": top["number"].astype(int),
                                  "objective (pp)": (100 * top["value"]).round(2),

@@ -26,7 +26,7 @@ from ganft.report.stats import (
     real_only_runs,
     varying_factors,
 )
-from ganft.report.text import ReportMeta, cell_name, ci_text, p_text, pp
+from ganft.report.text import ReportMeta, _n, cell_name, ci_text, p_text, pp
 
 QUALITY_FIGURES = ("quality/fcd", "quality/cas")  # plotted against the gain when the runs have them
 
@@ -116,10 +116,12 @@ def class_section(classes: pd.DataFrame, factors: list[str], out_dir: Path) -> S
 
 def samples_section(samples: dict[int, str]) -> Section:
     return Section("What the GAN made", [
-        "One grid per N: the generator of its lowest seed, the same fixed noise in every grid, one row "
-        "per class (the label the images were made for). A reader can see here why the images helped "
-        "or hurt: blur, wrong classes, one image repeated."],
-        [(name, f"GAN samples at N={n:,}, one row per class.") for n, name in sorted(samples.items())])
+        "One grid per N: the generator of its lowest seed, the same fixed noise in every grid. Per class, "
+        "a row of real budget images of that class (real), then the row generated for it (GAN), so "
+        "a reader can see here why the images helped or hurt: blur, wrong classes, one image repeated, "
+        "a copy of a training image. (A grid logged by an earlier ganft has the generated rows only.)"],
+        [(name, f"Real budget images and GAN samples at N={n:,}, two rows per class.")
+         for n, name in sorted(samples.items())])
 
 
 def quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
@@ -163,14 +165,32 @@ def quality_table(q: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+IMPORTANCE_MIN_TRIALS = 20  # below this, fANOVA's forest splits a handful of points: noise, not a ranking
+
+
+def add_importances(section: Section, importances: pd.DataFrame | None, trials: int, out_dir: Path) -> None:
+    """Optuna's fANOVA importances as a figure captioned with the number of trials they come from, or,
+    below IMPORTANCE_MIN_TRIALS complete trials, a sentence saying why there is none."""
+    if importances is None or not len(importances):
+        return
+    if trials < IMPORTANCE_MIN_TRIALS:
+        section.paragraphs.append(
+            f"No parameter importances: {_n(trials, 'complete trial')}, fewer than the "
+            f"{IMPORTANCE_MIN_TRIALS} below which fANOVA's ranking is noise (optuna-dashboard's chart, "
+            f"another method on the same few trials, can rank the settings differently).")
+        return
+    importances.to_csv(out_dir / "importances.csv", index=False)
+    figure = save_figure(figs.fig_param_importances(importances), out_dir, "param_importances.png")
+    section.figures.append((figure, f"fANOVA parameter importances (Optuna) over {trials:,} complete trials; "
+                                    f"another method (optuna-dashboard's, say) can rank close settings "
+                                    f"differently."))
+
+
 def optuna_section(history: pd.DataFrame | None, importances: pd.DataFrame | None,
-                    out_dir: Path) -> Section:
+                    out_dir: Path, trials: int) -> Section:
     section = Section("What Optuna sees", ["The Optuna objective is validation accuracy (test accuracy "
                                            "is never optimised)."])
-    if importances is not None and len(importances):
-        importances.to_csv(out_dir / "importances.csv", index=False)
-        section.figures.append((save_figure(figs.fig_param_importances(importances), out_dir,
-                                      "param_importances.png"), "fANOVA parameter importances (Optuna)."))
+    add_importances(section, importances, trials, out_dir)
     if history is not None and len(history) and not history["from_grid"].all():
         section.figures.append((save_figure(figs.fig_optimization_history(history), out_dir,
                                       "optimization_history.png"), "Optimisation history (Optuna)."))

@@ -53,7 +53,8 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
         best = (helped if len(helped) else cells).sort_values("mean_diff", ascending=False).iloc[0]
         ci = best["note"] if math.isnan(best["ci_low"]) else \
             f"95% CI {ci_text(best)}, paired t, p = {best['p_value']:.2g}, q = {best['q_value']:.2g}"
-        stat = f"{pp(best['mean_diff'])} test accuracy vs real only ({ci}, {int(best['n_pairs'])} pairs)"
+        pairs = _n(int(best["n_pairs"]), "pair")
+        stat = f"{pp(best['mean_diff'])} test accuracy vs real only ({ci}, {pairs})"
         if len(helped):
             lines.append(f"Best cell: {cell_name(best, factors)}: {stat}; {len(helped)} of {len(cells)} "
                          f"cells show a gain that survives Benjamini-Hochberg (q < 0.05).")
@@ -204,7 +205,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
         sections.append(sec.samples_section(samples))
     sections.append(sec.quality_section(df, out_dir))
     if importances is not None and len(importances) or history is not None and len(history):
-        sections.append(sec.optuna_section(history, importances, out_dir))
+        trials = len(history) if history is not None and len(history) else len(df)
+        sections.append(sec.optuna_section(history, importances, out_dir, trials))
     if protocol is not None and len(protocol):
         sections.append(sec.protocol_section(df, protocol, meta.protocol_study, out_dir))
     fit = controls.fit_section(df) if calibrated else sec.convergence_section(df)
