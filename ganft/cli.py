@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH", help="study YAML file or name, or an image folder "
                        "(root/<class>/<image>, or root/train and root/test)")
 
-    ui = sub.add_parser("ui", help="open the MLflow UI on the default store")
+    ui = sub.add_parser("ui", help="open the MLflow UI on the default store, at a study's runs table")
+    ui.add_argument("study", nargs="?", help="study YAML file or name whose runs the printed address opens "
+                    "(default: the study with the newest run)")
     ui.add_argument("--tracking-uri", help="MLflow backend store (default: sqlite:///mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this "
                     "machine only; the UI has no authentication, so expose it deliberately)")
@@ -325,7 +327,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from ganft.study.mlflow_store import serve_ui
 
-    return serve_ui(args.tracking_uri, args.host, args.port)
+    return serve_ui(args.tracking_uri, args.host, args.port,
+                    study=args.study and _study_name(args.study))
 
 
 def _check_home() -> None:

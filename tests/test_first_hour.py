@@ -174,17 +174,23 @@ def test_ganft_ui_stops_its_whole_process_group_on_sigterm(studies: Path) -> Non
 
 
 @pytest.mark.slow  # a study, the MLflow server and a browser
-def test_mlflow_ui_shows_the_child_runs_in_its_runs_table(studies: Path, chrome_paths) -> None:  # noqa: F811
+def test_the_address_ganft_ui_prints_opens_the_runs_table_with_child_runs_and_test_acc(
+        studies: Path, chrome_paths) -> None:  # noqa: F811
+    """What a newcomer sees (issue 25): the address `ganft ui` prints, opened in a fresh browser
+    profile, is the study's runs table in the model-training view, every trial run listed (not folded
+    under its parent) with test/acc and the grid's settings as columns. It is printed once the server
+    answers, not before."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    (studies / "studies" / "one.yaml").write_text(ONE_POINT + "  seed: [0, 1]\n")
     assert main(["study", "run", "one", "--no-progress"]) == 0
-    exp_id = MlflowClient(f"sqlite:///{studies / 'mlflow.db'}").get_experiment_by_name("one").experiment_id
     port = _free_port()
     env = {**os.environ, "GANFT_HOME": str(studies), "MLFLOW_DISABLE_TELEMETRY": "true"}
     ui = subprocess.Popen([sys.executable, "-m", "ganft.cli", "ui", "--port", str(port)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          start_new_session=True)
     browser, driver_path = chrome_paths
     options = webdriver.ChromeOptions()
     options.binary_location = browser
@@ -192,27 +198,29 @@ def test_mlflow_ui_shows_the_child_runs_in_its_runs_table(studies: Path, chrome_
         options.add_argument(flag)
     drv = None
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health")
+        line = ui.stdout.readline()  # blocks until ganft ui prints its address
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()  # answering already
+        url = re.search(r"http://\S+", line).group(0)
+        assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and "study one's runs" in line, line
         drv = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
         drv.set_page_load_timeout(90)
-        drv.get(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs")
+        drv.get(url)
         try:
-            # the parent run (one per invocation) lists first, its trials folded under it: unfold
-            parent = WebDriverWait(drv, 90).until(
-                lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'one (')]"))
-            cell = parent[0].find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]")
-            cell.find_element(By.TAG_NAME, "button").click()
-            WebDriverWait(drv, 30).until(lambda d: "r1.0" in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(drv, 90).until(lambda d: "r1.0-s1" in d.find_element(By.TAG_NAME, "body").text)
             time.sleep(2)
         finally:  # the screenshot is the evidence either way
             text = drv.find_element(By.TAG_NAME, "body").text
             ARTIFACTS.mkdir(exist_ok=True)
             drv.save_screenshot(str(ARTIFACTS / "mlflow_ui_runs.png"))
+            headers = [h.text for h in drv.find_elements(By.XPATH, "//*[@role='columnheader']")]
     finally:
         if drv is not None:
             drv.quit()
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=60)
-    assert "r0.0" in text and "r1.0" in text, text[:2000]  # both child runs, under their parent
-    assert "3 matching runs" in text  # the parent and its two trials
-    assert "Traces" not in text.split("\n")[:5]  # the runs table, not the GenAI view
+    for run in ("r0.0-s0", "r0.0-s1", "r1.0-s0", "r1.0-s1"):  # every trial, none folded away
+        assert run in text, text[:2000]
+    assert "test/acc" in headers and "synth.ratio" in headers and "seed" in headers, headers
+    # the model-training view's navigation (runs, models, registry), not the GenAI one (overview,
+    # sessions, evaluation runs) that MLflow 3 opened the experiment on before
+    assert "Model registry" in text and "Evaluation runs" not in text and "Sessions" not in text, text[:2000]

@@ -167,3 +167,9 @@ def test_the_readme_documents_every_flag_of_every_command() -> None:
     walk(build_parser(), [])
     assert seen >= 40  # the walk reached every subcommand (40 flags at the time of writing)
     assert "`-v` / `--verbose`" in table and "`--version`" in table
+
+
+def test_ganft_ui_sizes_its_server_to_the_machine() -> None:
+    from ganft.study.mlflow_store import ui_workers
+
+    assert [ui_workers(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]  # MLflow's own default: 4

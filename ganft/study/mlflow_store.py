@@ -342,12 +342,64 @@ def _is_local(uri: str) -> bool:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
+VIEW_KEY = "ganft"  # the shared view ganft ui opens: experiment tag mlflow.sharedViewState.ganft
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def runs_view(client: Any, experiment_id: str) -> dict[str, Any]:
+    """The MLflow UI view of a study that a newcomer should land on: every trial run in one flat
+    table (a sort key other than the start time makes MLflow list child runs unfolded), in grid
+    order by run name, with ``test/acc`` and the settings that vary between trials as columns."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'trial'",
+                              max_results=5000)
+    values: dict[str, set[str]] = {}
+    for r in runs:
+        for k, v in r.data.params.items():
+            values.setdefault(k, set()).add(v)
+    varying = sorted(k for k, v in values.items() if len(v) > 1 or any(k not in r.data.params for r in runs))
+    return {"orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
+            "selectedColumns": ["metrics.`test/acc`", *(f"params.`{k}`" for k in varying)]}
+
+
+def ui_address(uri: str, study: str | None) -> tuple[str, str]:
+    """(experiment id, study name) of ``study``, or of the study whose latest run is newest; its
+    shared runs view (``runs_view``) is written to the experiment's tag VIEW_TAG on the way.
+    LookupError when there is no such study."""
+    import json
+
+    from mlflow import MlflowClient
+
+    _quiet()
+    client = MlflowClient(tracking_uri=uri)
+    exps = [e for e in client.search_experiments() if e.name not in ("Default", CACHE_EXPERIMENT)]
+    if study is not None:
+        exps = [e for e in exps if e.name == study]
+    if not exps:
+        where = redact(uri)
+        raise LookupError(f"no study {study!r} in {where}" if study else f"no study in {where} yet")
+    newest = client.search_runs([e.experiment_id for e in exps], order_by=["attributes.start_time DESC"],
+                                max_results=1)
+    exp = next((e for e in exps if newest and e.experiment_id == newest[0].info.experiment_id), exps[0])
+    _tag_experiment(client, exp.experiment_id, VIEW_TAG, json.dumps(runs_view(client, exp.experiment_id)))
+    return exp.experiment_id, exp.name
+
+
+def ui_workers(cpus: int | None = None) -> int:
+    """Server processes for ``ganft ui``: one per 4 CPUs, 1 to 4 (MLflow starts 4, which on a
+    2-core machine took a minute to answer); one person browsing needs few."""
+    return max(1, min(4, (cpus or os.cpu_count() or 1) // 4))
+
+
+def serve_ui(tracking_uri: str | None, host: str, port: int, study: str | None = None,
+             wait_s: float = 300.0) -> int:
     """``ganft ui``: the MLflow UI (``mlflow ui``) on the store, in a process group of its own that
-    is stopped whole (the server and its workers) on Ctrl-C or SIGTERM."""
+    is stopped whole (the server and its workers) on Ctrl-C or SIGTERM. The address it prints (once
+    the server answers) opens ``study``'s runs table (or the newest study's) in the model-training
+    view, child runs listed, ``test/acc`` and the varying settings as columns."""
     import signal
     import subprocess
     import sys
+    import urllib.request
 
     from ganft.paths import project_root
 
@@ -358,16 +410,43 @@ def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
               f"Keep it on 127.0.0.1 and reach it through an SSH tunnel (ssh -L {port}:127.0.0.1:{port} "
               f"HOST), or put it behind a reverse proxy that authenticates (or mlflow server "
               f"--app-name basic-auth).", file=sys.stderr, flush=True)
+    try:
+        experiment_id, name = ui_address(uri, study)
+        page = (f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                f"&viewStateShareKey={VIEW_KEY}")
+    except LookupError as exc:
+        if study is not None:
+            raise StudyError(f"ganft ui: {exc}; `ganft ui` without a study opens the newest one") from None
+        print(f"ganft ui: {exc}; the UI opens on its experiment list", file=sys.stderr, flush=True)
+        name, page = "", ""
+    workers = ui_workers()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port)]
-    print(f"MLflow UI on http://{host}:{port} for {redact(uri)} (Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: one signal stops it all
+           "--port", str(port), "--workers", str(workers)]
+    # its own group: one signal stops it all; its output goes to stderr, so stdout is the address alone
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=sys.stderr)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        deadline = time.monotonic() + wait_s
+        while proc.poll() is None:  # the address is printed once it answers, not before
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    print(f"ganft ui: the MLflow server did not answer on {base} within {wait_s:.0f} s",
+                          file=sys.stderr, flush=True)
+                    return _stop_group(proc) or 1
+                time.sleep(0.3)
+        else:
+            return proc.returncode
+        what = f"study {name}'s runs" if name else "the experiments"
+        print(f"MLflow UI for {redact(uri)}, {workers} server worker{'s' if workers > 1 else ''}; "
+              f"{what}: {base}/{page} (Ctrl-C stops it)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return _stop_group(proc)
