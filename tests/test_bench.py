@@ -39,6 +39,7 @@ SMOKE = {  # script -> its tiny arguments ({fashion}, {out} are filled in)
     "folder_load.py": ["--images", "30", "--json", "{out}"],
     "seed_reference.py": ["--steps", "1", "--root", "{fashion}"],
     "shared_machine.py": ["--gan-steps", "2", "--clf-steps", "2", "--json", "{out}"],
+    "quick_profile.py": ["--study", str(BENCH / "smoke.yaml"), "--json", "{out}"],
     "startup.py": ["--runs", "1", "--json", "{out}"],
     "workers.py": ["--study", str(BENCH / "smoke.yaml"), "--workers", "1"],
 }

@@ -158,8 +158,8 @@ class Summary:
                     f"nothing to run."]
         elsewhere = f"{self.running} running in other workers, " if self.running else ""
         out = [f"study {cfg.name}: {self.complete} of {self.total} grid points complete, "
-               f"{elsewhere}{len(self.failed)} failed; this run: {self.ran} trials, "
-               f"{self.gans_trained} GANs trained, {self.seconds:.1f} s."]
+               f"{elsewhere}{len(self.failed)} failed; this run: {_n(self.ran, 'trial')}, "
+               f"{_n(self.gans_trained, 'GAN')} trained, {self.seconds:.1f} s."]
         out += [f"  failed {ps.name} ({ps.attempts} attempt(s), max_retries {cfg.max_retries}): {ps.reason}"
                 for ps in self.failed]
         if self.workers_lost:
@@ -168,6 +168,10 @@ class Summary:
                        (f"rerun the same command to finish the {todo} point(s) left" if todo else
                         "the other workers finished their points"))
         return out
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _summary(study: optuna.Study, cfg: StudyConfig, **kw: Any) -> Summary:
