@@ -295,7 +295,7 @@ class ClassifierConfig(StrictModel):
     # bn-cnn: two 3x3 conv + batch norm + max-pool stages (the strong default, bench/baseline.py);
     # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small stem
     arch: Literal["bn-cnn", "seed-cnn", "resnet18"] = "bn-cnn"
-    """Bn-cnn (the strong default), seed-cnn (the seed article's) or resnet18."""
+    """bn-cnn (the strong default), seed-cnn (the seed article's) or resnet18."""
     # scratch | discriminator (the trained GAN's D trunk, new head) | pretrained (a `ganft pretrain`
     # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
     init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
@@ -309,7 +309,7 @@ class ClassifierConfig(StrictModel):
     # full | linear-probe (only the head trains; trunk frozen, BatchNorm statistics included) |
     # head-then-full (head alone for head_fraction of the fine-tuning steps, then all at lr * full_lr_scale)
     freeze: Literal["full", "linear-probe", "head-then-full"] = "full"
-    """Full, linear-probe (trunk frozen) or head-then-full."""
+    """full, linear-probe (trunk frozen) or head-then-full."""
     head_fraction: float = Field(0.2, gt=0, lt=1)
     """freeze head-then-full: the share of steps that train the head alone."""
     full_lr_scale: float = Field(0.1, gt=0, le=1)
