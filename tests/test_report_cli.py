@@ -121,7 +121,7 @@ def test_the_sample_grids_come_from_gan_runs_not_from_the_controls(home: Path) -
     assert main(["report", "ctl"]) == 0
     out = home / "reports" / "ctl"
     assert (out / "samples_n100.png").read_bytes() == b"png of n100-r1.0-s0"  # not the oracle run's
-    assert "![GAN samples at N=100" in (out / "index.md").read_text()
+    assert "![Real budget images and GAN samples at N=100" in (out / "index.md").read_text()
 
 
 # --------------------------------------------------------------------------- report writes (issue 23, item 9)
