@@ -21,7 +21,8 @@ grid:
 
 BAD = {
     "unknown key": ("name: x\nbase:\n  gan: {stepz: 10}\n",
-                    r"base\.gan\.stepz: unknown key; did you mean steps, d_steps\? allowed: arch, loss, steps"),
+                    r"base\.gan\.stepz: unknown key; did you mean steps, d_steps\? "
+                    r"allowed: arch, loss, steps"),
     "wrong type": ("name: x\nbase:\n  gan: {steps: many}\n",
                    r"base\.gan\.steps: Input should be a valid integer.*'many'"),
     "out of range": ("name: x\nbase:\n  synth: {ratio: -1}\n",

@@ -12,29 +12,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
+from test_first_hour import ONE_POINT as ONE
+from test_first_hour import studies  # noqa: F401 (a fixture)
 
 from ganft.cli import main
 from ganft.tracker import MIN_GRID_WIDTH
 
-ONE = """\
-name: one
-base:
-  data: {dataset: digits, train_size: 30}
-  gan: {steps: 6, width: 8, z_dim: 8, batch_size: 16}
-  classifier: {steps: 6, width: 8, eval_every: 3, batch_size: 16}
-grid:
-  synth.ratio: [0, 1]
-"""
 
-
-@pytest.fixture
-def studies(home: Path) -> Path:
-    (home / "studies").mkdir()
-    (home / "studies" / "one.yaml").write_text(ONE)
-    return home
-
-
-def test_report_of_a_study_that_never_ran_says_what_to_run_at_once(studies: Path) -> None:
+def test_report_of_a_study_that_never_ran_says_what_to_run_at_once(studies: Path) -> None:  # noqa: F811
     """Exit 2 and the command, decided before MLflow or the plotting stack is imported (a fresh
     interpreter shows what the command loaded), and no store is created."""
     code = ("import sys; from ganft.cli import main; rc = main(['report', 'one']); "
@@ -47,8 +32,8 @@ def test_report_of_a_study_that_never_ran_says_what_to_run_at_once(studies: Path
     assert sorted(p.name for p in studies.iterdir()) == ["studies"]  # no mlflow.db, no journal
 
 
-def test_report_of_an_unknown_study_lists_those_with_runs(studies: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_of_an_unknown_study_lists_those_with_runs(
+        studies: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     assert main(["study", "run", "one", "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["report", "onne"]) == 2
@@ -87,7 +72,7 @@ def test_study_keys_prints_every_choice_and_a_description(capsys: pytest.Capture
     ("base", "  gann: {steps: 6}\n", "base.gann: unknown key; did you mean gan?"),
     ("study", "bsae: {}\n", "bsae: unknown key; did you mean base?"),
 ])
-def test_a_typo_in_any_key_gets_a_did_you_mean(studies: Path, capsys: pytest.CaptureFixture[str],
+def test_a_typo_in_any_key_gets_a_did_you_mean(studies: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
                                                where: str, typo: str, hint: str) -> None:
     text = ONE.replace("base:\n", f"base:\n{typo}") if where == "base" else ONE + typo
     (studies / "studies" / "typo.yaml").write_text(text.replace("name: one", "name: typo"))
