@@ -371,7 +371,10 @@ def load(cfg: DataConfig) -> Splits:
 def describe(cfg: DataConfig, budget: bool = True) -> list[str]:
     """``ganft data check``: what a study's dataset holds, once loaded (and cached) as a trial would;
     ``budget`` False for a bare image folder, whose check has no N to range-check."""
-    check_sizes(cfg) if budget else check_root(cfg.root)
+    if budget:
+        check_sizes(cfg)
+    else:
+        check_root(cfg.root)
     splits = load(cfg)
     c, h, w = splits.image_shape
     cached = "bundled with scikit-learn" if cfg.dataset == "digits" else \

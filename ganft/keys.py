@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from ganft.config import ConfigError, TrialConfig
 
@@ -32,12 +33,17 @@ def config_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[
     return keys
 
 
-def field_annotation(key: str, model: type[BaseModel] = TrialConfig) -> Any:
-    """The type annotation of a dotted config key, e.g. ``float`` for ``gan.lr_d``."""
+def config_field(key: str, model: type[BaseModel] = TrialConfig) -> FieldInfo:
+    """The pydantic field of a dotted config key (its annotation, default and description)."""
     *parents, leaf = key.split(".")
     for p in parents:
         model = model.model_fields[p].annotation
-    return model.model_fields[leaf].annotation
+    return model.model_fields[leaf]
+
+
+def field_annotation(key: str, model: type[BaseModel] = TrialConfig) -> Any:
+    """The type annotation of a dotted config key, e.g. ``float`` for ``gan.lr_d``."""
+    return config_field(key, model).annotation
 
 
 def describe_keys() -> list[str]:
@@ -46,11 +52,7 @@ def describe_keys() -> list[str]:
     base = flatten(TrialConfig())
     lines = []
     for key in config_keys():
-        *parents, leaf = key.split(".")
-        model: Any = TrialConfig
-        for p in parents:
-            model = model.model_fields[p].annotation
-        field = model.model_fields[leaf]
+        field = config_field(key)
         default = "null" if base[key] is None else base[key]
         lines.append(f"{key}: {type_text(field.annotation)}; default {default}")
         lines.append(f"    {field.description or ''}".rstrip())

@@ -20,10 +20,9 @@ import pandas as pd
 
 from ganft.paths import provenance
 from ganft.redact import redact
-from ganft.study.peek import default_tracking_uri
+from ganft.study.peek import PARENT_TAG, default_tracking_uri
 from ganft.study.storage import StudyError
 
-PARENT_TAG = "ganft.role"  # "parent" (one per invocation) or "trial"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to choose its view
 MODEL_TRAINING = "custom_model_development"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ganft.paths import project_root
 
-ROLE_TAG = "ganft.role"  # as study/mlflow_store.PARENT_TAG (not imported: that module imports pandas)
+PARENT_TAG = "ganft.role"  # a run's role: "parent" (one per invocation) or "trial" (study/mlflow_store.py)
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -39,7 +39,7 @@ def finished_trials(tracking_uri: str) -> dict[str, int] | None:
                 "SELECT e.name, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
                 "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'trial' "
                 "WHERE e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' "
-                "AND r.status = 'FINISHED' GROUP BY e.name", (ROLE_TAG,)).fetchall()
+                "AND r.status = 'FINISHED' GROUP BY e.name", (PARENT_TAG,)).fetchall()
     except sqlite3.Error:
         return None
     return {str(name): int(n) for name, n in rows}
