@@ -6,6 +6,9 @@ lives in ``ganft.diffaugment``.) Policies, by ``classifier.augment``:
   offset, and mirror where that keeps the label. No pixel is resampled: every training image stays
   as sharp as the test images. What torchvision's ``v2.RandomCrop(size, padding=pad)`` and
   ``v2.RandomHorizontalFlip()`` do, drawn per image and done as one gather over the batch.
+- ``flip``: mirror images only (half of them, drawn per image), no shift: for centred data such as
+  Fashion-MNIST, where a shifted image looks like no test image. Only where a mirror image keeps
+  the label (a study file asking it of digits is refused before any work).
 - ``affine`` (``classic`` is its earlier name): crop-flip's shift plus a small rotation and
   scale, all one bilinear resampling, so *every* image is resampled (blurred) even when the
   rotation and scale drawn are close to identity: see below.
@@ -32,12 +35,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ganft.config import HFLIP_PRESERVES_LABEL  # whether a mirror image keeps a dataset's labels
 from ganft.runtime import seeded
 
-# Whether a left-right mirror image keeps its class. Digits do not (a mirrored 2, 3, 7 is not a
-# digit); clothes do. A dataset added to ganft must say which (a test checks every dataset name).
-# An image folder says so itself (data.hflip, off by default).
-HFLIP_PRESERVES_LABEL = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
 MAX_DEGREES = 10.0
 SCALE_RANGE = (0.9, 1.1)
 BACKGROUND = -1.0  # images are in [-1, 1] on a black background: what shifted-in pixels get
@@ -122,6 +122,19 @@ class CropFlip:
         return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+@dataclass(frozen=True)
+class Flip:
+    """Horizontal flip of half the images, drawn per image, and nothing else: torchvision's
+    ``v2.RandomHorizontalFlip()`` per image. A weak view for centred images (see the module text)."""
+
+    size: int
+    hflip: bool
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        flip = torch.rand(len(x), generator=gen, device=x.device) < (0.5 if self.hflip else 0.0)
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 CUTOUT_FRACTION = 0.5  # side of the cutout square, as a share of the image side (FixMatch's bound)
 STRONG_GROUP = 8  # images per v2.RandAugment call: each group draws its own operations
 
@@ -181,12 +194,12 @@ def label_safe_hflip(dataset: str, hflip: bool | None) -> bool:
     return HFLIP_PRESERVES_LABEL[dataset]
 
 
-AUGMENTS = {"none": None, "crop-flip": CropFlip, "affine": ClassicAugment, "classic": ClassicAugment,
-            "strong": StrongAugment}
+AUGMENTS = {"none": None, "flip": Flip, "crop-flip": CropFlip, "affine": ClassicAugment,
+            "classic": ClassicAugment, "strong": StrongAugment}
 
 
 def classifier_augment(name: str, dataset: str, size: int,
-                       hflip: bool | None = None) -> CropFlip | ClassicAugment | StrongAugment | None:
+                       hflip: bool | None = None) -> Flip | CropFlip | ClassicAugment | StrongAugment | None:
     """The ``classifier.augment`` variant for a dataset, or None for no augmentation; ``hflip``
     says whether a mirror image keeps its label where the dataset table does not (image folders)."""
     if name not in AUGMENTS:

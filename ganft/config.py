@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # The dataset names are checked here (a Literal), their sizes in data.py (which knows the pools).
 DatasetName = Literal["digits", "fashion-mnist", "mnist", "cifar10", "imagefolder"]
 BuiltinDataset = Literal["digits", "fashion-mnist", "mnist", "cifar10"]
+# Whether a left-right mirror image keeps its class. Digits do not (a mirrored 2, 3, 7 is not a
+# digit); clothes do. A dataset added to ganft must say which (a test checks every dataset name).
+# An image folder says so itself (data.hflip, off by default).
+HFLIP_PRESERVES_LABEL = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
 
 
 # Bounds that catch a typo before it becomes a week of compute or an allocation no machine has: a
@@ -335,11 +339,12 @@ class ClassifierConfig(StrictModel):
     """AdamW's decoupled weight decay."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     """Label smoothing of the cross-entropy."""
-    # none | crop-flip: whole-pixel crop with padding, h-flip where it keeps the label (no resampling) |
+    # none | flip: mirror images only, where that keeps the label (centred data) | crop-flip: whole-
+    # pixel crop with padding, h-flip where it keeps the label (no resampling) |
     # affine (classic: its earlier name): crop+pad, small rotation and scale, h-flip if label-safe, one
     # bilinear resampling of every image | strong: crop-flip + RandAugment + cutout (FixMatch's strong view)
-    augment: Literal["none", "crop-flip", "affine", "classic", "strong"] = "none"
-    """Training augmentation: none, crop-flip, affine (classic), or strong."""
+    augment: Literal["none", "flip", "crop-flip", "affine", "classic", "strong"] = "none"
+    """Training augmentation: none, flip, crop-flip, affine (classic), or strong."""
     width: int = Field(32, ge=4, le=512)
     """First-stage channels of bn-cnn and seed-cnn (resnet18: fixed)."""
     # validation accuracy every K steps; the best checkpoint is kept
@@ -438,6 +443,11 @@ def check_unlabelled(cfg: TrialConfig) -> None:
         raise ValueError(f"gan.freeze_d {cfg.gan.freeze_d} applies to gan.train_on transfer only")
 
 
+def mirror_keeps_label(data: DataConfig) -> bool:
+    """Whether a mirror image keeps its label: the image folder's ``data.hflip``, else the table."""
+    return data.hflip if data.dataset == "imagefolder" else HFLIP_PRESERVES_LABEL[data.dataset]
+
+
 def check_classifier_recipe(cfg: TrialConfig) -> None:
     """Rules that join the classifier to the GAN, data and mix sections; the error names both keys."""
     c = cfg.classifier
@@ -462,6 +472,10 @@ def check_classifier_recipe(cfg: TrialConfig) -> None:
             raise ValueError(f"synth.real_fraction {cfg.synth.real_fraction} of classifier.batch_size "
                              f"{c.batch_size} leaves {real} real images per batch; it needs at least one "
                              f"real and one synthetic image")
+    if c.augment == "flip" and not mirror_keeps_label(cfg.data):
+        raise ValueError(f"classifier.augment flip mirrors images, and a mirror image does not keep a "
+                         f"{cfg.data.dataset} label (image folders: set data.hflip true if it does): "
+                         f"use none or crop-flip")
     if c.init == "discriminator" and c.arch != "seed-cnn":
         raise ValueError(f"classifier.init discriminator needs classifier.arch seed-cnn (the "
                          f"discriminator's shape), not {c.arch}")

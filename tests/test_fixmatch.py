@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from ganft import pipeline
-from ganft.classic_augment import BACKGROUND, CropFlip, StrongAugment, classifier_augment, cutout, shift_crop
+from ganft.classic_augment import (
+    BACKGROUND,
+    CropFlip,
+    Flip,
+    StrongAugment,
+    classifier_augment,
+    cutout,
+    shift_crop,
+)
 from ganft.cli import main
 from ganft.config import ClassifierConfig, DataConfig, FixMatchConfig, TrialConfig
 from ganft.data import labelled_budget, load_splits, unlabelled_images, unlabelled_positions, unlabelled_truth
@@ -65,6 +73,31 @@ def test_crop_flip_never_resamples_and_flips_only_where_labels_survive() -> None
     assert 10 < sum(mirrored) < 54  # with hflip about half the images are mirrored...
     assert classifier_augment("crop-flip", "digits", 8).hflip is False  # ...but never a digit
     assert classifier_augment("crop-flip", "fashion-mnist", 28).hflip is True
+
+
+def test_flip_mirrors_about_half_the_images_and_moves_no_pixel_otherwise() -> None:
+    x = fashion_like(200)
+    out = classifier_augment("flip", "fashion-mnist", 28)(x, make_generator(3))
+    assert isinstance(classifier_augment("flip", "fashion-mnist", 28), Flip)
+    pairs = list(zip(out, x, strict=True))
+    mirrored = torch.tensor([torch.equal(o, i.flip(-1)) and not torch.equal(o, i) for o, i in pairs])
+    kept = torch.tensor([torch.equal(o, i) for o, i in pairs])
+    assert (mirrored | kept).all()  # each image is itself or its mirror image: no shift, no resampling
+    assert 70 < int(mirrored.sum()) < 130  # drawn per image, half of them
+    assert torch.equal(out, Flip(28, True)(x, make_generator(3)))  # the generator decides everything
+
+
+def test_flip_is_refused_where_a_mirror_image_changes_the_label() -> None:
+    with pytest.raises(ValueError, match="classifier.augment flip mirrors images, and a mirror image "
+                                         "does not keep a digits label"):
+        tiny(classifier={"augment": "flip"})
+    ok = {"dataset": "fashion-mnist", "train_size": 100, "unlabelled_size": "all"}
+    assert tiny(data=ok, classifier={"augment": "flip"}).classifier.augment == "flip"
+    folder = {"dataset": "imagefolder", "root": "/x", "unlabelled_size": 0}
+    with pytest.raises(ValueError, match="set data.hflip true if it does"):
+        TrialConfig.model_validate({"data": folder, "classifier": {"augment": "flip"}})
+    assert TrialConfig.model_validate({"data": {**folder, "hflip": True},
+                                       "classifier": {"augment": "flip"}}).data.hflip
 
 
 @pytest.mark.parametrize("policy", ["crop-flip", "strong", "affine"])
