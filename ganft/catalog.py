@@ -129,10 +129,10 @@ def check_oracle(cfg: DataConfig, ratio: float) -> None:
                               f"the ratio or N")
 
 
-def check_fixmatch_pool(cfg: DataConfig, per_step: int, what: str) -> None:
-    """``synth.source fixmatch`` draws ``per_step`` distinct unlabelled images a step: the pool (the
-    training split less the budget and any validation set, or data.unlabelled_size of it) must hold
-    them. Raises one ConfigError naming the keys."""
+def check_unlabelled_pool(cfg: DataConfig, per_step: int, what: str, lower: str) -> None:
+    """FixMatch and the semi-supervised GAN draw ``per_step`` distinct unlabelled images a step: the
+    pool (the training split less the budget and any validation set, or data.unlabelled_size of it)
+    must hold them. Raises one ConfigError naming the keys (``lower``: the keys that set per_step)."""
     total = sum(train_counts(cfg))
     pool = total - cfg.train_size - (cfg.val_size or 0)
     if cfg.unlabelled_size != "all":
@@ -140,8 +140,7 @@ def check_fixmatch_pool(cfg: DataConfig, per_step: int, what: str) -> None:
     if pool < per_step:
         where = f"imagefolder {cfg.root}" if cfg.dataset == "imagefolder" else cfg.dataset
         raise ConfigError(f"{what} = {per_step:,} unlabelled images a step, and {where} has {max(pool, 0):,} "
-                          f"outside the budget (data.unlabelled_size {cfg.unlabelled_size}): lower "
-                          f"fixmatch.mu or classifier.batch_size")
+                          f"outside the budget (data.unlabelled_size {cfg.unlabelled_size}): lower {lower}")
 
 
 def plot_label(name: str) -> str:

@@ -269,8 +269,10 @@ class SynthConfig(StrictModel):
     # again with another data-order seed (an A/A test; needs ratio 0)
     # fixmatch: no images added (ratio 0); the classifier trains by FixMatch on the budget and the
     # data.unlabelled_size images (the fixmatch section)
-    source: Literal["gan", "self-training", "fixmatch", "oracle", "placebo"] = "gan"
-    """Where added images come from: gan, self-training, fixmatch, or the controls oracle and placebo."""
+    # ssgan: no images added (ratio 0); the classifier is the discriminator of a semi-supervised GAN
+    # trained on the budget, the data.unlabelled_size images and its generator's samples (the ssgan section)
+    source: Literal["gan", "self-training", "fixmatch", "ssgan", "oracle", "placebo"] = "gan"
+    """Where added images come from: gan, self-training, fixmatch, ssgan, or the controls oracle, placebo."""
     # self-training only: rounds of pseudo-labelling; round 1's teacher is the real-subset labeller,
     # each later round's is the student of the round before (trained on the budget and its
     # pseudo-labelled images, with classifier.augment as its noise); the last student is the result
@@ -373,6 +375,28 @@ class FixMatchConfig(StrictModel):
     """EMA decay of the weights that are evaluated; 0: the raw weights."""
 
 
+class SsganConfig(StrictModel):
+    # synth.source ssgan (Salimans et al. 2016, "Improved Techniques for Training GANs"): the
+    # classifier (classifier.arch seed-cnn, no batch norm, weight-normalised) is the discriminator; K
+    # class logits, the fake logit fixed at 0, so D(x) = sigmoid(logsumexp of the class logits). Each
+    # of classifier.steps steps: a labelled batch (cross-entropy), an unlabelled batch (real) and a
+    # generated batch (fake), each classifier.batch_size images; the generator (gan.arch dcgan,
+    # unconditional, gan.width and gan.z_dim) is trained by feature matching on D's trunk output. Both
+    # use Adam(lr, beta1 0.5) on classifier.schedule; the EMA of D's weights is the trained classifier
+    input_noise: float = Field(0.3, ge=0, le=2)
+    """Std of the Gaussian noise added to D's inputs while training (pixels in [-1, 1])."""
+    dropout: float = Field(0.5, ge=0, lt=1)
+    """Dropout before D's class head while training."""
+    # the paper's 3e-4 is for 10^5 steps and more; at the 10^3 steps of a study here 1e-3 (the
+    # classifier recipe's rate) fits the labelled images (tests/test_ssgan.py)
+    lr: float = Field(1e-3, gt=0, le=1)
+    """Adam learning rate of D and G (beta1 0.5)."""
+    unlabelled_weight: float = Field(1.0, ge=0, le=100)
+    """Weight of the real/fake (unlabelled and generated) loss beside the supervised one."""
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    """EMA decay of D's weights that are evaluated; 0: the raw weights."""
+
+
 class TrialConfig(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     """The trial's seed: the labelled subset, initialisations and batch order follow from it."""
@@ -382,6 +406,7 @@ class TrialConfig(StrictModel):
     classifier: ClassifierConfig = ClassifierConfig()
     quality: QualityConfig = QualityConfig()
     fixmatch: FixMatchConfig = FixMatchConfig()
+    ssgan: SsganConfig = SsganConfig()
 
     @model_validator(mode="after")
     def _classifier_recipe_fits(self) -> TrialConfig:
@@ -405,6 +430,8 @@ def check_unlabelled(cfg: TrialConfig) -> None:
     if cfg.synth.source == "fixmatch" and cfg.synth.ratio:
         raise ValueError(f"synth.source fixmatch adds no images (it trains on the unlabelled ones by "
                          f"consistency): set synth.ratio 0, not {cfg.synth.ratio}")
+    if cfg.synth.source == "ssgan":
+        check_ssgan(cfg)
     if cfg.synth.source == "fixmatch" and cfg.classifier.augment == "none":
         raise ValueError("synth.source fixmatch needs a weak view: set classifier.augment (crop-flip, as "
                          "the paper's flip-and-shift), not none")
@@ -425,7 +452,8 @@ def check_unlabelled(cfg: TrialConfig) -> None:
              ("gan.transfer_source unlabelled", cfg.gan.train_on == "transfer"
               and cfg.gan.transfer_source == "unlabelled"),
              ("synth.source self-training", cfg.synth.source == "self-training"),
-             ("synth.source fixmatch", cfg.synth.source == "fixmatch")]
+             ("synth.source fixmatch", cfg.synth.source == "fixmatch"),
+             ("synth.source ssgan", cfg.synth.source == "ssgan")]
     for what, applies in needs:
         if applies and cfg.data.unlabelled_size == 0:
             raise ValueError(f"{what} needs unlabelled images: set data.unlabelled_size (a count, or all)")
@@ -441,6 +469,27 @@ def check_unlabelled(cfg: TrialConfig) -> None:
                          f"have; use transfer_source unlabelled for its images without labels")
     if cfg.gan.freeze_d and cfg.gan.train_on != "transfer":
         raise ValueError(f"gan.freeze_d {cfg.gan.freeze_d} applies to gan.train_on transfer only")
+
+
+def check_ssgan(cfg: TrialConfig) -> None:
+    """What the semi-supervised GAN arm needs: its classifier is a discriminator trained from scratch
+    and kept as its last (EMA) weights, and it adds no images."""
+    c = cfg.classifier
+    if cfg.synth.ratio:
+        raise ValueError(f"synth.source ssgan adds no images (its classifier is the GAN's discriminator): "
+                         f"set synth.ratio 0, not {cfg.synth.ratio}")
+    if c.arch != "seed-cnn":
+        raise ValueError(f"synth.source ssgan trains the classifier as the GAN's discriminator, which needs "
+                         f"classifier.arch seed-cnn (strided convs, no batch norm over real and generated "
+                         f"batches), not {c.arch}")
+    for key, value, allowed in (("classifier.init", c.init, "scratch"),
+                                ("classifier.freeze", c.freeze, "full"), ("gan.arch", cfg.gan.arch, "dcgan")):
+        if value != allowed:
+            raise ValueError(f"synth.source ssgan trains its discriminator and generator from scratch at the "
+                             f"data's size: set {key} {allowed}, not {value}")
+    if cfg.data.validation not in ("none", "kfold"):
+        raise ValueError(f"synth.source ssgan keeps its last EMA weights and selects nothing: use "
+                         f"data.validation none or kfold, not {cfg.data.validation}")
 
 
 def mirror_keeps_label(data: DataConfig) -> bool:

@@ -40,6 +40,7 @@ from ganft.labeller import Labeller
 from ganft.pretrain import initial_trunk_state
 from ganft.quality import trial_quality
 from ganft.runtime import derive_seed
+from ganft.ssgan import obtain_ssgan
 from ganft.store import CheckpointCache
 from ganft.synth import oracle_set, self_training_set, synthesise, synthetic_count
 from ganft.tracker import NULL_TRACKER, Tracker
@@ -127,13 +128,15 @@ def placebo(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     return Added(None, order_seed=derive_seed(cfg.seed, "clf-batches", "placebo"))
 
 
-def fixmatch(cfg: TrialConfig, t: TrialData, n: int) -> Added:
-    """FixMatch adds no images: its unlabelled images enter through its own training (``fit``)."""
+def trains_itself(cfg: TrialConfig, t: TrialData, n: int) -> Added:
+    """FixMatch and the semi-supervised GAN add no images: the unlabelled images enter through their
+    own training (``fit``)."""
     return Added(None)
 
 
-ARMS: dict[str, Arm] = {"gan": adds(generated), "self-training": adds(self_training), "oracle": adds(oracle),
-                        "placebo": placebo, "fixmatch": fixmatch}  # by synth.source
+ARMS: dict[str, Arm] = {"gan": adds(generated), "self-training": adds(self_training),  # by synth.source
+                        "oracle": adds(oracle), "placebo": placebo, "fixmatch": trains_itself,
+                        "ssgan": trains_itself}
 
 
 @dataclass(frozen=True)
@@ -161,10 +164,14 @@ def fit(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.devic
     probe = LabelProbe(unlabelled_truth(splits, cfg.data, cfg.seed))
     data = TrialData(splits, budget, unlabelled, probe, augment, labeller, gan, device, tracker)
     added = ARMS[cfg.synth.source](cfg, data, n_added)
-    if cfg.synth.source == "fixmatch":  # the one arm that changes the training itself, not its data
+    if cfg.synth.source == "fixmatch":  # FixMatch and ssgan change the training itself, not its data
         clf = train_fixmatch(cfg.classifier, cfg.fixmatch, budget.train, unlabelled, splits.num_classes,
                              seed=cfg.seed, device=device, tracker=tracker, probe=probe,
                              views=Views(augment, _augment(cfg, "strong", splits)))
+        return Fit(clf, added, n_added, unlabelled, gan)
+    if cfg.synth.source == "ssgan":  # the classifier is a semi-supervised GAN's discriminator
+        clf = obtain_ssgan(cfg, budget.train, unlabelled, splits.num_classes, device=device, augment=augment,
+                           tracker=tracker, cache=cache)
         return Fit(clf, added, n_added, unlabelled, gan)
     trunk = initial_trunk_state(cfg.classifier, splits.image_shape, gan, tracker)  # classifier.init
     clf = train_classifier(cfg.classifier, budget.train, budget.val, splits.num_classes, seed=cfg.seed,

@@ -99,7 +99,7 @@ def run_poisoned(cfg: TrialConfig, monkeypatch: pytest.MonkeyPatch, poison: str)
 
 @pytest.mark.slow  # three trials per arm: about 10-20 s each on 2 cores
 @pytest.mark.parametrize("arm", ["self-training", "self-training-2-rounds", "budget+unlabelled", "transfer",
-                                 "fixmatch"])
+                                 "fixmatch", "ssgan"])
 def test_poisoned_unlabelled_labels_change_nothing(arm: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fixmatch = {"data": {"validation": "none"}, "synth": {"source": "fixmatch", "ratio": 0},
                 "classifier": {"augment": "crop-flip"}, "fixmatch": {"mu": 2, "tau": 0.5}}
@@ -108,7 +108,9 @@ def test_poisoned_unlabelled_labels_change_nothing(arm: str, monkeypatch: pytest
                                           classifier={"augment": "crop-flip"}),
            "budget+unlabelled": tiny(gan={"train_on": "budget+unlabelled"}),
            "transfer": tiny(gan={"train_on": "transfer", "source_steps": 20}),
-           "fixmatch": tiny(**fixmatch)}[arm]
+           "fixmatch": tiny(**fixmatch),
+           "ssgan": tiny(data={"validation": "none"}, synth={"source": "ssgan", "ratio": 0},
+                         classifier={"arch": "seed-cnn", "width": 8})}[arm]
     honest = run_poisoned(cfg, monkeypatch, "none")
     poisoned = run_poisoned(cfg, monkeypatch, "unlabelled")
     same = ("test/acc", "test/acc_last", "clf/best_val_acc", "clf/train_acc_last", "synth/count")

@@ -49,6 +49,7 @@ TIME_COL = "time/trial_seconds"  # a run's wall time (its GAN included when this
 REAL_ONLY = "real only"
 CHEAP_ARM = "self-training"  # the cheap alternative a user would try before a GAN
 FIXMATCH_ARM = "FixMatch"  # the consistency-based semi-supervised baseline (synth.source fixmatch)
+SSGAN_ARM = "semi-supervised GAN"  # the classifier is the discriminator (synth.source ssgan)
 # Controls (issue 22): labels a user would not have (oracle) or nothing at all (placebo, real only
 # with another batch order). Reports mark them as controls and never choose them as a best arm.
 CONTROL_ARMS = ("oracle", "placebo")
@@ -73,8 +74,8 @@ def arm_label(row: pd.Series) -> str:
     source = str(row.get("synth.source", "gan"))
     if source in CONTROL_ARMS and (row[RATIO_COL] > 0 or source == "placebo"):
         return source
-    if source == "fixmatch":  # ratio 0, but trained on the unlabelled images: not real only
-        return FIXMATCH_ARM
+    if source in ("fixmatch", "ssgan"):  # ratio 0, but trained on the unlabelled images: not real only
+        return FIXMATCH_ARM if source == "fixmatch" else SSGAN_ARM
     init = str(row.get("classifier.init", "scratch"))
     train_on = str(row.get("gan.train_on", "budget"))
     gan = f"transferred from {row.get('gan.transfer_source', 'unlabelled')}" if train_on == "transfer" \

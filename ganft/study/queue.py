@@ -207,7 +207,7 @@ def check_config_sizes(cfg: StudyConfig) -> None:
     """Dataset checks for every grid point, before any work (raises ConfigError): data.root, the
     range of N, the oracle control's images; an image folder is also decoded (and cached) here, so a
     file that is not an image stops the study before any store is written."""
-    from ganft.catalog import check_fixmatch_pool, check_oracle, check_sizes
+    from ganft.catalog import check_oracle, check_sizes, check_unlabelled_pool
 
     folders = set()
     for point in cfg.points():
@@ -217,7 +217,12 @@ def check_config_sizes(cfg: StudyConfig) -> None:
             check_oracle(trial.data, trial.synth.ratio)
         if trial.synth.source == "fixmatch":
             fm, batch = trial.fixmatch.mu, trial.classifier.batch_size
-            check_fixmatch_pool(trial.data, fm * batch, f"fixmatch.mu {fm} x classifier.batch_size {batch}")
+            check_unlabelled_pool(trial.data, fm * batch, f"fixmatch.mu {fm} x classifier.batch_size {batch}",
+                                  "fixmatch.mu or classifier.batch_size")
+        if trial.synth.source == "ssgan":
+            batch = trial.classifier.batch_size
+            check_unlabelled_pool(trial.data, batch, f"synth.source ssgan: classifier.batch_size {batch}",
+                                  "classifier.batch_size")
         if trial.data.dataset == "imagefolder":
             folders.add(trial.data)
     if folders:
