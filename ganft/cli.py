@@ -166,7 +166,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def _speed(args: argparse.Namespace) -> Any:
     """The speed settings of ``_device_flags``, as runtime.Speed."""
-    from ganft.runtime import Speed
+    from ganft.config import Speed
 
     return Speed(precision=args.precision, compile=args.compile,
                  channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
@@ -180,7 +180,7 @@ def _stores(args: argparse.Namespace, **kw: Any) -> Any:
 
 def cmd_study_run(args: argparse.Namespace) -> int:
     from ganft.redact import redact
-    from ganft.study.confirm import run_then_confirm
+    from ganft.study.noop import nothing_to_run
     from ganft.study.queue import check_config_sizes
 
     cfg = resolve_study(args.file)
@@ -190,6 +190,12 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         else f"{len(cfg.points())} grid points"
     log.info("study %s: %s; Optuna storage %s; MLflow %s; %d worker(s)", cfg.name, size,
              redact(stores.storage), redact(stores.tracking_uri), args.workers)
+    done = nothing_to_run(cfg, stores)  # a complete study: said without loading MLflow or torch
+    if done is not None:
+        print(done)
+        return 0
+    from ganft.study.confirm import run_then_confirm
+
     ok = run_then_confirm(cfg, stores, device=args.device, progress=not args.no_progress,
                           workers_n=args.workers, speed=_speed(args), threads=args.threads)
     return 0 if ok else 1

@@ -11,6 +11,7 @@ reader in keys.py.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -561,3 +562,29 @@ def check_device(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Speed:
+    """Process-wide performance settings, like ``torch.set_num_threads``: set once by the CLI (and
+    passed to worker processes; defined here, not in runtime.py, so the CLI needs no torch for it),
+    read by the training and sampling loops. None of them changes what is trained, only how fast;
+    ``bf16`` changes the arithmetic's rounding, so runs record it in the tag ``ganft.precision``.
+
+    precision: ``auto`` (bf16 autocast on CPUs with AMX-BF16 or AVX512-BF16, where it is faster;
+        fp32 elsewhere, CUDA included: these small models' steps are bound by kernel launches, not
+        arithmetic, and bf16 autocast was slower there), ``fp32`` or ``bf16``. The figures are in
+        bench/README.md (bench/settings.py, bench/throughput.py).
+    channels_last: NHWC memory format for conv models; None (auto) uses it on CUDA, not on the
+        CPU, where bench/settings.py found no consistent gain.
+    compile: ``torch.compile`` each top-level block of a model (slow to start; pays off on long runs).
+    """
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision}: unknown; allowed: {', '.join(PRECISIONS)}")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")

@@ -78,6 +78,8 @@ def type_text(ann: Any) -> str:
 def unknown_key(key: str) -> str:
     """The message for a dotted key that is not a config key: the closest ones, and where the list is."""
     close = difflib.get_close_matches(key, config_keys(), n=3, cutoff=0.6)
+    section = key.split(".", 1)[0]  # a key of the section the user wrote comes first (gan.lr: gan.lr_g)
+    close.sort(key=lambda k: k.split(".", 1)[0] != section)  # stable: closest first within each group
     hint = f"did you mean {', '.join(close)}? " if close else ""
     return f"unknown config key {key!r}; {hint}`ganft study keys` lists every key with its default"
 

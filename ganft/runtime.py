@@ -8,13 +8,12 @@ import hashlib
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ganft.config import ConfigError, check_device
+from ganft.config import PRECISIONS, ConfigError, Speed, check_device  # noqa: F401 (re-exported)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -71,32 +70,6 @@ def seeded(seed: int) -> Iterator[None]:
 # --------------------------------------------------------------------------- speed settings
 
 
-@dataclass(frozen=True)
-class Speed:
-    """Process-wide performance settings, like ``torch.set_num_threads``: set once by the CLI (and
-    passed to worker processes), read by the training and sampling loops. None of them changes what
-    is trained, only how fast; ``bf16`` changes the arithmetic's rounding, so runs record it in the
-    tag ``ganft.precision``.
-
-    precision: ``auto`` (bf16 autocast on CPUs with AMX-BF16 or AVX512-BF16, where it is faster;
-        fp32 elsewhere, CUDA included: these small models' steps are bound by kernel launches, not
-        arithmetic, and bf16 autocast was slower there), ``fp32`` or ``bf16``. The figures are in
-        bench/README.md (bench/settings.py, bench/throughput.py).
-    channels_last: NHWC memory format for conv models; None (auto) uses it on CUDA, not on the
-        CPU, where bench/settings.py found no consistent gain.
-    compile: ``torch.compile`` each top-level block of a model (slow to start; pays off on long runs).
-    """
-
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision}: unknown; allowed: {', '.join(PRECISIONS)}")
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 _speed = Speed()
 
 

@@ -69,7 +69,7 @@ def test_study_keys_prints_every_choice_and_a_description(capsys: pytest.Capture
 
 @pytest.mark.parametrize(("where", "typo", "hint"), [
     ("base", "  quality: {enabeld: true}\n", "base.quality.enabeld: unknown key; did you mean enabled?"),
-    ("base", "  gann: {steps: 6}\n", "base.gann: unknown key; did you mean gan?"),
+    ("base", "  gann: {steps: 6}\n", "base.gann: unknown key; did you mean gan"),
     ("study", "bsae: {}\n", "bsae: unknown key; did you mean base?"),
 ])
 def test_a_typo_in_any_key_gets_a_did_you_mean(studies: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
@@ -158,3 +158,29 @@ def test_ganft_ui_sizes_its_server_to_the_machine() -> None:
     from ganft.study.mlflow_store import ui_workers
 
     assert [ui_workers(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]  # MLflow's own default: 4
+
+
+def test_a_rerun_of_a_complete_study_says_so_without_mlflow_or_torch(
+        studies: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """The no-op rerun (issue 25): one line, exit 0, decided before MLflow or torch is imported. Where
+    the full run would change something (here a trial run no longer FINISHED), it is not taken."""
+    import sqlite3
+
+    assert main(["study", "run", "one", "--no-progress"]) == 0
+    capsys.readouterr()
+    code = ("import sys; from ganft.cli import main; rc = main(['study', 'run', 'one', '--no-progress']); "
+            "print(rc, *(m in sys.modules for m in ('mlflow', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GANFT_HOME": str(studies)})
+    assert out.stdout.splitlines() == ["study one is complete: 2 of 2 grid points done; nothing to run.",
+                                       "0 False False"], out.stderr
+    with sqlite3.connect(studies / "mlflow.db") as conn:  # one result's run is gone from the store
+        conn.execute("UPDATE runs SET status = 'KILLED' WHERE name = 'r1.0'")
+    assert main(["study", "run", "one", "--no-progress"]) == 0  # the full run: the point runs again
+    assert "2 of 2 grid points complete, 0 failed; this run: 1 trial" in capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{studies / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("one").experiment_id],
+                              filter_string="tags.`ganft.grid_point` = 'r1.0'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    assert main(["study", "run", "one", "--no-progress"]) == 0
+    assert "nothing to run" in capsys.readouterr().out

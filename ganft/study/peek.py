@@ -1,6 +1,8 @@
-"""What a read-only command can tell from a local MLflow store without importing MLflow: whether a
-study has finished trial runs. ``ganft report NAME`` asks this first, so a study that never ran is
-said at once (importing MLflow and the report's plotting stack takes seconds on a small machine).
+"""What a command can tell from a local MLflow store without importing MLflow: whether a study has
+finished trial runs, and which. ``ganft report NAME`` asks this first, so a study that never ran is
+said at once, and ``ganft study run`` on a complete study says so without loading MLflow or torch
+(``nothing_to_run``; importing MLflow and the training or plotting stack takes seconds on a small
+machine).
 
 Hand-written on purpose: MLflow has no cheaper reader than its client, and this reads three columns
 of two tables of its SQLite schema, read-only. Where the schema or the store is not what it expects
@@ -43,6 +45,29 @@ def finished_trials(tracking_uri: str) -> dict[str, int] | None:
     except sqlite3.Error:
         return None
     return {str(name): int(n) for name, n in rows}
+
+
+def trial_runs(tracking_uri: str, experiment: str) -> tuple[set[str], int] | None:
+    """(ids of the FINISHED trial runs, number of RUNNING trial runs) of one study's active
+    experiment in a local SQLite store; None when this cannot tell (see finished_trials) or the
+    store or experiment does not exist. Read-only."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        return None
+    try:
+        uri = f"{db.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+            rows = conn.execute(
+                "SELECT r.run_uuid, r.status FROM runs r "
+                "JOIN experiments e ON r.experiment_id = e.experiment_id "
+                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'trial' "
+                "WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'",
+                (PARENT_TAG, experiment)).fetchall()
+    except sqlite3.Error:
+        return None
+    return {str(run) for run, status in rows if status == "FINISHED"}, sum(s == "RUNNING" for _, s in rows)
 
 
 def run_hint(study: str, with_runs: list[str]) -> str:
