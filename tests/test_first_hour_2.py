@@ -160,6 +160,7 @@ def test_ganft_ui_sizes_its_server_to_the_machine() -> None:
     assert [ui_workers(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]  # MLflow's own default: 4
 
 
+@pytest.mark.slow  # four runs of a study and a fresh interpreter: about 6 s on an idle 2-core machine
 def test_a_rerun_of_a_complete_study_says_so_without_mlflow_or_torch(
         studies: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     """The no-op rerun (issue 25): one line, exit 0, decided before MLflow or torch is imported. Where
@@ -184,3 +185,14 @@ def test_a_rerun_of_a_complete_study_says_so_without_mlflow_or_torch(
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
     assert main(["study", "run", "one", "--no-progress"]) == 0
     assert "nothing to run" in capsys.readouterr().out
+    # an invocation's parent run left RUNNING by a killed process: the full run closes it
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    with sqlite3.connect(studies / "mlflow.db") as conn:
+        parent = "(SELECT run_uuid FROM tags WHERE key = 'ganft.role' AND value = 'parent' LIMIT 1)"
+        conn.execute(f"UPDATE runs SET status = 'RUNNING' WHERE run_uuid = {parent}")
+        conn.execute(f"UPDATE tags SET value = ? WHERE key = 'ganft.pid' AND run_uuid = {parent}", (gone,))
+    assert main(["study", "run", "one", "--no-progress"]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert not [r for r in client.search_runs([client.get_experiment_by_name("one").experiment_id])
+                if r.info.status == "RUNNING"]

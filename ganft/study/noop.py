@@ -4,7 +4,8 @@ MLflow (its tracking store is read through ``peek``) and without torch.
 It answers only where the full run would do nothing at all, and otherwise returns None so the full
 run decides: a local SQLite tracking store and journal file that both exist; the study stored with
 this base config and this grid; every grid point COMPLETE in Optuna, no trial RUNNING or WAITING,
-no MLflow trial run RUNNING; and every COMPLETE trial's MLflow run FINISHED. Then the full run's
+no MLflow run of the study RUNNING (a trial's, or an invocation's parent run, which a killed run
+leaves for the full run to close); and every COMPLETE trial's MLflow run FINISHED. Then the full run's
 preflight (stores exist, nothing lost, stale, orphaned or missing) would find nothing to change.
 """
 
@@ -34,7 +35,7 @@ def nothing_to_run(cfg: StudyConfig, stores: Stores) -> str | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
-    except KeyError:
+    except Exception:  # no such study, a damaged journal, ...: the full run says what it is
         return None
     stored = study.user_attrs.get("ganft.grid", {})  # every grid key the study has had, with its values
     if study.user_attrs.get("ganft.base_hash") != config_hash(cfg) or \

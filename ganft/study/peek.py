@@ -48,9 +48,9 @@ def finished_trials(tracking_uri: str) -> dict[str, int] | None:
 
 
 def trial_runs(tracking_uri: str, experiment: str) -> tuple[set[str], int] | None:
-    """(ids of the FINISHED trial runs, number of RUNNING trial runs) of one study's active
-    experiment in a local SQLite store; None when this cannot tell (see finished_trials) or the
-    store or experiment does not exist. Read-only."""
+    """(ids of the FINISHED trial runs, number of RUNNING runs of any role: trials and the parent
+    runs of invocations) of one study's active experiment in a local SQLite store; None when this
+    cannot tell (see finished_trials) or the store does not exist. Read-only."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     db = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -60,14 +60,15 @@ def trial_runs(tracking_uri: str, experiment: str) -> tuple[set[str], int] | Non
         uri = f"{db.resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
             rows = conn.execute(
-                "SELECT r.run_uuid, r.status FROM runs r "
+                "SELECT r.run_uuid, r.status, t.value FROM runs r "
                 "JOIN experiments e ON r.experiment_id = e.experiment_id "
-                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'trial' "
+                "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
                 "WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'",
                 (PARENT_TAG, experiment)).fetchall()
     except sqlite3.Error:
         return None
-    return {str(run) for run, status in rows if status == "FINISHED"}, sum(s == "RUNNING" for _, s in rows)
+    finished = {str(run) for run, status, role in rows if status == "FINISHED" and role == "trial"}
+    return finished, sum(status == "RUNNING" for _, status, _ in rows)
 
 
 def run_hint(study: str, with_runs: list[str]) -> str:
