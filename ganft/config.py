@@ -378,12 +378,13 @@ class FixMatchConfig(StrictModel):
 
 class SsganConfig(StrictModel):
     # synth.source ssgan (Salimans et al. 2016, "Improved Techniques for Training GANs"): the
-    # classifier (classifier.arch seed-cnn, no batch norm, weight-normalised) is the discriminator; K
-    # class logits, the fake logit fixed at 0, so D(x) = sigmoid(logsumexp of the class logits). Each
-    # of classifier.steps steps: a labelled batch (cross-entropy), an unlabelled batch (real) and a
-    # generated batch (fake), each classifier.batch_size images; the generator (gan.arch dcgan,
-    # unconditional, gan.width and gan.z_dim) is trained by feature matching on D's trunk output. Both
-    # use Adam(lr, beta1 0.5) on classifier.schedule; the EMA of D's weights is the trained classifier
+    # classifier (classifier.arch seed-cnn or bn-cnn, no batch norm, weight-normalised) is the
+    # discriminator; K class logits, the fake logit fixed at 0, so D(x) = sigmoid(logsumexp of the
+    # class logits). Each of classifier.steps steps: a labelled batch (cross-entropy), an unlabelled
+    # batch (real) and a generated batch (fake), each classifier.batch_size images; the generator
+    # (gan.arch dcgan, unconditional, gan.width and gan.z_dim) is trained by feature matching on D's
+    # trunk output. Both use Adam(lr, beta1 0.5) on classifier.schedule; the EMA of D's weights is
+    # the trained classifier
     input_noise: float = Field(0.3, ge=0, le=2)
     """Std of the Gaussian noise added to D's inputs while training (pixels in [-1, 1])."""
     dropout: float = Field(0.5, ge=0, lt=1)
@@ -479,10 +480,10 @@ def check_ssgan(cfg: TrialConfig) -> None:
     if cfg.synth.ratio:
         raise ValueError(f"synth.source ssgan adds no images (its classifier is the GAN's discriminator): "
                          f"set synth.ratio 0, not {cfg.synth.ratio}")
-    if c.arch != "seed-cnn":
-        raise ValueError(f"synth.source ssgan trains the classifier as the GAN's discriminator, which needs "
-                         f"classifier.arch seed-cnn (strided convs, no batch norm over real and generated "
-                         f"batches), not {c.arch}")
+    if c.arch not in ("seed-cnn", "bn-cnn"):
+        raise ValueError(f"synth.source ssgan trains the classifier as the GAN's discriminator, in the shape "
+                         f"of classifier.arch seed-cnn or bn-cnn without batch norm (which would mix real "
+                         f"and generated batches), not {c.arch}")
     for key, value, allowed in (("classifier.init", c.init, "scratch"),
                                 ("classifier.freeze", c.freeze, "full"), ("gan.arch", cfg.gan.arch, "dcgan")):
         if value != allowed:

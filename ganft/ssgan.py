@@ -11,7 +11,7 @@ feature matching: the squared distance between the mean of D's ``FEATURE_LAYER``
 unlabelled batch and on a fresh generated batch. The unlabelled images' labels never enter: this
 module is never given them.
 
-D is seed-cnn's shape (the discriminator's strided 4x4 conv trunk, LeakyReLU 0.2) without batch
+D has the shape of ``classifier.arch`` (``discriminator_trunk``: seed-cnn or bn-cnn) without batch
 norm, which would mix the statistics of real and generated batches, with the paper's regularisers:
 weight normalisation of every conv and of the head, Gaussian noise on the inputs and dropout before
 the head, both in training only. Its weights start from PyTorch's default initialisation: with
@@ -54,12 +54,12 @@ ADAM_BETAS = (0.5, 0.999)  # the paper's
 class SemiSupervisedD(nn.Module):
     """(B, C, S, S) images -> (B, K) class logits; the real/fake logit is ``real_logit`` of them."""
 
-    def __init__(self, *, channels: int, size: int, num_classes: int, width: int, input_noise: float,
-                 dropout: float) -> None:
+    def __init__(self, *, arch: str, channels: int, size: int, num_classes: int, width: int,
+                 input_noise: float, dropout: float) -> None:
         super().__init__()
         self.input_noise = input_noise
-        self.trunk = ConvTrunk(channels=channels, size=size, width=width, norm="none")
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.trunk.out_features, num_classes))
+        self.trunk, features = discriminator_trunk(arch, channels, size, width)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 weight_norm(m)
@@ -74,11 +74,29 @@ class SemiSupervisedD(nn.Module):
         return self.head(self.features(x))  # (B, K)
 
 
+def discriminator_trunk(arch: str, channels: int, size: int, width: int) -> tuple[nn.Module, int]:
+    """D's trunk in a classifier's shape without batch norm, and its number of output features:
+    ``seed-cnn``, the DCGAN discriminator's strided 4x4 convs; ``bn-cnn``, the default classifier's
+    two stages of a 3x3 conv and a 2x2 max-pool (LeakyReLU 0.2 for ReLU), so the semi-supervised GAN's
+    classifier has the practitioner's classifier's shape."""
+    if arch == "seed-cnn":
+        trunk = ConvTrunk(channels=channels, size=size, width=width, norm="none")
+        return trunk, trunk.out_features
+    if arch != "bn-cnn" or size % 4:
+        raise ValueError(f"synth.source ssgan has no discriminator for classifier.arch {arch} at size {size}")
+    layers: list[nn.Module] = []
+    c_in = channels
+    for c_out in (width, 2 * width):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.2, inplace=True), nn.MaxPool2d(2)]
+        c_in = c_out
+    return nn.Sequential(*layers, nn.Flatten()), c_in * (size // 4) ** 2
+
+
 def build_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, image_shape: tuple[int, int, int],
                 num_classes: int, seed: int) -> tuple[SemiSupervisedD, Generator]:
     c, size, _ = image_shape
     with seeded(derive_seed(seed, "ssgan-init")):
-        D = SemiSupervisedD(channels=c, size=size, num_classes=num_classes, width=cfg.width,
+        D = SemiSupervisedD(arch=cfg.arch, channels=c, size=size, num_classes=num_classes, width=cfg.width,
                             input_noise=ss.input_noise, dropout=ss.dropout)
         G = Generator(channels=c, size=size, num_classes=num_classes, z_dim=gan.z_dim, width=gan.width,
                       conditioning="none")

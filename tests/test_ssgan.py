@@ -71,7 +71,8 @@ def test_feature_matching_compares_the_batch_means_of_the_named_layer() -> None:
     handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     feature_matching(D, real, fake)
     handle.remove()
-    assert seen == [(20, layer.out_features), (12, layer.out_features)]
+    features = D.head[-1].in_features  # the layer feeds the class head
+    assert seen == [(20, features), (12, features)]
     with torch.no_grad():  # the class head is not part of it
         for p in D.head.parameters():
             p.add_(1.0)
@@ -143,8 +144,8 @@ def test_reports_name_the_arm() -> None:
 @pytest.mark.parametrize("sections, keys", [
     ({"data": {"unlabelled_size": 0}},
      "synth.source ssgan needs unlabelled images: set data.unlabelled_size"),
-    ({"classifier": {"arch": "bn-cnn"}}, "needs classifier.arch seed-cnn"),
-    ({"classifier": {"arch": "resnet18"}}, "needs classifier.arch seed-cnn"),
+    ({"classifier": {"arch": "resnet18"}},
+     "in the shape of classifier.arch seed-cnn or bn-cnn without batch norm"),
     ({"synth": {"ratio": 1}}, "synth.source ssgan adds no images"),
     ({"data": {"validation": "from-budget"}}, "use data.validation none or kfold"),
     ({"classifier": {"init": "discriminator"}}, "set classifier.init scratch"),
@@ -175,3 +176,16 @@ def test_a_pool_smaller_than_a_batch_is_one_line_before_any_work(home: Path,
     assert len(err) == 1
     assert "synth.source ssgan: classifier.batch_size 32 = 32 unlabelled images a step" in err[0]
     assert "lower classifier.batch_size" in err[0]
+
+
+@pytest.mark.parametrize("arch, size", [("bn-cnn", 28), ("bn-cnn", 8), ("seed-cnn", 32)])
+def test_the_discriminator_has_its_classifier_shape_without_batch_norm(arch: str, size: int) -> None:
+    from ganft.models.classifier import build_classifier
+
+    cfg = ClassifierConfig(arch=arch, width=8)
+    D, _ = build_ssgan(cfg, SsganConfig(), GanConfig(width=8, z_dim=16), (3, size, size), 10, 0)
+    plain = build_classifier(arch, (3, size, size), 10, 8)
+    convs = lambda m: [c.weight.shape for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert convs(D) == convs(plain)  # the practitioner's classifier's convolutions, one for one
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
+    assert D(torch.zeros(4, 3, size, size)).shape == (4, 10)
