@@ -438,15 +438,7 @@ def check_unlabelled(cfg: TrialConfig) -> None:
         raise ValueError("synth.source fixmatch needs a weak view: set classifier.augment (crop-flip, as "
                          "the paper's flip-and-shift), not none")
     if cfg.synth.source == "fixmatch":
-        c = cfg.classifier
-        for key, value, allowed in (("classifier.init", c.init, "scratch"),
-                                    ("classifier.freeze", c.freeze, "full")):
-            if value != allowed:
-                raise ValueError(f"synth.source fixmatch trains a classifier from scratch, every layer: "
-                                 f"set {key} {allowed}, not {value}")
-        if cfg.data.validation not in ("none", "kfold"):
-            raise ValueError(f"synth.source fixmatch keeps its last EMA weights and selects nothing: use "
-                             f"data.validation none or kfold, not {cfg.data.validation}")
+        check_trains_itself(cfg)
     if cfg.synth.rounds > 1 and cfg.synth.source != "self-training":
         raise ValueError(f"synth.rounds {cfg.synth.rounds} applies to synth.source self-training only, "
                          f"not {cfg.synth.source}")
@@ -473,6 +465,20 @@ def check_unlabelled(cfg: TrialConfig) -> None:
         raise ValueError(f"gan.freeze_d {cfg.gan.freeze_d} applies to gan.train_on transfer only")
 
 
+def check_trains_itself(cfg: TrialConfig, *also: tuple[str, str, str]) -> None:
+    """FixMatch and the semi-supervised GAN train their classifier themselves: from scratch, every
+    layer (and ``also``: (key, value, the value it needs)), kept as its last (EMA) weights."""
+    c, source = cfg.classifier, cfg.synth.source
+    for key, value, allowed in (("classifier.init", c.init, "scratch"),
+                                ("classifier.freeze", c.freeze, "full"), *also):
+        if value != allowed:
+            raise ValueError(f"synth.source {source} trains its networks from scratch, every layer, at the "
+                             f"data's size: set {key} {allowed}, not {value}")
+    if cfg.data.validation not in ("none", "kfold"):
+        raise ValueError(f"synth.source {source} keeps its last EMA weights and selects nothing: use "
+                         f"data.validation none or kfold, not {cfg.data.validation}")
+
+
 def check_ssgan(cfg: TrialConfig) -> None:
     """What the semi-supervised GAN arm needs: its classifier is a discriminator trained from scratch
     and kept as its last (EMA) weights, and it adds no images."""
@@ -484,14 +490,7 @@ def check_ssgan(cfg: TrialConfig) -> None:
         raise ValueError(f"synth.source ssgan trains the classifier as the GAN's discriminator, in the shape "
                          f"of classifier.arch seed-cnn or bn-cnn without batch norm (which would mix real "
                          f"and generated batches), not {c.arch}")
-    for key, value, allowed in (("classifier.init", c.init, "scratch"),
-                                ("classifier.freeze", c.freeze, "full"), ("gan.arch", cfg.gan.arch, "dcgan")):
-        if value != allowed:
-            raise ValueError(f"synth.source ssgan trains its discriminator and generator from scratch at the "
-                             f"data's size: set {key} {allowed}, not {value}")
-    if cfg.data.validation not in ("none", "kfold"):
-        raise ValueError(f"synth.source ssgan keeps its last EMA weights and selects nothing: use "
-                         f"data.validation none or kfold, not {cfg.data.validation}")
+    check_trains_itself(cfg, ("gan.arch", cfg.gan.arch, "dcgan"))  # its generator works at the data's size
 
 
 def mirror_keeps_label(data: DataConfig) -> bool:

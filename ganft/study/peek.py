@@ -24,48 +24,47 @@ def default_tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
 
 
-def finished_trials(tracking_uri: str) -> dict[str, int] | None:
-    """Per study (active experiment) in a local SQLite store, its number of FINISHED trial runs
-    (studies without any are left out; an empty dict when the file does not exist); None when this
-    cannot tell (a remote store, an unreadable file, an unexpected schema). Never creates or writes
-    the store."""
+def _select(tracking_uri: str, sql: str, params: tuple) -> list[tuple] | None:
+    """The rows of one read-only query of a local SQLite store (none when the file does not exist);
+    None when this cannot tell (a remote store, an unreadable file, an unexpected schema). Never
+    creates or writes the store."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     if not db.exists():
-        return {}
+        return []
     try:
         uri = f"{db.resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
-            rows = conn.execute(
-                "SELECT e.name, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'trial' "
-                "WHERE e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' "
-                "AND r.status = 'FINISHED' GROUP BY e.name", (PARENT_TAG,)).fetchall()
+            return conn.execute(sql, params).fetchall()
     except sqlite3.Error:
         return None
-    return {str(name): int(n) for name, n in rows}
+
+
+def finished_trials(tracking_uri: str) -> dict[str, int] | None:
+    """Per study (active experiment) in a local SQLite store, its number of FINISHED trial runs
+    (studies without any are left out; an empty dict when the file does not exist); None when this
+    cannot tell."""
+    rows = _select(tracking_uri,
+                   "SELECT e.name, count(*) FROM runs r "
+                   "JOIN experiments e ON r.experiment_id = e.experiment_id "
+                   "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'trial' "
+                   "WHERE e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' "
+                   "AND r.status = 'FINISHED' GROUP BY e.name", (PARENT_TAG,))
+    return None if rows is None else {str(name): int(n) for name, n in rows}
 
 
 def trial_runs(tracking_uri: str, experiment: str) -> tuple[set[str], int] | None:
     """(ids of the FINISHED trial runs, number of RUNNING runs of any role: trials and the parent
-    runs of invocations) of one study's active experiment in a local SQLite store; None when this
-    cannot tell (see finished_trials) or the store does not exist. Read-only."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not db.is_file():
-        return None
-    try:
-        uri = f"{db.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
-            rows = conn.execute(
-                "SELECT r.run_uuid, r.status, t.value FROM runs r "
-                "JOIN experiments e ON r.experiment_id = e.experiment_id "
-                "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
-                "WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'",
-                (PARENT_TAG, experiment)).fetchall()
-    except sqlite3.Error:
+    runs of invocations) of one study's active experiment in a local SQLite store (none of either
+    when the file does not exist); None when this cannot tell."""
+    rows = _select(tracking_uri,
+                   "SELECT r.run_uuid, r.status, t.value FROM runs r "
+                   "JOIN experiments e ON r.experiment_id = e.experiment_id "
+                   "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
+                   "WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'",
+                   (PARENT_TAG, experiment))
+    if rows is None:
         return None
     finished = {str(run) for run, status, role in rows if status == "FINISHED" and role == "trial"}
     return finished, sum(status == "RUNNING" for _, status, _ in rows)
