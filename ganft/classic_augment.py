@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ganft.config import HFLIP_PRESERVES_LABEL  # whether a mirror image keeps a dataset's labels
+from ganft.config import label_safe_hflip  # whether a mirror image keeps a dataset's labels
 from ganft.runtime import seeded
 
 MAX_DEGREES = 10.0
@@ -181,17 +181,6 @@ def cutout(x: torch.Tensor, gen: torch.Generator, side: int, fill: float = 0.0) 
     j = torch.arange(W, device=dev)[None, None, :]
     inside = ((i - cy).abs() * 2 < s) & ((j - cx).abs() * 2 < s)  # (B, H, W)
     return x.masked_fill(inside[:, None], fill)
-
-
-def label_safe_hflip(dataset: str, hflip: bool | None) -> bool:
-    """Whether a mirror image keeps its label: the image folder's ``data.hflip``, else the table."""
-    if hflip is not None:
-        return hflip
-    if dataset not in HFLIP_PRESERVES_LABEL:
-        raise ValueError(f"augmentation does not know whether a horizontal flip preserves "
-                         f"{dataset!r} labels; add it to HFLIP_PRESERVES_LABEL "
-                         f"(known: {', '.join(HFLIP_PRESERVES_LABEL)})")
-    return HFLIP_PRESERVES_LABEL[dataset]
 
 
 AUGMENTS = {"none": None, "flip": Flip, "crop-flip": CropFlip, "affine": ClassicAugment,

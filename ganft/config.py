@@ -424,14 +424,17 @@ def split_steps(total: int, fraction: float) -> tuple[int, int]:
     return first, total - first
 
 
+ADDS_NO_IMAGES = {"placebo": "real only with another data order",  # synth.source -> why: needs ratio 0
+                  "fixmatch": "it trains on the unlabelled ones by consistency",
+                  "ssgan": "its classifier is the GAN's discriminator"}
+
+
 def check_unlabelled(cfg: TrialConfig) -> None:
     """Rules that join data.unlabelled_size to the GAN and synthetic-set sections, and the controls'."""
-    if cfg.synth.source == "placebo" and cfg.synth.ratio:
-        raise ValueError(f"synth.source placebo adds no images (real only with another data order): set "
-                         f"synth.ratio 0, not {cfg.synth.ratio}")
-    if cfg.synth.source == "fixmatch" and cfg.synth.ratio:
-        raise ValueError(f"synth.source fixmatch adds no images (it trains on the unlabelled ones by "
-                         f"consistency): set synth.ratio 0, not {cfg.synth.ratio}")
+    why = ADDS_NO_IMAGES.get(cfg.synth.source)
+    if why and cfg.synth.ratio:
+        raise ValueError(f"synth.source {cfg.synth.source} adds no images ({why}): set synth.ratio 0, "
+                         f"not {cfg.synth.ratio}")
     if cfg.synth.source == "ssgan":
         check_ssgan(cfg)
     if cfg.synth.source == "fixmatch" and cfg.classifier.augment == "none":
@@ -481,11 +484,8 @@ def check_trains_itself(cfg: TrialConfig, *also: tuple[str, str, str]) -> None:
 
 def check_ssgan(cfg: TrialConfig) -> None:
     """What the semi-supervised GAN arm needs: its classifier is a discriminator trained from scratch
-    and kept as its last (EMA) weights, and it adds no images."""
+    and kept as its last (EMA) weights (that it adds no images: ADDS_NO_IMAGES)."""
     c = cfg.classifier
-    if cfg.synth.ratio:
-        raise ValueError(f"synth.source ssgan adds no images (its classifier is the GAN's discriminator): "
-                         f"set synth.ratio 0, not {cfg.synth.ratio}")
     if c.arch not in ("seed-cnn", "bn-cnn"):
         raise ValueError(f"synth.source ssgan trains the classifier as the GAN's discriminator, in the shape "
                          f"of classifier.arch seed-cnn or bn-cnn without batch norm (which would mix real "
@@ -493,9 +493,21 @@ def check_ssgan(cfg: TrialConfig) -> None:
     check_trains_itself(cfg, ("gan.arch", cfg.gan.arch, "dcgan"))  # its generator works at the data's size
 
 
-def mirror_keeps_label(data: DataConfig) -> bool:
+def label_safe_hflip(dataset: str, hflip: bool | None) -> bool:
     """Whether a mirror image keeps its label: the image folder's ``data.hflip``, else the table."""
-    return data.hflip if data.dataset == "imagefolder" else HFLIP_PRESERVES_LABEL[data.dataset]
+    if hflip is not None:
+        return hflip
+    if dataset not in HFLIP_PRESERVES_LABEL:
+        raise ValueError(f"augmentation does not know whether a horizontal flip preserves "
+                         f"{dataset!r} labels; add it to HFLIP_PRESERVES_LABEL "
+                         f"(known: {', '.join(HFLIP_PRESERVES_LABEL)})")
+    return HFLIP_PRESERVES_LABEL[dataset]
+
+
+def mirror_keeps_label(data: DataConfig) -> bool:
+    """``label_safe_hflip`` of a data section: an image folder says it (``data.hflip``), a built-in
+    dataset's table does."""
+    return label_safe_hflip(data.dataset, data.hflip if data.dataset == "imagefolder" else None)
 
 
 def check_classifier_recipe(cfg: TrialConfig) -> None:

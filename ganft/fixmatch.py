@@ -121,19 +121,26 @@ def train_fixmatch(cfg: ClassifierConfig, fm: FixMatchConfig, real: Images, unla
                                      probe.correct(bu, pseudo, mask).to(device)])
             if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
                 _log_window(log[step + 1 - min(cfg.eval_every, step + 1): step + 1], step + 1, lr, m, tracker)
+    last = log[-max(1, cfg.steps // 10):]
+    return fixed_budget_result(model, ema, real, cfg.steps, time.perf_counter() - t0, log[:, 0], {
+        "fixmatch/loss_u_last_window": float(last[:, 1].mean()),
+        "fixmatch/mask_rate": float(last[:, 2].mean()), "fixmatch/pseudo_label_acc": _precision(last, m),
+        "fixmatch/pool_size": float(len(pool)),
+        "fixmatch/pool_passes": cfg.steps * m / len(pool)})
+
+
+def fixed_budget_result(model: nn.Module, ema: AveragedModel | None, real: Images, steps: int, seconds: float,
+                        losses: torch.Tensor, extra: dict[str, float]) -> FinetuneResult:
+    """What a fixed-budget training of its own (FixMatch, the semi-supervised GAN) hands the trial:
+    the EMA of the weights (the raw ones without an EMA) in eval mode, the raw last weights for
+    ``test/acc_last``, and the ``clf/...`` metrics every arm logs (nothing selected), with ``extra``."""
     final = ema.module if ema is not None else model
     final.eval()
-    w = max(1, cfg.steps // 10)
-    last = log[-w:]
-    metrics = {"clf/stopped_step": cfg.steps, "clf/stopped_early": 0.0, "clf/best_step": cfg.steps,
-               "clf/train_seconds": time.perf_counter() - t0, "clf/train_images": len(real),
-               "clf/train_acc_last": accuracy(final, real), **loss_windows(log[:, 0]),
-               "fixmatch/loss_u_last_window": float(last[:, 1].mean()),
-               "fixmatch/mask_rate": float(last[:, 2].mean()),
-               "fixmatch/pseudo_label_acc": _precision(last, m), "fixmatch/pool_size": float(len(pool)),
-               "fixmatch/pool_passes": cfg.steps * m / len(pool)}
+    metrics = {"clf/stopped_step": steps, "clf/stopped_early": 0.0, "clf/best_step": steps,
+               "clf/train_seconds": seconds, "clf/train_images": len(real),
+               "clf/train_acc_last": accuracy(final, real), **loss_windows(losses), **extra}
     raw = None if ema is None else {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return FinetuneResult(final, metrics, last_state=raw)  # test/acc_last: the raw last weights
+    return FinetuneResult(final, metrics, last_state=raw)
 
 
 def _precision(rows: torch.Tensor, m: int) -> float:

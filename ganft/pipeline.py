@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ganft.classic_augment import classifier_augment
-from ganft.config import SynthConfig, TrialConfig
+from ganft.config import SynthConfig, TrialConfig, mirror_keeps_label
 from ganft.data import (
     budget_folds,
     labelled_budget,
@@ -183,8 +183,7 @@ def fit(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.devic
 def _augment(cfg: TrialConfig, policy: str, splits: Splits) -> Augment | None:
     """The augmentation ``policy`` ("classifier": ``classifier.augment``) for the trial's dataset."""
     name = cfg.classifier.augment if policy == "classifier" else policy
-    return classifier_augment(name, cfg.data.dataset, splits.image_shape[1],
-                              cfg.data.hflip if cfg.data.dataset == "imagefolder" else None)
+    return classifier_augment(name, cfg.data.dataset, splits.image_shape[1], mirror_keeps_label(cfg.data))
 
 
 def cross_validate(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.device,

@@ -35,9 +35,8 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.optim import lr_scheduler
 
 from ganft.config import ClassifierConfig, GanConfig, SsganConfig, TrialConfig
-from ganft.evaluate import accuracy
-from ganft.finetune import SCHEDULES, FinetuneResult, draw_batches, loss_windows
-from ganft.fixmatch import ema_model, pool_batches
+from ganft.finetune import SCHEDULES, FinetuneResult, draw_batches
+from ganft.fixmatch import ema_model, fixed_budget_result, pool_batches
 from ganft.gan_train import NonFiniteLossError
 from ganft.images import Images
 from ganft.models.gan import ConvTrunk, Generator
@@ -183,17 +182,11 @@ def train_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, real: Im
                                          torch.sigmoid(real_logit(lf)).mean(), fm.detach()])
             if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
                 _log_window(log[step + 1 - min(cfg.eval_every, step + 1): step + 1], step + 1, lr, tracker)
-    final = ema.module if ema is not None else D
-    final.eval()
     last = log[-max(1, cfg.steps // 10):]
-    metrics = {"clf/stopped_step": cfg.steps, "clf/stopped_early": 0.0, "clf/best_step": cfg.steps,
-               "clf/train_seconds": time.perf_counter() - t0, "clf/train_images": len(real),
-               "clf/train_acc_last": accuracy(final, real), **loss_windows(log[:, 0]),
-               "ssgan/d_real": float(last[:, 1].mean()), "ssgan/d_fake": float(last[:, 2].mean()),
-               "ssgan/fm_loss": float(last[:, 3].mean()), "ssgan/pool_size": float(len(pool)),
-               "ssgan/pool_passes": cfg.steps * B / len(pool)}
-    raw = None if ema is None else {k: v.detach().clone() for k, v in D.state_dict().items()}
-    return FinetuneResult(final, metrics, last_state=raw)  # test/acc_last: the raw last weights
+    return fixed_budget_result(D, ema, real, cfg.steps, time.perf_counter() - t0, log[:, 0], {
+        "ssgan/d_real": float(last[:, 1].mean()), "ssgan/d_fake": float(last[:, 2].mean()),
+        "ssgan/fm_loss": float(last[:, 3].mean()), "ssgan/pool_size": float(len(pool)),
+        "ssgan/pool_passes": cfg.steps * B / len(pool)})
 
 
 def _log_window(rows: torch.Tensor, step: int, lr: float, tracker: Tracker) -> None:

@@ -19,9 +19,16 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ganft import finetune
-from ganft.classic_augment import HFLIP_PRESERVES_LABEL, affine_theta, classifier_augment, crop_padding, warp
+from ganft.classic_augment import affine_theta, classifier_augment, crop_padding, warp
 from ganft.cli import main
-from ganft.config import ClassifierConfig, ConfigError, DatasetName, SynthConfig, TrialConfig
+from ganft.config import (
+    HFLIP_PRESERVES_LABEL,
+    ClassifierConfig,
+    ConfigError,
+    DatasetName,
+    SynthConfig,
+    TrialConfig,
+)
 from ganft.data import labelled_subset
 from ganft.finetune import Mix, Start, draw_batches, plan_phases, train_classifier
 from ganft.gan_train import build_discriminator
