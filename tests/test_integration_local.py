@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -116,6 +117,21 @@ def _wait_for_a_live_trial(home: Path, proc: subprocess.Popen, timeout: float = 
         time.sleep(0.1)
 
 
+def _wait_until_gone(group: int, timeout: float = 30) -> None:
+    """Until no process of the killed process group still runs (SIGKILL is delivered at once, but a
+    worker's exit takes a moment: until then it looks alive to the next run and to this test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = []
+        for p in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error):
+                if os.getpgid(p.pid) == group and p.info["status"] != psutil.STATUS_ZOMBIE:
+                    left.append(p.pid)
+        if not left:
+            return
+        time.sleep(0.05)
+
+
 def _journal_lines(home: Path) -> int:
     path = home / "optuna-journal.log"
     return path.read_bytes().count(b"\n") if path.exists() else 0
@@ -142,6 +158,7 @@ def test_sigkill_at_random_moments_then_rerun_completes_every_point_once(
             with contextlib.suppress(ProcessLookupError):  # it may have finished
                 os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers, like a power cut
             proc.wait()
+            _wait_until_gone(proc.pid)
     why = f"seed {seed} (GANFT_KILL_SEED), journal lines written before each kill {kills}\n"
 
     # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a trial runs: the

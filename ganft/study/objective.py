@@ -27,7 +27,7 @@ from ganft.study.grid import (
     trial_owner,
 )
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
-from ganft.study.queue import superseded
+from ganft.study.queue import INTERRUPTED_ATTR, superseded
 from ganft.study.schema import StudyConfig
 from ganft.study.storage import disk_full
 from ganft.study.stores import Stores
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # Test hook, read only in _injected_fault: grid point names (comma-separated) whose trials get a
 # non-finite loss. It exists so a test can make a trial diverge inside a worker subprocess.
 FAULT_ENV = "GANFT_TEST_NONFINITE"
-INTERRUPTED_ATTR = "ganft.interrupted"  # why a FAIL trial that is not the point's fault ended
 
 
 # --------------------------------------------------------------------------- one trial

@@ -43,6 +43,7 @@ from ganft.study.stores import KILLED_RETRIES
 log = logging.getLogger(__name__)
 OBJECTIVE_NAME = "budget validation accuracy"  # never test accuracy (objective.objective_value)
 PAIRED_OBJECTIVE_NAME = "paired gain in budget validation accuracy"  # a search's paired-gain objective
+INTERRUPTED_ATTR = "ganft.interrupted"  # why a FAIL trial that is not the point's fault ended
 UNCLAIMED_AFTER_S = 600  # a RUNNING trial that never named its worker (who does so at once) is dead
 
 
@@ -72,7 +73,8 @@ def reap_dead_trials(study: optuna.Study, store: MlflowStore | None) -> list[Fro
 
 def close_orphan_runs(study: optuna.Study, store: MlflowStore, storage_tag: str) -> int:
     """End MLflow runs left RUNNING whose trial has ended (a worker killed between Optuna's record
-    and the run's end, or a trial failed by heartbeat) or whose process died on this machine."""
+    and the run's end, a trial failed by heartbeat, Ctrl-C after MLflow wrote the run and before its
+    id came back) or whose process died on this machine."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = 0
     for run in store.running_runs():
@@ -82,7 +84,8 @@ def close_orphan_runs(study: optuna.Study, store: MlflowStore, storage_tag: str)
             if t.state == TrialState.COMPLETE:  # everything was logged before Optuna recorded COMPLETE
                 closed += store.end_run(run.info.run_id, "FINISHED", only_if_running=True)
             elif t.state.is_finished():
-                why = t.user_attrs.get("ganft.fail_reason") or "its trial ended without it (worker died)"
+                why = t.user_attrs.get("ganft.fail_reason") or t.user_attrs.get(INTERRUPTED_ATTR) or \
+                    "its trial ended without it (worker died)"
                 closed += store.end_run(run.info.run_id, "KILLED", why, only_if_running=True)
         elif not workers.alive(tags, prefix="ganft."):
             closed += store.end_run(run.info.run_id, "KILLED", "its process died (reaped)",

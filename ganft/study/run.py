@@ -366,9 +366,11 @@ def _report_lost_workers(codes: list[int]) -> int:
 
 def _finish(study: optuna.Study, cfg: StudyConfig, store: MlflowStore, stores: Stores,
             parent_id: str, status: str, t0: float) -> Summary:
-    """After the workers: fail what dead workers left RUNNING, sum up, end the parent run."""
+    """After the workers: fail what dead workers left RUNNING, end the runs no trial is left to
+    end (a worker stopped inside a run's creation), sum up, end the parent run."""
     with coordination(stores.storage):
         reap_dead_trials(study, store)
+        close_orphan_runs(study, store, redact(stores.storage))
     mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
                                                                  TrialState.PRUNED))
             if t.user_attrs.get("ganft.parent_run_id") == parent_id and trial_owner(t)]
