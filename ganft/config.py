@@ -134,14 +134,18 @@ GAN_RECIPES: dict[str, dict[str, Any]] = {name: {**GAN_DEFAULT_RECIPE, **diff} f
     "unconditional": {"conditioning": "none"},  # samples labelled by a real-subset classifier
     # the seed article's set-up, fixed: its 64x64 DCGAN stack, unconditional, no augmentation
     "seed-dcgan": {"arch": "seed-dcgan", "conditioning": "none", "diffaugment": ()},
+    # the diffusion family in the GAN's place (diffusion section); no discriminator, no DiffAugment
+    "ddpm": {"arch": "ddpm", "diffaugment": ()},
 }.items()}
 
 
 class GanConfig(StrictModel):
     # dcgan: size-aware DCGAN (models/gan.py); seed-dcgan: the seed article's 64x64 DCGAN layer stack
     # (pytorch/examples dcgan, ngf = ndf = width), data resized to 64 for training, samples back
-    arch: Literal["dcgan", "seed-dcgan"] = "dcgan"
-    """dcgan (size-aware) or seed-dcgan (the seed article's 64x64 stack)."""
+    # ddpm: not a GAN but the diffusion family in its place (diffusion.py; its settings in the
+    # diffusion section; gan.steps, batch_size, conditioning, train_on, eval_every apply to it too)
+    arch: Literal["dcgan", "seed-dcgan", "ddpm"] = "dcgan"
+    """dcgan (size-aware), seed-dcgan (the seed article's 64x64 stack) or ddpm (a diffusion model)."""
     loss: Literal["ns", "hinge", "wgan-gp"] = "ns"
     """Adversarial loss: non-saturating, hinge or WGAN with gradient penalty."""
     steps: int = Field(600, ge=1, le=MAX_STEPS)
@@ -168,7 +172,7 @@ class GanConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     """EMA of the generator's weights used for sampling; 0: the raw generator."""
     recipe: Literal["custom", "default", "hinge-sn", "wgan-gp", "no-diffaugment", "diffaugment-all",
-                    "acgan", "unconditional", "seed-dcgan"] = "custom"  # see GAN_RECIPES
+                    "acgan", "unconditional", "seed-dcgan", "ddpm"] = "custom"  # see GAN_RECIPES
     """A named GAN recipe that sets arch, loss, conditioning, d_norm and diffaugment; custom: as written."""
     # projection discriminator | ACGAN auxiliary classifier | none: unconditional G and D, samples
     # pseudo-labelled by a classifier trained on the real subset (synth.min_confidence)
@@ -191,7 +195,12 @@ class GanConfig(StrictModel):
     eval_every: int = Field(0, ge=0, le=MAX_STEPS)
     """Budget-validation KID every K steps and the best step kept; 0: the last step."""
     eval_samples: int = Field(1000, ge=50, le=MAX_SAMPLES)
-    """Generated images per validation KID."""
+    """Generated images per validation KID (and per point of the curve_every curve)."""
+    # a convergence curve, never a choice: KID of eval_samples generated images against the budget's
+    # training images in the real-subset classifier's features (gan/budget_kid); not part of the
+    # GAN's cache key (it does not change the weights), so a GAN from the store has no curve
+    curve_every: int = Field(0, ge=0, le=MAX_STEPS)
+    """Every K steps, KID against the budget's training images, logged as a curve; 0: off."""
     # what the GAN learns from (trial_gan.py): budget = the budget's training images; budget+unlabelled
     # = those and the data.unlabelled_size images, pseudo-labelled by the real-subset classifier
     # (S2GAN, Lucic et al., 2019); transfer = first source_steps on transfer_source, cached, then
@@ -296,6 +305,10 @@ class QualityConfig(StrictModel):
     """Generated images scored against the test split."""
     k: int = Field(5, ge=1, le=100)
     """Nearest neighbours for precision/recall/density/coverage (Naeem et al.)."""
+    # a sample is a copy when nearer its nearest same-class budget image than this percentile of the
+    # same distance for unseen real images (the test split): a non-copying generator scores about it
+    copy_percentile: float = Field(5.0, gt=0, lt=50)
+    """Percentile of unseen real images' nearest-training distances below which a sample is a copy."""
 
 
 class ClassifierConfig(StrictModel):
@@ -399,6 +412,31 @@ class SsganConfig(StrictModel):
     """EMA decay of D's weights that are evaluated; 0: the raw weights."""
 
 
+class DiffusionConfig(StrictModel):
+    # gan.arch ddpm: a class-conditional DDPM (Ho et al., 2020) from Hugging Face diffusers, a
+    # UNet2DModel with a class embedding and a null class for classifier-free guidance (Ho & Salimans,
+    # 2022) learnt by label dropout; trained gan.steps steps of gan.batch_size images on the noise-
+    # prediction loss, sampled with the EMA weights. 28x28 images are padded to 32x32
+    width: int = Field(32, ge=8, le=256, multiple_of=8)
+    """Channels of the UNet's first level (the next ones double it, once); a multiple of 8."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Training noise schedule over train_timesteps: cosine (Nichol & Dhariwal) or linear (Ho et al.)."""
+    train_timesteps: int = Field(1000, ge=10, le=10000)
+    """Noise levels of the training schedule."""
+    sampler: Literal["dpm-solver", "ddim"] = "dpm-solver"
+    """Sampler: DPM-Solver++ (2nd order, multistep) or DDIM (deterministic, eta 0)."""
+    sample_steps: int = Field(25, ge=1, le=1000)
+    """Denoising steps per sample."""
+    guidance: float = Field(1.0, ge=0, le=20)
+    """Classifier-free guidance scale: 0 unconditional, 1 conditional, above 1 guided."""
+    label_dropout: float = Field(0.1, ge=0, le=1)
+    """Share of training images whose label is replaced by the null class."""
+    lr: float = Field(2e-4, gt=0, le=1)
+    """AdamW learning rate."""
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    """EMA decay of the weights that sample; 0: the raw weights."""
+
+
 class TrialConfig(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     """The trial's seed: the labelled subset, initialisations and batch order follow from it."""
@@ -409,11 +447,13 @@ class TrialConfig(StrictModel):
     quality: QualityConfig = QualityConfig()
     fixmatch: FixMatchConfig = FixMatchConfig()
     ssgan: SsganConfig = SsganConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
 
     @model_validator(mode="after")
     def _classifier_recipe_fits(self) -> TrialConfig:
         check_classifier_recipe(self)
         check_unlabelled(self)
+        check_diffusion(self)
         return self
 
 
@@ -510,6 +550,28 @@ def mirror_keeps_label(data: DataConfig) -> bool:
     return label_safe_hflip(data.dataset, data.hflip if data.dataset == "imagefolder" else None)
 
 
+DIFFUSION_MAX_SIZE = 64  # the UNet's three levels, sized for 8x8 to 32x32 images (and 64x64 at most)
+
+
+def check_diffusion(cfg: TrialConfig) -> None:
+    """What gan.arch ddpm can take (classifier.init discriminator and synth.source ssgan, which need
+    a GAN, are refused by their own checks)."""
+    if cfg.gan.arch != "ddpm":
+        return
+    g = cfg.gan
+    if g.conditioning == "acgan":
+        raise ValueError("gan.arch ddpm has no discriminator: gan.conditioning projection (a class "
+                         "embedding) or none, not acgan")
+    if g.train_on == "transfer":
+        raise ValueError("gan.arch ddpm trains from scratch: gan.train_on budget or budget+unlabelled, "
+                         "not transfer")
+    size = cfg.data.image_size if cfg.data.dataset == "imagefolder" else 0
+    if size > DIFFUSION_MAX_SIZE:
+        raise ValueError(f"data.image_size {size}: gan.arch ddpm takes images up to "
+                         f"{DIFFUSION_MAX_SIZE}x{DIFFUSION_MAX_SIZE}; set data.image_size to at most "
+                         f"{DIFFUSION_MAX_SIZE}")
+
+
 def check_classifier_recipe(cfg: TrialConfig) -> None:
     """Rules that join the classifier to the GAN, data and mix sections; the error names both keys."""
     c = cfg.classifier
@@ -542,8 +604,9 @@ def check_classifier_recipe(cfg: TrialConfig) -> None:
         raise ValueError(f"classifier.init discriminator needs classifier.arch seed-cnn (the "
                          f"discriminator's shape), not {c.arch}")
     if c.init == "discriminator" and cfg.gan.arch != "dcgan":
-        raise ValueError(f"classifier.init discriminator needs gan.arch dcgan: {cfg.gan.arch}'s "
-                         f"discriminator works at 64x64, the classifier at the data's size")
+        why = " has no discriminator" if cfg.gan.arch == "ddpm" else \
+            "'s discriminator works at 64x64, the classifier at the data's size"
+        raise ValueError(f"classifier.init discriminator needs gan.arch dcgan: {cfg.gan.arch}{why}")
     if c.init == "discriminator" and c.width != cfg.gan.width:
         raise ValueError(f"classifier.width ({c.width}) must equal gan.width ({cfg.gan.width}) when "
                          f"classifier.init is discriminator: the classifier's trunk is the discriminator's")

@@ -46,7 +46,7 @@ class GanResult:
     # the sampling generator at the data size, eval mode: EMA unless ema_decay == 0, and the best on
     # budget-validation KID when gan.eval_every > 0 (else the last)
     generator: nn.Module
-    discriminator: Discriminator  # the trained D (its trunk can initialise a classifier)
+    discriminator: Discriminator | None  # the trained D (its trunk can initialise a classifier); None: ddpm
     samples: torch.Tensor  # (K * SAMPLES_PER_CLASS, C, H, W) from the fixed noise, on the CPU
     metrics: dict[str, float]
 
@@ -111,15 +111,16 @@ class KeepLast:
 
 class KeepBest:
     """Score the sampling generator every ``every`` steps and after the last one, always on the same
-    noise and class-balanced labels; log the curve as ``gan/val_kid`` and keep the best weights."""
+    noise and class-balanced labels; log the curve as ``metric`` and keep the best weights (with
+    ``keep`` False only the curve: ``gan.curve_every``)."""
 
     def __init__(self, scorer: Scorer, every: int, last: int, n: int, num_classes: int, z_dim: int,
-                 seed: int, device: torch.device) -> None:
-        self.scorer, self.every, self.last = scorer, every, last
+                 seed: int, device: torch.device, metric: str = "gan/val_kid", keep: bool = True) -> None:
+        self.scorer, self.every, self.last, self.metric, self.keep = scorer, every, last, metric, keep
         gen = make_generator(derive_seed(seed, "gan-eval"), device)  # not the training stream
         self.z = torch.randn(n, z_dim, generator=gen, device=device)  # (n, Z)
         self.y = torch.arange(n, device=device) % num_classes  # (n,)
-        self.best_score, self.best_step, self.best_state = math.inf, 0, None
+        self.best_score, self.best_step, self.best_state, self.last_score = math.inf, 0, None, math.nan
 
     @torch.inference_mode()
     def observe(self, step: int, G: nn.Module, tracker: Tracker) -> None:
@@ -130,16 +131,38 @@ class KeepBest:
         images = torch.cat([G(z, y) for z, y in zip(self.z.split(500), self.y.split(500), strict=True)])
         G.train(was_training)
         score = self.scorer(images)
-        tracker.log_metrics({"gan/val_kid": score}, step=step)
+        tracker.log_metrics({self.metric: score}, step=step)
+        self.last_score = score
         if score < self.best_score:  # a NaN score is never the best
             self.best_score, self.best_step = score, step
-            self.best_state = {k: v.clone() for k, v in G.state_dict().items()}
+            if self.keep:
+                self.best_state = {k: v.clone() for k, v in G.state_dict().items()}
 
     def restore(self, G: nn.Module) -> dict[str, float]:
         if self.best_state is None:  # no finite score: keep the last generator
             return {"gan/best_step": float(self.last), "gan/best_val_kid": math.nan}
         G.load_state_dict(self.best_state)
         return {"gan/best_step": float(self.best_step), "gan/best_val_kid": self.best_score}
+
+
+def make_curve(cfg: GanConfig, curve: Scorer | None, num_classes: int, seed: int,
+               device: torch.device) -> KeepLast | KeepBest:
+    """``gan.curve_every`` > 0: the convergence curve ``gan/budget_kid`` (KID against the budget's
+    training images, ``selection.curve_scorer``); it keeps nothing."""
+    if not cfg.curve_every:
+        return KeepLast()
+    if curve is None:
+        raise ValueError("gan.curve_every > 0 needs a scorer (selection.curve_scorer)")
+    return KeepBest(curve, cfg.curve_every, cfg.steps, cfg.eval_samples, num_classes, cfg.z_dim, seed, device,
+                    metric="gan/budget_kid", keep=False)
+
+
+def curve_metrics(curve: KeepLast | KeepBest) -> dict[str, float]:
+    """The curve's last and lowest value and the step of the lowest (how far from converged)."""
+    if not isinstance(curve, KeepBest):
+        return {}
+    return {"gan/budget_kid_last": curve.last_score, "gan/budget_kid_min": curve.best_score,
+            "gan/budget_kid_min_step": float(curve.best_step)}
 
 
 def make_selector(cfg: GanConfig, scorer: Scorer | None, num_classes: int, seed: int,
@@ -214,10 +237,11 @@ def _fp32(outputs: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tens
 
 def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
               device: torch.device, tracker: Tracker = NULL_TRACKER,
-              log_every: int = 50, scorer: Scorer | None = None,
+              log_every: int = 50, scorer: Scorer | None = None, curve: Scorer | None = None,
               init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None) -> GanResult:
     """Train G and D for ``cfg.steps`` G steps on ``real``; return the sampling generator and metrics.
-    ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0.
+    ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0, ``curve``
+    (-> KID against the budget's training images) when ``cfg.curve_every`` > 0.
     ``init``: (G, D) state dicts to start from (a transfer's source GAN); D's first ``cfg.freeze_d``
     stages then stay as they are."""
     image_shape = tuple(real.x.shape[1:])
@@ -239,6 +263,7 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
     parts = StepParts.from_config(cfg)
     selector = make_selector(cfg, scorer, num_classes, seed, device)
+    watch = make_curve(cfg, curve, num_classes, seed, device)
     gen = make_generator(derive_seed(seed, "gan-train"), device)
     B = min(cfg.batch_size, len(x_all))
 
@@ -270,6 +295,7 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
             sums.zero_()
             last = step
         selector.observe(step, G_sample, tracker)
+        watch.observe(step, G_sample, tracker)
 
     seconds = time.perf_counter() - t0
     best = selector.restore(G_sample)
@@ -277,7 +303,7 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     samples = sample_grid(G_sample, num_classes, device)
     final = {"gan/g_steps": float(step), "gan/train_seconds": seconds,
              "gan/images_per_second": cfg.steps * B * cfg.d_steps / seconds}
-    return GanResult(G_sample, D.eval(), samples, {**metrics, **final, **best})
+    return GanResult(G_sample, D.eval(), samples, {**metrics, **final, **curve_metrics(watch), **best})
 
 
 def _read_metrics(means: torch.Tensor, step: int, cfg: GanConfig) -> dict[str, float]:

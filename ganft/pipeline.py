@@ -86,11 +86,14 @@ def generated(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     """n images from the trial's GAN, class balanced, labelled by the class they were generated for
     (or by the labeller), and the GAN's quality scores."""
     G = t.gan().generator(t.device)
+    t0 = time.perf_counter()
     images, metrics = synthesise(cfg.synth, G, n, t.splits.num_classes, t.labeller,
                                  conditioning=cfg.gan.conditioning, seed=derive_seed(cfg.seed, "synth"),
                                  device=t.device)
+    metrics["time/synth_seconds"] = time.perf_counter() - t0  # beside gan/train_seconds
     quality = trial_quality(cfg.quality, G, t.labeller, t.splits, conditional=cfg.gan.conditioning != "none",
-                            cas_recipe=cfg.classifier, seed=cfg.seed, device=t.device, tracker=t.tracker)
+                            cas_recipe=cfg.classifier, seed=cfg.seed, device=t.device, tracker=t.tracker,
+                            budget_train=t.budget.train)
     return Added(images, {**metrics, **quality})
 
 
@@ -158,7 +161,7 @@ def fit(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.devic
                         cache=None if cache is None else cache.child("labellers"), tracker=tracker)
     gan = GanOnDemand(lambda: obtain_gan(cfg.gan, seed=cfg.seed, budget=budget, splits=splits,
                                          unlabelled=unlabelled, labeller=labeller, device=device,
-                                         tracker=tracker, cache=cache))
+                                         tracker=tracker, cache=cache, diffusion=cfg.diffusion))
     n_added = synthetic_count(cfg.synth.ratio, len(budget.train))
     augment = _augment(cfg, "classifier", splits)
     probe = LabelProbe(unlabelled_truth(splits, cfg.data, cfg.seed))

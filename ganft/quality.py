@@ -15,12 +15,19 @@ Scores, logged under ``quality/`` (generated images against the real test split)
 - ``kid``: torchmetrics' KID (unbiased MMD, cubic kernel) in the same space;
 - ``precision``, ``recall``, ``density``, ``coverage`` (Naeem et al., 2020), k nearest neighbours;
 - ``cas``: Classification Accuracy Score (Ravuri & Vinyals, 2019): a classifier trained on generated
-  images only (checkpoint chosen on held-out generated images) tested on the real test split.
+  images only (checkpoint chosen on held-out generated images) tested on the real test split;
+- ``copy_rate``: the share of generated images that are copies of a budget training image: closer to
+  their nearest training image of the same class than the ``quality.copy_percentile`` percentile of
+  the same distance for real images the generator never saw (the test split), with that threshold
+  as ``copy_threshold``. A generator that samples the data distribution without copying scores about
+  the percentile (5 %); one that returns its training images scores 1. The trial's artifact
+  ``nearest_train.png`` pairs the samples closest to a training image with that image.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 import weakref
 from collections.abc import Callable
@@ -42,10 +49,11 @@ from ganft.paths import project_root
 from ganft.runtime import derive_seed, make_generator, seeded
 from ganft.store import CheckpointCache, content_key, images_digest
 from ganft.synth import sample_synthetic
-from ganft.tracker import NULL_TRACKER, Tracker
+from ganft.tracker import NULL_TRACKER, Tracker, log_image_tensor
 
 log = logging.getLogger(__name__)
 CHUNK = 1000  # images per feature-extraction batch
+COPY_FIGURE_PER_CLASS = 4  # samples (and their nearest training images) per class in nearest_train.png
 # Bump when the extractor trained from the same split and recipe changes (DomainClassifier,
 # train_extractor, models/gan.ConvTrunk): scores are then not comparable with earlier ones.
 EXTRACTOR_VERSION = 1
@@ -245,6 +253,70 @@ def generator_quality(ext: Extractor, real: Images, fake: Images, *, k: int = 5,
     return out
 
 
+@dataclass
+class Copies:
+    rate: float  # share of samples nearer their nearest same-class training image than ``threshold``
+    threshold: float  # the percentile of the reference images' nearest-training-image distances
+    distance: torch.Tensor  # (G,) each sample's distance to its nearest training image of its class
+    nearest: torch.Tensor  # (G,) that training image's index (-1: no training image of the class)
+
+
+def nearest_same_class(query_f: torch.Tensor, query_y: torch.Tensor, train_f: torch.Tensor,
+                       train_y: torch.Tensor, *,
+                       leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query (Q, F): the Euclidean distance to the nearest training feature (T, F) of the same
+    class and its index (inf and -1 where the class has no training image). ``leave_one_out``: the
+    queries are the training images themselves, each compared with the others only."""
+    dist = torch.full((len(query_f),), math.inf, dtype=torch.float64, device=query_f.device)
+    index = torch.full((len(query_f),), -1, dtype=torch.long, device=query_f.device)
+    for c in query_y.unique().tolist():
+        q, t = (query_y == c).nonzero().squeeze(1), (train_y == c).nonzero().squeeze(1)
+        if len(t) == 0:
+            continue
+        d = torch.cdist(query_f[q].double(), train_f[t].double(), compute_mode="donot_use_mm_for_euclid_dist")
+        if leave_one_out:
+            d.fill_diagonal_(math.inf)  # query q[i] is training image t[i]
+        best = d.min(1)
+        dist[q], index[q] = best.values, torch.where(best.values.isfinite(), t[best.indices], -1)
+    return dist, index
+
+
+def copies(train_f: torch.Tensor, train_y: torch.Tensor, fake_f: torch.Tensor, fake_y: torch.Tensor,
+           reference_f: torch.Tensor | None = None, reference_y: torch.Tensor | None = None, *,
+           percentile: float = 5.0) -> Copies:
+    """Which generated images are copies of a training image (features and labels of each set).
+    The threshold comes from the real data itself: the ``percentile`` of the distances from real
+    images the generator never saw (``reference``) to their nearest training image of the same class,
+    so a fresh real image counts as a copy with probability percentile / 100. Without a reference
+    (budget data only, for choices) each training image is held out against the others."""
+    if reference_f is None:
+        ref, _ = nearest_same_class(train_f, train_y, train_f, train_y, leave_one_out=True)
+    else:
+        ref, _ = nearest_same_class(reference_f, reference_y, train_f, train_y)
+    ref = ref[ref.isfinite()]
+    threshold = torch.quantile(ref, percentile / 100).item() if len(ref) else math.nan
+    dist, index = nearest_same_class(fake_f, fake_y, train_f, train_y)
+    rate = (dist < threshold).double().mean().item() if len(dist) and threshold == threshold else math.nan
+    return Copies(rate, threshold, dist, index)
+
+
+def nearest_pairs(fake: Images, train: Images, found: Copies, classes: tuple[str, ...] | list[str],
+                  per_class: int = 4) -> tuple[torch.Tensor, list[str]]:
+    """The copy figure's rows: per class, the ``per_class`` samples nearest a training image (most
+    copy-like first), then the training images they are nearest to (blank tiles where a class has
+    fewer). Returns (2K * per_class, C, H, W) images and the row labels."""
+    rows, labels = [], []
+    shape = fake.x.shape[1:]
+    for k, name in enumerate(classes):
+        mine = ((fake.y == k) & (found.nearest >= 0)).nonzero().squeeze(1)
+        mine = mine[found.distance[mine].argsort()[:per_class]]
+        blank = torch.ones((per_class - len(mine), *shape), dtype=fake.x.dtype, device=fake.x.device)
+        near = train.x[found.nearest[mine].to(train.x.device)].to(fake.x)
+        rows += [torch.cat([fake.x[mine], blank]), torch.cat([near, blank])]
+        labels += [f"{name} (sample)", f"{name} (nearest train)"]
+    return torch.cat(rows), labels
+
+
 def cas(recipe: ClassifierConfig, synthetic: Images, test: Images, num_classes: int, *, seed: int,
         device: torch.device) -> float:
     """Test accuracy of the trial's classifier recipe trained from scratch on generated images only;
@@ -261,12 +333,14 @@ def cas(recipe: ClassifierConfig, synthetic: Images, test: Images, num_classes: 
 
 def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module],
                   splits: Splits, *, conditional: bool, cas_recipe: ClassifierConfig, seed: int,
-                  device: torch.device, tracker: Tracker = NULL_TRACKER) -> dict[str, float]:
+                  device: torch.device, tracker: Tracker = NULL_TRACKER,
+                  budget_train: Images | None = None) -> dict[str, float]:
     """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
     Conditional generators are scored with the labels they were asked for (uniform over classes); an
     unconditional one on its own class mix, with the real-subset labeller's most probable class as the
     label (no threshold), so its CAS measures generator and labeller together. CAS trains
-    ``cas_recipe``, the trial's classifier recipe."""
+    ``cas_recipe``, the trial's classifier recipe. With ``budget_train`` (the budget's training
+    images) also the copy rate and its figure ``nearest_train.png``."""
     if not cfg.enabled:
         return {}
     ext = load_extractor(splits, device)
@@ -279,4 +353,11 @@ def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[
     out = generator_quality(ext, test, fake, k=cfg.k, per_class=conditional, seed=seed_q)
     out["quality/cas"] = cas(cas_recipe, fake, test, K, seed=seed, device=device)
     out["quality/extractor_test_acc"] = ext.test_acc
+    if budget_train is not None:
+        train = budget_train.to(device)
+        found = copies(features(ext, train.x), train.y, features(ext, fake.x), fake.y,
+                       features(ext, test.x), test.y, percentile=cfg.copy_percentile)
+        out["quality/copy_rate"], out["quality/copy_threshold"] = found.rate, found.threshold
+        rows, labels = nearest_pairs(fake, train, found, splits.classes, COPY_FIGURE_PER_CLASS)
+        log_image_tensor(tracker, rows, "nearest_train.png", nrow=COPY_FIGURE_PER_CLASS, row_labels=labels)
     return out

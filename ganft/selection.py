@@ -54,7 +54,19 @@ def gan_scorer(cfg: GanConfig, budget: Budget, labeller: Callable[[], nn.Module]
     """Generated images -> KID against the budget's validation images (lower is better)."""
     if budget.val is None:
         raise ValueError("gan.eval_every needs validation images; data.validation none has none")
-    real = budget.val.x.to(device)
+    return kid_scorer(cfg, budget.val.x.to(device), labeller)
+
+
+def curve_scorer(cfg: GanConfig, budget: Budget, labeller: Callable[[], nn.Module],
+                 device: torch.device) -> Scorer:
+    """``gan.curve_every``: generated images -> KID against the budget's training images, the ones
+    the generator learns from (a convergence curve: it chooses nothing, so it may look at them)."""
+    return kid_scorer(cfg, budget.train.x.to(device), labeller)
+
+
+def kid_scorer(cfg: GanConfig, real: torch.Tensor, labeller: Callable[[], nn.Module]) -> Scorer:
+    """Generated images -> KID against ``real`` in the real-subset classifier's trunk features."""
+    device = real.device
     features = TrunkFeatures(labeller(), tuple(real.shape[1:]))
     size = min(len(real), cfg.eval_samples)
     with warnings.catch_warnings():

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganft.config import DataConfig, GanConfig
+from ganft.config import DataConfig, DiffusionConfig, GanConfig
 from ganft.data import splits_for
 from ganft.datasets import LOADER_VERSION
 from ganft.gan_train import GAN_VERSION, SAMPLES_PER_CLASS, build_discriminator, build_generator, train_gan
@@ -41,7 +41,7 @@ from ganft.images import Budget, Images, Splits, resize_images
 from ganft.labeller import Labeller, predict_labels
 from ganft.models.gan import trunk_state_for_classifier
 from ganft.runtime import prepare_model
-from ganft.selection import SELECTION_VERSION, gan_scorer
+from ganft.selection import SELECTION_VERSION, curve_scorer, gan_scorer
 from ganft.store import CheckpointCache, content_key, images_digest, load_or_make, tensor_digest
 from ganft.tracker import Tracker, log_image_tensor
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # Bump when what a GAN learns from changes for the same config and data (this file: pseudo-labels,
 # joining, resizing a transfer source); the training itself has gan_train.GAN_VERSION.
 SOURCES_VERSION = 1
+NOT_IN_KEY = {"curve_every"}  # GAN settings that do not change its weights (and were added later)
 
 
 # --------------------------------------------------------------------------- what is stored
@@ -78,8 +79,16 @@ class CachedGan:
 
 
 def train_stored(cfg: GanConfig, images: Images, num_classes: int, *, seed: int, device: torch.device,
-                 **kw: Any) -> CachedGan:
-    """``train_gan`` of ``cfg`` on ``images``, as the store keeps it (``kw``: tracker, scorer, init)."""
+                 diffusion: DiffusionConfig | None = None, **kw: Any) -> CachedGan:
+    """``train_gan`` of ``cfg`` on ``images`` (gan.arch ddpm: ``diffusion.train_diffusion`` with
+    ``diffusion``), as the store keeps it (``kw``: tracker, scorer, init)."""
+    if cfg.arch == "ddpm":
+        from ganft.diffusion import train_diffusion
+
+        kw.pop("init", None)  # config.check_diffusion refuses transfer: there is nothing to start from
+        res = train_diffusion(cfg, diffusion or DiffusionConfig(), images, num_classes, seed=seed,
+                              device=device, **kw)
+        return CachedGan(res.generator.state_dict(), res.samples, res.metrics)
     res = train_gan(cfg, images, num_classes, seed=seed, device=device, **kw)
     return CachedGan(res.generator.state_dict(), res.samples, res.metrics, res.discriminator.state_dict())
 
@@ -100,10 +109,17 @@ class TrialGan:
     image_shape: tuple[int, int, int]
     num_classes: int
     trained: bool  # trained by this trial (False: loaded from the store)
+    diffusion: DiffusionConfig | None = None  # gan.arch ddpm: the model's settings
 
     def generator(self, device: torch.device) -> nn.Module:
         """The sampling generator, eval mode, on ``device``."""
-        G = build_generator(self.cfg, self.image_shape, self.num_classes)
+        if self.cfg.arch == "ddpm":
+            from ganft.diffusion import build_diffusion
+
+            G = build_diffusion(self.cfg, self.diffusion or DiffusionConfig(), self.image_shape,
+                                self.num_classes)
+        else:
+            G = build_generator(self.cfg, self.image_shape, self.num_classes)
         G.load_state_dict(self.entry.state_dict)
         return prepare_model(G, device).eval()
 
@@ -166,13 +182,13 @@ def source_images(cfg: GanConfig, splits: Splits, unlabelled: torch.Tensor, labe
 def source_config(cfg: GanConfig) -> GanConfig:
     """The source run's GAN config: the trial's recipe for ``source_steps``, no selection, nothing frozen."""
     return cfg.model_copy(update={"steps": cfg.source_steps, "train_on": "budget", "freeze_d": 0,
-                                  "eval_every": 0})
+                                  "eval_every": 0, "curve_every": 0})
 
 
 def source_key(cfg: GanConfig, source: Images, seed: int) -> str:
     """The source GAN's key: its images and labels by content, its seed, recipe and code version."""
     return content_key({"transfer_source": cfg.transfer_source, "images": images_digest(source),
-                        "seed": seed, "gan": source_config(cfg).model_dump(mode="json"),
+                        "seed": seed, "gan": source_config(cfg).model_dump(mode="json", exclude=NOT_IN_KEY),
                         "version": GAN_VERSION})
 
 
@@ -211,27 +227,36 @@ def sources_ident(cfg: GanConfig, unlabelled: torch.Tensor, labeller: Labeller) 
 
 
 def gan_key(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unlabelled: torch.Tensor,
-            labeller: Labeller) -> str:
+            labeller: Labeller, diffusion: DiffusionConfig | None = None) -> str:
     """Everything that determines the generator: the images it trains on (by content, so the
     validation protocol, N and the subset seed are covered), the images and the labeller whose
     features pick its best step (``gan.eval_every`` > 0 only), its seed, the GAN config and the code
-    versions. Not the ratio, and not the classifier unless its labeller picks the best step."""
+    versions (gan.arch ddpm: also the diffusion settings). Not the ratio, and not the classifier
+    unless its labeller picks the best step."""
     selects = cfg.eval_every > 0
+    family: dict[str, Any] = {}
+    if cfg.arch == "ddpm":  # only then: the keys of every GAN stored before diffusion existed stay
+        from ganft.diffusion import DIFFUSION_VERSION
+
+        family = {"diffusion": (diffusion or DiffusionConfig()).model_dump(mode="json"),
+                  "diffusion_version": DIFFUSION_VERSION}
     return content_key({
         "dataset": splits.name, "train": images_digest(budget.train),
         "select": images_digest(budget.val) if selects else None,
         "select_features": labeller.ident if selects else None,
-        "seed": seed, "gan": cfg.model_dump(mode="json"),
+        "seed": seed, "gan": cfg.model_dump(mode="json", exclude=NOT_IN_KEY),
         "version": [GAN_VERSION, SELECTION_VERSION if selects else None],
-        **sources_ident(cfg, unlabelled, labeller)})
+        **sources_ident(cfg, unlabelled, labeller), **family})
 
 
 def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unlabelled: torch.Tensor,
                labeller: Labeller, device: torch.device, tracker: Tracker,
-               cache: CheckpointCache | None) -> TrialGan:
+               cache: CheckpointCache | None, diffusion: DiffusionConfig | None = None) -> TrialGan:
     """The trained GAN for (dataset, budget images, seed, GAN config), trained now or loaded from
-    the store; its sample grid, metrics and cache state go to ``tracker``."""
-    key = gan_key(cfg, seed=seed, budget=budget, splits=splits, unlabelled=unlabelled, labeller=labeller)
+    the store; its sample grid, metrics and cache state go to ``tracker``. ``diffusion``: the
+    diffusion section, used by gan.arch ddpm."""
+    key = gan_key(cfg, seed=seed, budget=budget, splits=splits, unlabelled=unlabelled, labeller=labeller,
+                  diffusion=diffusion)
 
     def train() -> CachedGan:
         images = gan_images(cfg, budget, unlabelled, labeller, device)
@@ -244,8 +269,9 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
                      "gan/source_g_steps": src.metrics.get("gan/g_steps", float("nan"))}
         log.info("GAN %s: training (%d steps on %d images, %s)", key, cfg.steps, len(images), cfg.train_on)
         scorer = gan_scorer(cfg, budget, labeller, device) if cfg.eval_every else None
+        curve = curve_scorer(cfg, budget, labeller, device) if cfg.curve_every else None
         made = train_stored(cfg, images, splits.num_classes, seed=seed, device=device, tracker=tracker,
-                            scorer=scorer, init=init)
+                            scorer=scorer, curve=curve, init=init, diffusion=diffusion)
         made.metrics.update(extra)
         return made
 
@@ -257,7 +283,7 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
     rows, labels = real_beside_generated(entry.samples, budget.train, splits.classes,
                                          conditional=cfg.conditioning != "none")
     log_image_tensor(tracker, rows, "gan_samples.png", nrow=SAMPLES_PER_CLASS, row_labels=labels)
-    return TrialGan(cfg, entry, splits.image_shape, splits.num_classes, trained=not hit)
+    return TrialGan(cfg, entry, splits.image_shape, splits.num_classes, trained=not hit, diffusion=diffusion)
 
 
 def real_beside_generated(samples: torch.Tensor, real: Images, classes: tuple[str, ...] | list[str], *,

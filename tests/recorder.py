@@ -9,6 +9,7 @@ class Recorder:
     def __init__(self) -> None:
         self.metrics: list[tuple[int | None, dict[str, float]]] = []
         self.tags: dict[str, str] = {}
+        self.artifacts: list[str] = []  # file names of logged artifacts and figures
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass
@@ -20,10 +21,12 @@ class Recorder:
         self.tags.update(tags)
 
     def log_figure(self, fig: Any, name: str) -> None:
-        pass
+        self.artifacts.append(name)
 
     def log_artifact(self, path: Any) -> None:
-        pass
+        from pathlib import Path
+
+        self.artifacts.append(Path(path).name)
 
     def merged(self) -> dict[str, float]:
         """Every metric's last logged value."""

@@ -37,6 +37,8 @@ SMOKE = {  # script -> its tiny arguments ({fashion}, {out} are filled in)
     "baseline.py": ["--sizes", "20", "--seeds", "0", "--steps", "3", "--root", "{fashion}",
                     "--json", "{out}"],
     "folder_load.py": ["--images", "30", "--json", "{out}"],
+    "generators.py": ["--rounds", "1", "--steps", "2", "--samples", "20", "--root", "{fashion}",
+                      "--json", "{out}"],
     "seed_reference.py": ["--steps", "1", "--root", "{fashion}"],
     "shared_machine.py": ["--gan-steps", "2", "--clf-steps", "2", "--json", "{out}"],
     "quick_profile.py": ["--study", str(BENCH / "smoke.yaml"), "--json", "{out}"],

@@ -13,7 +13,18 @@ from ganft.config import TrialConfig
 from ganft.data import load_splits
 from ganft.images import Images
 from ganft.keys import with_overrides
-from ganft.quality import ExtractorRecipe, cas, fcd, generator_quality, kid, load_extractor, prdc
+from ganft.quality import (
+    ExtractorRecipe,
+    cas,
+    copies,
+    fcd,
+    generator_quality,
+    kid,
+    load_extractor,
+    nearest_pairs,
+    nearest_same_class,
+    prdc,
+)
 from ganft.runtime import make_generator
 
 CPU = torch.device("cpu")
@@ -70,6 +81,54 @@ def test_generator_quality_has_every_score_and_per_class_fcd(extractor: quality.
     assert not [k for k in worse if "fcd_class" in k]
 
 
+def test_nearest_training_image_is_taken_within_the_class_a_hand_computed_case() -> None:
+    train_f, train_y = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), torch.tensor([0, 0, 1])
+    dist, index = nearest_same_class(torch.tensor([[1.0, 0.0], [1.0, 0.0], [5.0, 5.0]]),
+                                     torch.tensor([1, 0, 2]), train_f, train_y)
+    # class 1's only image is (0, 10); class 0's nearest to (1, 0) is (0, 0); class 2 has none
+    assert torch.allclose(dist[:2], torch.tensor([101.0, 1.0], dtype=torch.float64).sqrt())
+    assert dist[2] == float("inf") and index.tolist() == [2, 0, -1]
+    held_out, index = nearest_same_class(train_f, train_y, train_f, train_y, leave_one_out=True)
+    assert held_out[:2].tolist() == [10.0, 10.0] and held_out[2] == float("inf")  # never itself
+    assert index.tolist() == [1, 0, -1]
+
+
+def test_copy_rate_is_one_for_training_images_about_the_percentile_for_unseen_ones_and_zero_for_noise(
+        extractor: quality.Extractor) -> None:
+    s = load_splits("digits")
+    train, unseen = s.train.take(torch.arange(300)), s.train.take(torch.arange(300, 900))
+
+    def rate(fake: Images, **kw) -> quality.Copies:
+        f = lambda x: quality.features(extractor, x)  # noqa: E731
+        return copies(f(train.x), train.y, f(fake.x), fake.y, f(s.test.x), s.test.y, **kw)
+
+    returned = rate(train)  # a "generator" that hands back its training images
+    assert returned.rate == 1.0 and returned.threshold > 0 and (returned.distance == 0).all()
+    fresh = rate(unseen)  # real images it never saw: copies only by the threshold's definition
+    assert 0.0 < fresh.rate < 0.15 and rate(unseen, percentile=20).rate > fresh.rate
+    noise = rate(Images(uniform_noise(300), unseen.y[:300]))
+    assert noise.rate == 0.0
+    # budget data only (for choices): each training image held out against the others
+    f_train = quality.features(extractor, train.x)
+    own = copies(f_train, train.y, f_train, train.y)
+    assert own.rate == 1.0 and 0 < own.threshold < 3 * returned.threshold
+
+
+def test_the_copy_figure_pairs_each_class_closest_samples_with_their_training_images(
+        extractor: quality.Extractor) -> None:
+    s = load_splits("digits")
+    train = s.train.take(torch.arange(200))
+    fake = Images(torch.cat([train.x[:30], uniform_noise(30)]), torch.cat([train.y[:30], train.y[:30]]))
+    f = lambda x: quality.features(extractor, x)  # noqa: E731
+    found = copies(f(train.x), train.y, f(fake.x), fake.y, f(s.test.x), s.test.y)
+    rows, labels = nearest_pairs(fake, train, found, s.classes, per_class=2)
+    assert rows.shape == (2 * 10 * 2, 1, 8, 8) and labels[:2] == ["0 (sample)", "0 (nearest train)"]
+    for k in range(10):  # a copied training image comes first, beside itself
+        sample, near = rows[4 * k], rows[4 * k + 2]
+        if (fake.y[:30] == k).any():
+            assert torch.equal(sample, near)
+
+
 def test_cas_is_high_for_real_looking_images_and_chance_for_wrong_labels() -> None:
     s = load_splits("digits")
     cfg = with_overrides(TrialConfig(), {"classifier.arch": "seed-cnn", "classifier.schedule": "constant",
@@ -115,8 +174,10 @@ def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_kid_curve(
     run_trial(cfg, device=CPU, tracker=rec)
     m = rec.merged()
     for key in ("quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
-                "quality/coverage", "quality/cas", "synth/pseudo_label_kept_fraction", "gan/best_step"):
+                "quality/coverage", "quality/cas", "quality/copy_rate", "quality/copy_threshold",
+                "synth/pseudo_label_kept_fraction", "gan/best_step"):
         assert key in m and m[key] == m[key], key  # logged and not NaN
+    assert 0 <= m["quality/copy_rate"] <= 1 and "nearest_train.png" in rec.artifacts
     assert not [k for k in m if "fcd_class" in k]  # unconditional: no per-class FCD
     expected_hash = quality.extractor_hash(load_splits("digits"), quality.EXTRACTOR)
     assert rec.tags["quality.extractor_hash"] == expected_hash

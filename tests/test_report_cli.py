@@ -40,9 +40,10 @@ def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0,
                 t.log_metrics({"test/acc": acc, "time/trial_seconds": 2.0, "gan/trained_here": 0.0,
                                **{f"test/acc_class_{k}": acc + rng.normal(0, 0.01) for k in range(10)}})
                 if r > 0 and source == "gan":
-                    samples = home / "gan_samples.png"
-                    samples.write_bytes(f"png of {point}".encode())
-                    store.client.log_artifact(run, str(samples))
+                    for artifact, what in (("gan_samples.png", "png"), ("nearest_train.png", "copies")):
+                        figure = home / artifact
+                        figure.write_bytes(f"{what} of {point}".encode())
+                        store.client.log_artifact(run, str(figure))
                 store.end_run(run, "FINISHED")
     start = store.client.get_run(parent).info.start_time  # the invocation lasted 72 min (4321 s)
     store.client.set_terminated(parent, "FINISHED", end_time=start + 4_321_000)
@@ -122,6 +123,14 @@ def test_the_sample_grids_come_from_gan_runs_not_from_the_controls(home: Path) -
     out = home / "reports" / "ctl"
     assert (out / "samples_n100.png").read_bytes() == b"png of n100-r1.0-s0"  # not the oracle run's
     assert "![Real budget images and GAN samples at N=100" in (out / "index.md").read_text()
+    # the copy figure likewise, and a report rebuilt from its CSVs keeps both
+    assert (out / "copies_n100.png").read_bytes() == b"copies of n100-r1.0-s0"
+    md = (out / "index.md").read_text()
+    assert "## Copies of training images" in md and "(copies_n100.png)" in md
+    rebuilt = home / "rebuilt-ctl"
+    assert main(["report", "ctl", "--results", str(out / "results.csv"), "--out", str(rebuilt)]) == 0
+    assert (rebuilt / "copies_n100.png").read_bytes() == b"copies of n100-r1.0-s0"
+    assert (rebuilt / "index.md").read_text() == md
 
 
 # --------------------------------------------------------------------------- report writes (issue 23, item 9)
@@ -180,3 +189,15 @@ def test_out_naming_a_folder_of_other_files_is_refused_and_left_alone(
     assert main(["report", "grid_a", "--out", str(tmp_path)]) == 2
     assert "a folder that holds other files, not a report" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_a_report_command_names_the_stores_it_read_unless_they_are_the_defaults(tmp_path: Path) -> None:
+    from ganft.report.build import store_flags
+    from ganft.study.stores import Stores
+
+    assert store_flags(Stores.resolve(root=tmp_path)) == ""
+    stores = Stores.resolve(storage=str(tmp_path / "j.log"), tracking_uri="postgresql://u:hunter2@db/mlflow",
+                            root=tmp_path)
+    flags = store_flags(stores)
+    assert flags.startswith(f" --storage {tmp_path / 'j.log'} --tracking-uri postgresql://")
+    assert "hunter2" not in flags  # a password never reaches a report

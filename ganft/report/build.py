@@ -27,7 +27,13 @@ from ganft.report.search import write_search_report
 from ganft.report.text import ReportMeta, busy_seconds
 from ganft.report.tidy import tidy_from_csv, tidy_runs
 from ganft.report.write import staged, write_report
-from ganft.study.mlflow_store import CACHE_EXPERIMENT, MlflowStore, experiment_names, sqlite_path
+from ganft.study.mlflow_store import (
+    CACHE_EXPERIMENT,
+    MlflowStore,
+    default_tracking_uri,
+    experiment_names,
+    sqlite_path,
+)
 from ganft.study.peek import run_hint
 from ganft.study.status import optuna_frames, search_trials
 from ganft.study.storage import damaged_journal
@@ -77,6 +83,15 @@ def invocations(study: str, stores: Stores) -> tuple[float | None, list[str], st
     return busy_seconds(parents), commands, machine
 
 
+def store_flags(stores: Stores) -> str:
+    """The --storage / --tracking-uri flags a report command needs to find these stores again (none
+    for the project's default ones), credentials redacted."""
+    default = Stores(str(stores.root / "optuna-journal.log"), default_tracking_uri(stores.root), stores.root)
+    given = (("storage", stores.storage, default.storage),
+             ("tracking-uri", stores.tracking_uri, default.tracking_uri))
+    return "".join(f" --{flag} {redact(value)}" for flag, value, usual in given if value != usual)
+
+
 def _class_names(df: pd.DataFrame) -> dict[int, str]:
     if "classes" in df and df["classes"].notna().any():  # as the trials logged them (image folders)
         return dict(enumerate(json.loads(df["classes"].dropna().iloc[0])))
@@ -105,13 +120,14 @@ def build_from_results(study: str, results: Path, out: Path | None = None,
     grid = facts.get("grid_trials")  # an Optuna grid: every trial was an enqueued point
     history = pd.DataFrame({"from_grid": [True] * grid}) if grid else None
     with staged(out) as new:
-        samples = {}  # the GAN sample grids the report first had (they came from the stores)
-        for png in sorted(results.parent.glob("samples_n*.png")):
-            if png.stem.removeprefix("samples_n").isdigit():
-                shutil.copy(png, new / png.name)
-                samples[int(png.stem.removeprefix("samples_n"))] = png.name
+        kept: dict[str, dict[int, str]] = {"samples": {}, "copies": {}}  # GAN figures the report first
+        for prefix, found in kept.items():  # had (they came from the stores)
+            for png in sorted(results.parent.glob(f"{prefix}_n*.png")):
+                if png.stem.removeprefix(f"{prefix}_n").isdigit():
+                    shutil.copy(png, new / png.name)
+                    found[int(png.stem.removeprefix(f"{prefix}_n"))] = png.name
         page = write_report(df, new, meta, importances=importances, ceiling=ceiling, history=history,
-                            samples=samples or None)
+                            samples=kept["samples"] or None, copies=kept["copies"] or None)
     return Path(os.path.abspath(out)) / page.name
 
 
@@ -130,7 +146,7 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
             extra[flag] = study_runs(other, stores)
             commands += invocations(other, stores)[1] or [f"ganft study run studies/{other}.yaml"]
     flags = "".join(f" --{flag} {other}" for flag, other in (("ceiling", ceiling), ("protocol", protocol))
-                    if other)
+                    if other) + store_flags(stores)
     with damaged_journal(study, stores.storage):  # a damaged line: say to run study repair
         history, importances = optuna_frames(study, stores.storage)
     out = out or project_root() / "reports" / study
@@ -140,7 +156,8 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
             confirm = study_runs(f"{study}-confirm", stores)
         except NothingToReport:
             confirm = None
-        meta = ReportMeta(study=study, command=" && ".join([*commands, f"ganft report {study}"]),
+        meta = ReportMeta(study=study, command=" && ".join([*commands,
+                                                            f"ganft report {study}{store_flags(stores)}"]),
                           machine=machine, wall_seconds=wall, class_names=_class_names(df))
         objective = trials.attrs.get("objective", "the objective")
         with staged(out) as new:
@@ -151,15 +168,29 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
                       machine=machine, wall_seconds=wall, ceiling_study=ceiling or "",
                       protocol_study=protocol or "", class_names=_class_names(df), margin=margin)
     with staged(out) as new:
-        samples = sample_grids(df, stores, study, new)
+        samples, copied = sample_grids(df, stores, study, new), copy_figures(df, stores, study, new)
         page = write_report(df, new, meta, ceiling=extra.get("ceiling"), history=history,
-                            importances=importances, protocol=extra.get("protocol"), samples=samples)
+                            importances=importances, protocol=extra.get("protocol"), samples=samples,
+                            copies=copied)
     return Path(os.path.abspath(out)) / page.name
 
 
 def sample_grids(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dict[int, str]:
     """One GAN sample grid per N (``gan_samples.png`` of its lowest-seed GAN run, one row per
     class), copied into the report folder: N -> file name. Runs without the artifact are skipped."""
+    return gan_figures(df, stores, study, out, "gan_samples.png", "samples")
+
+
+def copy_figures(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dict[int, str]:
+    """One copy figure per N (``nearest_train.png``: the samples nearest a budget training image,
+    beside it), from its lowest-seed GAN run that scored quality: N -> file name."""
+    return gan_figures(df, stores, study, out, "nearest_train.png", "copies")
+
+
+def gan_figures(df: pd.DataFrame, stores: Stores, study: str, out: Path, artifact: str,
+                prefix: str) -> dict[int, str]:
+    """An artifact of the lowest-seed GAN run of each N that has it, copied into the report folder
+    as ``{prefix}_n{N}.png``: N -> file name."""
     if "run_id" not in df or "synth.ratio" not in df:
         return {}
     gan = df["synth.ratio"] > 0
@@ -170,11 +201,11 @@ def sample_grids(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dic
     out.mkdir(parents=True, exist_ok=True)
     grids: dict[int, str] = {}
     for n, g in gan_runs.groupby("data.train_size", sort=True):
-        name = f"samples_n{int(n)}.png"
+        name = f"{prefix}_n{int(n)}.png"
         for run_id in g["run_id"].head(3):  # a run may lack the artifact (a reused GAN): the next seed's
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    got = store.download(run_id, "gan_samples.png", Path(tmp))
+                    got = store.download(run_id, artifact, Path(tmp))
                     shutil.copy(got, out / name)
             except Exception:  # noqa: BLE001 - an artifact store that cannot be read: no grid, not no report
                 continue

@@ -124,6 +124,20 @@ def samples_section(samples: dict[int, str]) -> Section:
          for n, name in sorted(samples.items())])
 
 
+def copies_section(copies: dict[int, str], df: pd.DataFrame) -> Section:
+    col = "quality.copy_percentile"
+    pct = float(df[col].dropna().iloc[0]) if col in df and df[col].notna().any() else 5.0
+    return Section("Copies of training images", [
+        f"Per class, the generated images nearest a budget training image (most copy-like first), above "
+        f"the training images they are nearest to, in the extractor's features. `quality/copy_rate` "
+        f"counts a sample as a copy when it is nearer its nearest training image of its class than "
+        f"{pct:g} % of unseen real images (the test split) are: a generator that samples the data without "
+        f"copying scores about {pct:g} %, one that hands back its training images 100 %. The rates are in "
+        f"the quality table above."],
+        [(name, f"Samples nearest a training image and that image, at N={n:,}, two rows per class.")
+         for n, name in sorted(copies.items())])
+
+
 def quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
     present = [m for m in QUALITY_FIGURES if m in df and df[m].notna().any()]
     section = Section("GAN quality against gain")
@@ -137,7 +151,9 @@ def quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
         section.paragraphs.append(
             "Per generator setting (ratios pooled: one GAN serves every ratio of its N and seed), mean "
             "± standard deviation over the GANs of each seed. FCD and KID: lower is better; precision, "
-            "recall, density, coverage and CAS: higher is better. Scores are in the feature space of "
+            "recall, density, coverage and CAS: higher is better; copy rate: the share of samples that "
+            "copy a budget training image (about the percentile, 5 % by default, for a generator that "
+            "does not copy). Scores are in the feature space of "
             "the dataset's extractor (`quality.extractor_hash`); gain: mean paired test-accuracy "
             "difference of those runs to real only. Also in [quality.csv](quality.csv).")
         section.table = table

@@ -217,7 +217,7 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) ->
 
 
 QUALITY_COLS = ["quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
-                "quality/coverage", "quality/cas"]
+                "quality/coverage", "quality/cas", "quality/copy_rate"]
 
 
 def quality_cells(df: pd.DataFrame) -> pd.DataFrame:

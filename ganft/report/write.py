@@ -161,17 +161,19 @@ def _put_back(out: Path) -> None:
 
 def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,
                  history: pd.DataFrame | None = None, importances: pd.DataFrame | None = None,
-                 protocol: pd.DataFrame | None = None, samples: dict[int, str] | None = None) -> Path:
+                 protocol: pd.DataFrame | None = None, samples: dict[int, str] | None = None,
+                 copies: dict[int, str] | None = None) -> Path:
     """Write results.csv, cells.csv, classes.csv, the PNG figures, index.md and a self-contained
     index.html. ``ceiling``: tidy runs of a real-only study on the full training split (drawn as a
     line); ``history`` / ``importances``: Optuna frames from ``ganft.study.optuna_frames``;
     ``protocol``: tidy runs of the same grid under another ``data.validation`` (protocol.csv);
-    ``samples``: N -> a GAN sample grid already in ``out_dir`` (report.build.sample_grids)."""
+    ``samples``: N -> a GAN sample grid already in ``out_dir`` (report.build.sample_grids);
+    ``copies``: N -> a copy figure already there (report.build.copy_figures)."""
     if df.empty:
         raise ValueError(f"study {meta.study!r} has no finished trials to report")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.png"):  # figures of an earlier report that this one may not draw
-        if stale.name not in (samples or {}).values():
+        if stale.name not in {*(samples or {}).values(), *(copies or {}).values()}:
             stale.unlink()
     factors = varying_factors(df)
     cells = paired_cells(df)
@@ -204,6 +206,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     if samples:
         sections.append(sec.samples_section(samples))
     sections.append(sec.quality_section(df, out_dir))
+    if copies:
+        sections.append(sec.copies_section(copies, df))
     if importances is not None and len(importances) or history is not None and len(history):
         trials = len(history) if history is not None and len(history) else len(df)
         sections.append(sec.optuna_section(history, importances, out_dir, trials))
