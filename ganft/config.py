@@ -208,6 +208,10 @@ class GanConfig(StrictModel):
     # (FreezeD, Mo et al., 2020)
     train_on: Literal["budget", "budget+unlabelled", "transfer"] = "budget"
     """What the GAN learns from: budget, budget+unlabelled (pseudo-labelled) or transfer."""
+    # a conditional GAN learns only the unlabelled images whose pseudo-label the real-subset
+    # classifier gives at least this probability (an unconditional one uses no labels: all of them)
+    pseudo_label_min_confidence: float = Field(0.0, ge=0, lt=1)
+    """Pseudo-labelled images a conditional GAN learns from need this labeller probability; 0: all."""
     # transfer: unlabelled = the data.unlabelled_size images (pseudo-labelled, as above); a built-in
     # dataset's training split (its own labels, resized and converted to the target's shape)
     transfer_source: Literal["unlabelled", "digits", "fashion-mnist", "mnist", "cifar10"] = "unlabelled"

@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 # joining, resizing a transfer source); the training itself has gan_train.GAN_VERSION.
 SOURCES_VERSION = 1
 NOT_IN_KEY = {"curve_every"}  # GAN settings that do not change its weights (and were added later)
+# settings added later, left out of the key at these values, so GANs stored before them keep theirs
+ADDED_AT = {"pseudo_label_min_confidence": 0.0}
+
+
+def key_fields(cfg: GanConfig) -> dict[str, Any]:
+    """The GAN config as its cache key holds it."""
+    return cfg.model_dump(mode="json", exclude=NOT_IN_KEY | {k for k, v in ADDED_AT.items()
+                                                            if getattr(cfg, k) == v})
 
 
 # --------------------------------------------------------------------------- what is stored
@@ -136,10 +144,20 @@ class TrialGan:
 # --------------------------------------------------------------------------- what a GAN learns from
 
 
-def pseudo_labelled(unlabelled: torch.Tensor, labeller: Labeller, device: torch.device) -> Images:
-    """The unlabelled images with the real-subset classifier's labels."""
-    labels, _ = predict_labels(labeller(), unlabelled, device)
-    return Images(unlabelled, labels)
+def pseudo_labelled(unlabelled: torch.Tensor, labeller: Labeller, device: torch.device,
+                    min_confidence: float = 0.0) -> Images:
+    """The unlabelled images with the real-subset classifier's labels, those it gives at least
+    ``min_confidence`` probability."""
+    labels, conf = predict_labels(labeller(), unlabelled, device)
+    if not min_confidence:
+        return Images(unlabelled, labels)
+    keep = conf >= min_confidence
+    return Images(unlabelled[keep.to(unlabelled.device)], labels[keep])
+
+
+def label_threshold(cfg: GanConfig) -> float:
+    """The pseudo-label threshold a GAN applies: only a conditional GAN uses the labels."""
+    return cfg.pseudo_label_min_confidence if cfg.conditioning != "none" else 0.0
 
 
 def join(a: Images, b: Images) -> Images:
@@ -150,7 +168,7 @@ def gan_images(cfg: GanConfig, budget: Budget, unlabelled: torch.Tensor, labelle
                device: torch.device) -> Images:
     """The images (and labels) the GAN trains on in the trial itself (after any source run)."""
     if cfg.train_on == "budget+unlabelled":
-        return join(budget.train, pseudo_labelled(unlabelled, labeller, device))
+        return join(budget.train, pseudo_labelled(unlabelled, labeller, device, label_threshold(cfg)))
     return budget.train  # budget, and transfer's fine-tuning
 
 
@@ -169,7 +187,7 @@ def source_images(cfg: GanConfig, splits: Splits, unlabelled: torch.Tensor, labe
     """``gan.transfer_source``'s images and labels, in the target's shape."""
     name = cfg.transfer_source
     if name == "unlabelled":
-        return pseudo_labelled(unlabelled, labeller, device)
+        return pseudo_labelled(unlabelled, labeller, device, label_threshold(cfg))
     source = splits_for(DataConfig(dataset=name))
     if source.num_classes != splits.num_classes:
         raise ValueError(f"gan.transfer_source {name} has {source.num_classes} classes and "
@@ -188,7 +206,7 @@ def source_config(cfg: GanConfig) -> GanConfig:
 def source_key(cfg: GanConfig, source: Images, seed: int) -> str:
     """The source GAN's key: its images and labels by content, its seed, recipe and code version."""
     return content_key({"transfer_source": cfg.transfer_source, "images": images_digest(source),
-                        "seed": seed, "gan": source_config(cfg).model_dump(mode="json", exclude=NOT_IN_KEY),
+                        "seed": seed, "gan": key_fields(source_config(cfg)),
                         "version": GAN_VERSION})
 
 
@@ -244,7 +262,7 @@ def gan_key(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unlabe
         "dataset": splits.name, "train": images_digest(budget.train),
         "select": images_digest(budget.val) if selects else None,
         "select_features": labeller.ident if selects else None,
-        "seed": seed, "gan": cfg.model_dump(mode="json", exclude=NOT_IN_KEY),
+        "seed": seed, "gan": key_fields(cfg),
         "version": [GAN_VERSION, SELECTION_VERSION if selects else None],
         **sources_ident(cfg, unlabelled, labeller), **family})
 
@@ -268,6 +286,7 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
             extra = {"gan/source_cached": float(src_hit), "gan/source_images": float(len(source)),
                      "gan/source_g_steps": src.metrics.get("gan/g_steps", float("nan"))}
         log.info("GAN %s: training (%d steps on %d images, %s)", key, cfg.steps, len(images), cfg.train_on)
+        extra["gan/train_images"] = float(len(images))
         scorer = gan_scorer(cfg, budget, labeller, device) if cfg.eval_every else None
         curve = curve_scorer(cfg, budget, labeller, device) if cfg.curve_every else None
         made = train_stored(cfg, images, splits.num_classes, seed=seed, device=device, tracker=tracker,

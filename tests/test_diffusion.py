@@ -184,3 +184,26 @@ def test_the_curve_changes_no_weight_of_the_gan() -> None:
     assert rec.steps("gan/budget_kid") == [2, 4]
     a, b = plain.generator.state_dict(), watched.generator.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_conditional_gan_learns_only_the_pseudo_labels_its_labeller_is_sure_of() -> None:
+    # issue 26: pseudo-labels for the unlabelled images a GAN uses pass a confidence threshold
+    from ganft.config import GanConfig
+    from ganft.trial_gan import key_fields, label_threshold, pseudo_labelled
+
+    class Sure(torch.nn.Module):  # class 0 with probability ~1 where the first pixel is 1, else 0.5
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p = x[:, 0, 0, 0]
+            return torch.stack([10 * p, torch.zeros_like(p)], dim=1)
+
+    x = torch.zeros(5, 1, 8, 8)
+    x[:3, 0, 0, 0] = 1.0
+    assert len(pseudo_labelled(x, Sure, CPU)) == 5
+    kept = pseudo_labelled(x, Sure, CPU, 0.9)
+    assert torch.equal(kept.x, x[:3]) and kept.y.tolist() == [0, 0, 0]
+    cfg = GanConfig(train_on="budget+unlabelled", pseudo_label_min_confidence=0.9)
+    assert label_threshold(cfg) == 0.9
+    assert label_threshold(cfg.model_copy(update={"conditioning": "none"})) == 0.0  # it uses no labels
+    # the threshold is part of a GAN's key, except at 0, where every GAN stored before it keeps its key
+    assert "pseudo_label_min_confidence" in key_fields(cfg)
+    assert "pseudo_label_min_confidence" not in key_fields(GanConfig())
