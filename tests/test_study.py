@@ -139,6 +139,28 @@ def test_ctrl_c_inside_the_creation_of_a_trials_run_leaves_no_run_running(
     assert complete_points(home) == Counter({p: 1 for p in POINTS})
 
 
+@pytest.mark.slow  # a whole 6-point study: over 10 s on 2 cores
+def test_a_worker_killed_between_taking_a_trial_and_naming_itself_leaves_no_point_undone(
+        tiny_study: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # CI saw it (seed 919071 of the random-kill test): SIGKILL landed after a worker had popped a
+    # queued point (its trial RUNNING) and before it had written its name on it; the next run took
+    # that point for one running elsewhere, ran the rest and ended 0 with the point never run
+    from ganft.study.run import preflight
+    from ganft.study.schema import load_study
+
+    cfg = load_study(tiny_study)
+    study, _, queued = preflight(cfg, Stores.resolve(), 1)
+    assert queued == 6
+    taken = study.ask()  # what the killed worker did, and no more
+    assert taken.user_attrs["ganft.grid_point"] in POINTS and "ganft.owner" not in taken.user_attrs
+
+    assert main(["study", "run", str(tiny_study), "--no-progress"]) == 0
+    assert "6 of 6 grid points complete, 0 failed" in capsys.readouterr().out
+    assert complete_points(home) == Counter({p: 1 for p in POINTS})
+    reaped = next(t for t in trials(home) if t.number == taken.number)
+    assert reaped.state == optuna.trial.TrialState.FAIL and "ganft.fail_reason" not in reaped.user_attrs
+
+
 def test_failing_point_is_recorded_others_complete_and_retries_are_bounded(
         tiny_study: Path, home: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,6 @@ from ganft.redact import redact
 from ganft.study import workers
 from ganft.study.grid import (
     GRID_KEY_ATTR,
-    OWNER_ATTR,
     config_hash,
     distribution,
     encode,
@@ -79,8 +78,7 @@ def make_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, parent_
     base_hash = config_hash(cfg)
 
     def objective(trial: optuna.Trial) -> float:
-        me = workers.identity()
-        trial.set_user_attr(OWNER_ATTR, {**me, "trial": trial.number})  # first: reapers look for it
+        me = workers.identity()  # run.claim_trial has named this worker on the trial
         trial.set_user_attr("ganft.parent_run_id", parent_id)
         point = _take_point(trial, by_key)
         for k, dist in dists.items():  # record the point as Optuna params (fixed by the queue)

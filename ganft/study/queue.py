@@ -47,21 +47,27 @@ INTERRUPTED_ATTR = "ganft.interrupted"  # why a FAIL trial that is not the point
 UNCLAIMED_AFTER_S = 600  # a RUNNING trial that never named its worker (who does so at once) is dead
 
 
-def owner_dead(t: FrozenTrial) -> bool:
+def owner_dead(t: FrozenTrial, claims_locked: bool = False) -> bool:
+    """Whether the worker running ``t`` is gone. ``claims_locked``: the caller holds the coordination
+    lock of a journal storage, under which every worker takes its trial and names itself
+    (run.claim_trial), so a RUNNING trial with no name lost its worker in between (a SIGKILL)."""
     owner = trial_owner(t)
     if owner is None:  # its worker died between taking the trial and naming itself (milliseconds)
+        if claims_locked:
+            return True
         started = t.datetime_start
         return started is not None and (datetime.datetime.now() - started).total_seconds() > UNCLAIMED_AFTER_S
     return not workers.alive(owner)
 
 
-def reap_dead_trials(study: optuna.Study, store: MlflowStore | None) -> list[FrozenTrial]:
+def reap_dead_trials(study: optuna.Study, store: MlflowStore | None,
+                     claims_locked: bool = False) -> list[FrozenTrial]:
     """Trials left RUNNING by a worker on this machine that no longer exists (kill -9, power loss,
     out of memory) become FAIL without a fail reason, so they do not count as attempts; their MLflow
-    runs end as KILLED. Returns the reaped trials."""
+    runs end as KILLED. Returns the reaped trials. ``claims_locked``: see owner_dead."""
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not owner_dead(t):
+        if not owner_dead(t, claims_locked):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         reaped.append(t)
@@ -144,14 +150,15 @@ def enqueue_missing(study: optuna.Study, states: list[PointState], max_retries: 
     return n
 
 
-def reclaim(study: optuna.Study, cfg: StudyConfig, store: MlflowStore) -> int:
+def reclaim(study: optuna.Study, cfg: StudyConfig, store: MlflowStore, claims_locked: bool = False) -> int:
     """Between trials: fail the trials of dead workers and queue their points again (each at most
     KILLED_RETRIES times). Journal: dead pids on this machine; RDB: also Optuna's heartbeats, whose
-    retry callback does the queueing. Returns how many points were queued."""
+    retry callback does the queueing. Returns how many points were queued. ``claims_locked``: see
+    owner_dead."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # no-op without heartbeats (journal)
-    reaped = reap_dead_trials(study, store)
+    reaped = reap_dead_trials(study, store, claims_locked)
     if not reaped:
         return 0
     states = {grid_key(ps.point): ps for ps in survey(study, cfg)}

@@ -90,18 +90,49 @@ def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
     store = MlflowStore(stores.tracking_uri, cfg.name)
     study = optuna.load_study(study_name=cfg.name, storage=stores.open(store))
     objective = make_objective(cfg, store, stores, parent_id, device)
-    callbacks = [end_trial_run(store)]
-    if on_trial_done is not None:
-        callbacks.append(lambda _study, trial: on_trial_done(trial))
+    done_callback = end_trial_run(store)
     while not should_stop():
         with coordination(stores.storage):
-            reclaim(study, cfg, store)
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return
-        check_disk(stores.local_paths())
-        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=(Exception,),
-                       gc_after_trial=False)
+            reclaim(study, cfg, store, claims_locked=is_journal(stores.storage))
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return
+            check_disk(stores.local_paths())
+            trial = claim_trial(study)
+        frozen = run_claimed(study, trial, objective)
+        done_callback(study, frozen)
+        if on_trial_done is not None:
+            on_trial_done(frozen)
     log.warning("the process that started this worker is gone; stopping after the trial")
+
+
+def claim_trial(study: optuna.Study) -> optuna.Trial:
+    """Take the next trial (a queued grid point first) and name this worker on it. Called under the
+    coordination lock: on a journal storage no trial is then RUNNING without its worker's name
+    except where the worker died in between, so reapers need not wait to tell (queue.owner_dead)."""
+    trial = study.ask()
+    trial.set_user_attr(OWNER_ATTR, {**workers.identity(), "trial": trial.number})
+    return trial
+
+
+def run_claimed(study: optuna.Study, trial: optuna.Trial,
+                objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Run ``objective`` on a claimed trial and store its end as Optuna's ``optimize`` would: its
+    value (a non-finite value is a FAIL), PRUNED, or FAIL for an error, which is logged on one line
+    and does not stop the worker; Ctrl-C and SIGTERM store FAIL, then go on up. Written here, not
+    left to ``optimize``, because the claim must happen under the lock and ``optimize`` asks itself."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except Exception as exc:  # the trial fails; the study goes on
+        log.warning("trial %d (%s) failed: %s", trial.number, trial.user_attrs.get("ganft.grid_point", ""),
+                    redact(f"{type(exc).__name__}: {exc}"))
+        return study.tell(trial, state=TrialState.FAIL)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    return study.tell(trial, value)
 
 
 def _worker_main(index: int, threads: int, cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
@@ -213,19 +244,12 @@ def work_search(cfg: StudyConfig, stores: Stores, parent_id: str, device: str, s
     done_callback = end_trial_run(store)
     while not should_stop():
         with coordination(stores.storage):
-            reap_dead_trials(study, store)
+            reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
             if sum(search_counts(study)) >= cfg.search.n_trials:
                 return
-            trial = study.ask()
-            trial.set_user_attr(OWNER_ATTR, {**workers.identity(), "trial": trial.number})
-        check_disk(stores.local_paths())
-        try:
-            frozen = study.tell(trial, objective(trial))
-        except optuna.TrialPruned:
-            frozen = study.tell(trial, state=TrialState.PRUNED)
-        except Exception as exc:  # the trial fails; the search goes on
-            log.warning("trial %d failed: %s", trial.number, redact(f"{type(exc).__name__}: {exc}"))
-            frozen = study.tell(trial, state=TrialState.FAIL)
+            check_disk(stores.local_paths())
+            trial = claim_trial(study)
+        frozen = run_claimed(study, trial, objective)
         done_callback(study, frozen)
         if on_trial_done is not None:
             on_trial_done(frozen)
@@ -252,7 +276,7 @@ def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        reaped = reap_dead_trials(study, store)
+        reaped = reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
         if reaped:
             log.warning("reaped %d trial(s) whose worker had died; their points run again", len(reaped))
         closed = close_orphan_runs(study, store, redact(stores.storage))
@@ -369,7 +393,7 @@ def _finish(study: optuna.Study, cfg: StudyConfig, store: MlflowStore, stores: S
     """After the workers: fail what dead workers left RUNNING, end the runs no trial is left to
     end (a worker stopped inside a run's creation), sum up, end the parent run."""
     with coordination(stores.storage):
-        reap_dead_trials(study, store)
+        reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
         close_orphan_runs(study, store, redact(stores.storage))
     mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
                                                                  TrialState.PRUNED))
@@ -402,7 +426,7 @@ def repair_study(cfg: StudyConfig, stores: Stores) -> list[str]:
     except KeyError:
         return [*notes, f"study {cfg.name} is not in {redact(stores.storage)}"]
     with coordination(stores.storage):
-        reaped = reap_dead_trials(study, store)
+        reaped = reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
         closed = close_orphan_runs(study, store, redact(stores.storage))
     notes += [f"trial {t.number} ({t.user_attrs.get('ganft.grid_point', '?')}): its worker died; "
               f"marked FAIL (it runs again on the next study run)" for t in reaped]

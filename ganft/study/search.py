@@ -22,7 +22,7 @@ import optuna
 from ganft.config import TrialConfig
 from ganft.keys import field_annotation, flatten, with_overrides
 from ganft.study import workers
-from ganft.study.grid import OWNER_ATTR, encode
+from ganft.study.grid import encode
 from ganft.study.mlflow_store import PARENT_TAG, MlflowStore
 from ganft.study.schema import SearchParam, StudyConfig
 from ganft.study.stores import Stores
@@ -122,8 +122,7 @@ def make_search_objective(cfg: StudyConfig, store: MlflowStore, stores: Stores, 
     baselines = CheckpointCache(stores.root / ".ganft-cache" / "baseline")
 
     def objective(trial: optuna.Trial) -> float:
-        me = workers.identity()
-        trial.set_user_attr(OWNER_ATTR, {**me, "trial": trial.number})
+        me = workers.identity()  # run.claim_trial has named this worker on the trial
         trial.set_user_attr("ganft.parent_run_id", parent_id)
         point = sample_point(trial, cfg)
         values, tests = [], []
