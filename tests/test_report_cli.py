@@ -50,6 +50,32 @@ def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0,
     return store
 
 
+def log_curves_study(home: Path, name: str = "curves") -> MlflowStore:
+    """A generator-choice study as studies/gan_budget.yaml runs one: GAN runs only (ratio 1), two
+    recipes, each run's GAN logging its budget-KID curve every 500 steps (no-diffaugment falls to
+    the lower KID, and settles later)."""
+    store = MlflowStore.prepare(default_tracking_uri(home), name, home / "mlartifacts")
+    parent = store.start_run(name, {PARENT_TAG: "parent", "ganft.study": name})
+    for recipe, floor, rate in (("default", 0.02, 1.5), ("no-diffaugment", 0.01, 0.8)):
+        for s in (0, 1):
+            cfg = with_overrides(TrialConfig(), {"data.train_size": 100, "synth.ratio": 1.0, "seed": s,
+                                                 "data.dataset": "fashion-mnist", "gan.recipe": recipe,
+                                                 "gan.steps": 3000, "gan.curve_every": 500})
+            point = f"n100-r1.0-s{s}-gan.recipe={recipe}"
+            run = store.start_run(point, {PARENT_TAG: "trial", "ganft.grid_point": point}, parent_id=parent)
+            t = store.tracker(run)
+            t.log_params(flatten(cfg))
+            kids = {step: floor + 0.2 * np.exp(-rate * step / 500) + 0.001 * s
+                    for step in range(500, 3001, 500)}
+            for step, kid in kids.items():
+                t.log_metrics({"gan/budget_kid": kid}, step=step)
+            t.log_metrics({"test/acc": 0.7, "gan/trained_here": 1.0, "gan/budget_kid_last": kids[3000],
+                           "gan/budget_kid_min": min(kids.values()), "gan/budget_kid_min_step": 3000.0})
+            store.end_run(run, "FINISHED")
+    store.end_run(parent, "FINISHED")
+    return store
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One MLflow store for this module (creating it is the slow part): three small studies."""
@@ -58,6 +84,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log_study(home, "grid_b", gain=0.03, sizes=(100,), rng_seed=1)
     log_study(home, "full", gain=0.0, sizes=(55000,), ratios=(0.0,), seeds=(0,))
     log_study(home, "ctl", gain=0.0, sizes=(100,), ratios=(0.0, 1.0), sources=("oracle", "gan"))
+    log_curves_study(home)
     return home
 
 
@@ -105,7 +132,7 @@ def test_report_cli_with_ceiling_and_compare(home: Path, capsys: pytest.CaptureF
     assert main(["report"]) == 2
     err = capsys.readouterr().err
     assert "study 'nope' has no finished runs yet; there is no studies/nope.yaml either " \
-        "(studies with runs here: ctl, full, grid_a, grid_b; study files: none)" in err
+        "(studies with runs here: ctl, curves, full, grid_a, grid_b; study files: none)" in err
 
 
 def test_a_report_rebuilt_from_its_csvs_is_the_same_page(home: Path, tmp_path: Path) -> None:
@@ -201,3 +228,32 @@ def test_a_report_command_names_the_stores_it_read_unless_they_are_the_defaults(
     flags = store_flags(stores)
     assert flags.startswith(f" --storage {tmp_path / 'j.log'} --tracking-uri postgresql://")
     assert "hunter2" not in flags  # a password never reaches a report
+
+
+def test_a_generator_choice_study_reports_its_budget_curves_and_names_its_choice(
+        home: Path, tmp_path: Path) -> None:
+    assert main(["report", "curves"]) == 0
+    out = home / "reports" / "curves"
+    md = (out / "index.md").read_text()
+    answer = md.split("## ")[0]
+    # the lower curve wins; its mean falls from 0.1004 (step 500) to 0.01215 (step 3,000) and is first
+    # within 10% of that (0.01337) at step 3,000 (step 2,500: 0.01416); recipe names the curves (not
+    # the diffaugment setting the recipe fixes). The other settles at step 2,000: within 10% of its
+    # lowest (0.02257) first there (0.02102; step 1,500: 0.02274)
+    assert "On budget data at N=100: recipe no-diffaugment ends with the lowest budget KID (0.01215 at " \
+           "step 3,000; recipe default 0.02052); its curve settled at step 3,000 (its lowest point is its " \
+           "last: still falling)." in answer
+    row = next(ln for ln in md.split("GAN convergence on budget data")[1].splitlines()
+               if ln.startswith("|") and "recipe default" in ln)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["100", "recipe default", "2", "3,000"] and cells[-2:] == ["2,000", ""]
+    points = pd.read_csv(out / "gan_curves.csv")
+    assert len(points) == 2 * 2 * 6
+    assert set(points["generator"]) == {"recipe default", "recipe no-diffaugment"}
+    assert points["step"].min() == 500 and points["step"].max() == 3000
+    assert (out / "gan_curves.png").stat().st_size > 10_000 and "GAN convergence on budget data" in md
+
+    # the committed report rebuilds from its CSVs alone, curves included
+    assert main(["report", "curves", "--results", str(out / "results.csv"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "index.md").read_text() == md
+    assert (tmp_path / "gan_curves.png").is_file()

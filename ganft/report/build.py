@@ -23,6 +23,7 @@ from ganft.catalog import CLASS_NAMES
 from ganft.paths import project_root
 from ganft.redact import redact
 from ganft.report.compare import write_compare_report
+from ganft.report.curves import CURVE_METRIC, CURVES_CSV
 from ganft.report.search import write_search_report
 from ganft.report.text import ReportMeta, busy_seconds
 from ganft.report.tidy import tidy_from_csv, tidy_runs
@@ -126,8 +127,10 @@ def build_from_results(study: str, results: Path, out: Path | None = None,
                 if png.stem.removeprefix(f"{prefix}_n").isdigit():
                     shutil.copy(png, new / png.name)
                     found[int(png.stem.removeprefix(f"{prefix}_n"))] = png.name
+        curves_csv = results.parent / CURVES_CSV
+        curves = pd.read_csv(curves_csv) if curves_csv.is_file() else None
         page = write_report(df, new, meta, importances=importances, ceiling=ceiling, history=history,
-                            samples=kept["samples"] or None, copies=kept["copies"] or None)
+                            samples=kept["samples"] or None, copies=kept["copies"] or None, curves=curves)
     return Path(os.path.abspath(out)) / page.name
 
 
@@ -171,8 +174,20 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
         samples, copied = sample_grids(df, stores, study, new), copy_figures(df, stores, study, new)
         page = write_report(df, new, meta, ceiling=extra.get("ceiling"), history=history,
                             importances=importances, protocol=extra.get("protocol"), samples=samples,
-                            copies=copied)
+                            copies=copied, curves=gan_curves(df, stores, study))
     return Path(os.path.abspath(out)) / page.name
+
+
+def gan_curves(df: pd.DataFrame, stores: Stores, study: str) -> pd.DataFrame:
+    """The ``gan/budget_kid`` points (run_id, step, budget_kid) of every run whose generator logged
+    its convergence curve (gan.curve_every; the run that trained it, not a cache hit)."""
+    if "run_id" not in df or f"{CURVE_METRIC}_last" not in df:
+        return pd.DataFrame()
+    client = MlflowStore(stores.tracking_uri, study, create=False).client
+    rows = [{"run_id": run_id, "step": m.step, "budget_kid": m.value}
+            for run_id in df.loc[df[f"{CURVE_METRIC}_last"].notna(), "run_id"]
+            for m in client.get_metric_history(run_id, CURVE_METRIC)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "budget_kid"])
 
 
 def sample_grids(df: pd.DataFrame, stores: Stores, study: str, out: Path) -> dict[int, str]:

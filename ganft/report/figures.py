@@ -206,6 +206,32 @@ def fig_budget_curve(df: pd.DataFrame) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- generator curves
+
+
+def fig_gan_curves(curves: pd.DataFrame) -> Figure:
+    """Budget KID (report.curves) against the generator's training step, one panel per N and one
+    line per generator setting: mean over seeds, band: the seeds' range."""
+    sizes = sorted(curves[N_COL].astype(int).unique())
+    lines = sorted(curves["generator"].unique())
+    palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
+    with _style():
+        cols = min(len(sizes), 2)
+        fig = Figure(figsize=(8.5 if cols == 1 else 13, 4.8 * math.ceil(len(sizes) / cols)), dpi=DPI,
+                     layout="constrained")
+        for ax, n in zip(_grid(fig, len(sizes)), sizes, strict=True):
+            g = curves[curves[N_COL].astype(int) == n]
+            sns.lineplot(data=g, x="step", y="budget_kid", hue="generator", palette=palette, marker="o",
+                         errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax, legend=False)
+            ax.set_xlabel("generator training step")
+            ax.set_ylabel("KID against the budget's images (lower is better)")
+            ax.set_title(f"N = {n:,}")
+        fig.legend(handles=[Line2D([], [], color=palette[k], marker="o") for k in lines], labels=lines,
+                   loc="outside lower center", ncols=min(len(lines), 3), fontsize=9.5, frameon=False)
+        fig.suptitle("Generator convergence on budget data (band: range over seeds)")
+    return fig
+
+
 # --------------------------------------------------------------------------- heatmaps
 
 

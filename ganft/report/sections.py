@@ -158,6 +158,11 @@ def quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
             "difference of those runs to real only. Also in [quality.csv](quality.csv).")
         section.table = table
     pairs = paired_runs(df)
+    gains = f"{ACC_COL}:diff"
+    if pairs.empty or gains not in pairs or pairs[gains].isna().all():
+        section.paragraphs.append("No GAN run has a real-only partner (same N and seed) here, so quality "
+                                  "is not drawn against gain.")
+        return section
     for m in present:
         name = save_figure(figs.fig_quality_vs_gain(pairs, m), out_dir,
                            f"quality_{m.split('/')[1]}_vs_gain.png")

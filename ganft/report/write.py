@@ -24,6 +24,7 @@ import pandas as pd
 from ganft.report import arms, controls
 from ganft.report import sections as sec
 from ganft.report.calibrate import calibration, has_controls
+from ganft.report.curves import curve_frame, curve_section
 from ganft.report.page import Page, render_html, render_md
 from ganft.report.stats import (
     ARM_COL,
@@ -162,13 +163,14 @@ def _put_back(out: Path) -> None:
 def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: pd.DataFrame | None = None,
                  history: pd.DataFrame | None = None, importances: pd.DataFrame | None = None,
                  protocol: pd.DataFrame | None = None, samples: dict[int, str] | None = None,
-                 copies: dict[int, str] | None = None) -> Path:
+                 copies: dict[int, str] | None = None, curves: pd.DataFrame | None = None) -> Path:
     """Write results.csv, cells.csv, classes.csv, the PNG figures, index.md and a self-contained
     index.html. ``ceiling``: tidy runs of a real-only study on the full training split (drawn as a
     line); ``history`` / ``importances``: Optuna frames from ``ganft.study.optuna_frames``;
     ``protocol``: tidy runs of the same grid under another ``data.validation`` (protocol.csv);
     ``samples``: N -> a GAN sample grid already in ``out_dir`` (report.build.sample_grids);
-    ``copies``: N -> a copy figure already there (report.build.copy_figures)."""
+    ``copies``: N -> a copy figure already there (report.build.copy_figures); ``curves``: the
+    generators' budget-KID points (run_id, step, budget_kid; report.build.gan_curves)."""
     if df.empty:
         raise ValueError(f"study {meta.study!r} has no finished trials to report")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +210,11 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
     sections.append(sec.quality_section(df, out_dir))
     if copies:
         sections.append(sec.copies_section(copies, df))
+    curve_points = curve_frame(df, curves) if curves is not None else pd.DataFrame()
+    chosen: list[str] = []
+    if len(curve_points):
+        section, chosen = curve_section(curve_points, out_dir)
+        sections.append(section)
     if importances is not None and len(importances) or history is not None and len(history):
         trials = len(history) if history is not None and len(history) else len(df)
         sections.append(sec.optuna_section(history, importances, out_dir, trials))
@@ -232,6 +239,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, meta: ReportMeta, *, ceiling: 
                      if cheap else "")))
     answer = controls.answer_lines(df, cells, table, meta) if table is not None else \
         arms.answer_lines(df, cells, meta) if ARM_COL in df else answer_lines(df, cells, meta)
+    if cells.empty and ARM_COL not in df:  # a study that chooses a generator: its choice first
+        answer = chosen + answer
     page = Page(f"ganft report: {meta.study}", answer, facts, sections)
     return write_page(page, out_dir)
 
