@@ -36,10 +36,9 @@ from ganft.gan_train import (
     GanResult,
     NonFiniteLossError,
     Scorer,
-    curve_metrics,
+    finish,
     make_curve,
     make_selector,
-    sample_grid,
 )
 from ganft.images import Images
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
@@ -191,12 +190,5 @@ def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_clas
             last = step
         selector.observe(step, sampler, tracker)
         watch.observe(step, sampler, tracker)
-    seconds = time.perf_counter() - t0
-    best = selector.restore(sampler)
-    sampler.eval()
-    t1 = time.perf_counter()
-    samples = sample_grid(sampler, num_classes, device)
-    final = {"gan/g_steps": float(gan.steps), "gan/train_seconds": seconds,
-             "gan/images_per_second": gan.steps * B / seconds,
-             "gan/sample_images_per_second": len(samples) / (time.perf_counter() - t1)}
-    return GanResult(sampler, None, samples, {**metrics, **final, **curve_metrics(watch), **best})
+    return finish(sampler, None, selector, watch, {**metrics, "gan/g_steps": float(gan.steps)},
+                  images=gan.steps * B, t0=t0, num_classes=num_classes, device=device, sample_rate=True)

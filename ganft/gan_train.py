@@ -297,13 +297,26 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
         selector.observe(step, G_sample, tracker)
         watch.observe(step, G_sample, tracker)
 
+    return finish(G_sample, D.eval(), selector, watch, {**metrics, "gan/g_steps": float(cfg.steps)},
+                  images=cfg.steps * B * cfg.d_steps, t0=t0, num_classes=num_classes, device=device)
+
+
+def finish(sampler: nn.Module, D: nn.Module | None, selector: KeepLast | KeepBest, watch: KeepLast | KeepBest,
+           metrics: dict[str, float], *, images: int, t0: float, num_classes: int, device: torch.device,
+           sample_rate: bool = False) -> GanResult:
+    """The end of a generator's training (a GAN's or a diffusion model's): the kept weights back in
+    the sampler, its fixed-noise grid, and the metrics: ``metrics`` (the last logged losses, steps),
+    training time and throughput (``images`` seen), the curve's and the selection's; with
+    ``sample_rate`` also the grid's sampling throughput (``gan/sample_images_per_second``)."""
     seconds = time.perf_counter() - t0
-    best = selector.restore(G_sample)
-    G_sample.eval()
-    samples = sample_grid(G_sample, num_classes, device)
-    final = {"gan/g_steps": float(step), "gan/train_seconds": seconds,
-             "gan/images_per_second": cfg.steps * B * cfg.d_steps / seconds}
-    return GanResult(G_sample, D.eval(), samples, {**metrics, **final, **curve_metrics(watch), **best})
+    best = selector.restore(sampler)
+    sampler.eval()
+    t1 = time.perf_counter()
+    samples = sample_grid(sampler, num_classes, device)
+    final = {"gan/train_seconds": seconds, "gan/images_per_second": images / seconds}
+    if sample_rate:
+        final["gan/sample_images_per_second"] = len(samples) / (time.perf_counter() - t1)
+    return GanResult(sampler, D, samples, {**metrics, **final, **curve_metrics(watch), **best})
 
 
 def _read_metrics(means: torch.Tensor, step: int, cfg: GanConfig) -> dict[str, float]:
