@@ -404,6 +404,10 @@ class SsganConfig(StrictModel):
     # the trained classifier
     input_noise: float = Field(0.3, ge=0, le=2)
     """Std of the Gaussian noise added to D's inputs while training (pixels in [-1, 1])."""
+    # the paper's MNIST discriminator adds Gaussian noise (std 0.5) after every hidden layer as well;
+    # 0 (the default) keeps the earlier recipe, and the trained D's store key, as they were
+    hidden_noise: float = Field(0.0, ge=0, le=2)
+    """Std of the Gaussian noise added after each of D's hidden activations while training; 0: none."""
     dropout: float = Field(0.5, ge=0, lt=1)
     """Dropout before D's class head while training."""
     # the paper's 3e-4 is for 10^5 steps and more; at the 10^3 steps of a study here 1e-3 (the

@@ -13,12 +13,13 @@ module is never given them.
 
 D has the shape of ``classifier.arch`` (``discriminator_trunk``: seed-cnn or bn-cnn) without batch
 norm, which would mix the statistics of real and generated batches, with the paper's regularisers:
-weight normalisation of every conv and of the head, Gaussian noise on the inputs and dropout before
-the head, both in training only. Its weights start from PyTorch's default initialisation: with
-DCGAN's N(0, 0.02) the logits start so small that the supervised loss barely moves for a hundred
-steps. The generator is ganft's size-aware DCGAN generator, unconditional. What the trial evaluates
-is the EMA of D's weights after exactly ``classifier.steps`` steps: nothing is selected. A trained D
-is kept in the checkpoint store like a GAN (``SSGAN_VERSION`` in its key).
+weight normalisation of every conv and of the head, Gaussian noise on the inputs (and, with
+``ssgan.hidden_noise``, after every hidden activation) and dropout before the head, in training
+only. Its weights start from PyTorch's default initialisation: with DCGAN's N(0, 0.02) the logits
+start so small that the supervised loss barely moves for a hundred steps. The generator is ganft's
+size-aware DCGAN generator, unconditional. What the trial evaluates is the EMA of D's weights after
+exactly ``classifier.steps`` steps: nothing is selected. A trained D is kept in the checkpoint store
+like a GAN (``SSGAN_VERSION`` in its key).
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ class SemiSupervisedD(nn.Module):
     """(B, C, S, S) images -> (B, K) class logits; the real/fake logit is ``real_logit`` of them."""
 
     def __init__(self, *, arch: str, channels: int, size: int, num_classes: int, width: int,
-                 input_noise: float, dropout: float) -> None:
+                 input_noise: float, dropout: float, hidden_noise: float = 0.0) -> None:
         super().__init__()
         self.input_noise = input_noise
         self.trunk, features = discriminator_trunk(arch, channels, size, width)
+        if hidden_noise:
+            add_hidden_noise(self.trunk, hidden_noise)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
@@ -71,6 +74,29 @@ class SemiSupervisedD(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, K)
+
+
+class GaussianNoise(nn.Module):
+    """x + std * N(0, 1) while training, x in eval mode. (torch has no such layer: written here.)"""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.std * torch.randn_like(x) if self.training else x
+
+    def extra_repr(self) -> str:
+        return f"std={self.std}"
+
+
+def add_hidden_noise(trunk: nn.Module, std: float) -> None:
+    """Gaussian noise after every hidden activation (each LeakyReLU) of ``trunk``, as in Salimans et
+    al.'s MNIST discriminator. Parameter names do not change (the activations have none)."""
+    for parent in list(trunk.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LeakyReLU):
+                setattr(parent, name, nn.Sequential(child, GaussianNoise(std)))
 
 
 def discriminator_trunk(arch: str, channels: int, size: int, width: int) -> tuple[nn.Module, int]:
@@ -96,7 +122,7 @@ def build_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, image_sh
     c, size, _ = image_shape
     with seeded(derive_seed(seed, "ssgan-init")):
         D = SemiSupervisedD(arch=cfg.arch, channels=c, size=size, num_classes=num_classes, width=cfg.width,
-                            input_noise=ss.input_noise, dropout=ss.dropout)
+                            input_noise=ss.input_noise, dropout=ss.dropout, hidden_noise=ss.hidden_noise)
         G = Generator(channels=c, size=size, num_classes=num_classes, z_dim=gan.z_dim, width=gan.width,
                       conditioning="none")
     return D, G
@@ -203,10 +229,10 @@ def obtain_ssgan(cfg: TrialConfig, real: Images, unlabelled: torch.Tensor, num_c
                  cache: CheckpointCache | None) -> FinetuneResult:
     """The trial's semi-supervised GAN classifier: from the checkpoint store when this budget, pool,
     recipe and seed were trained before (a rerun of a crashed trial), else trained and stored."""
+    ss = cfg.ssgan.model_dump(mode="json", exclude=set() if cfg.ssgan.hidden_noise else {"hidden_noise"})
     key = content_key({"role": "ssgan", "version": SSGAN_VERSION, "seed": cfg.seed,
                        "classifier": cfg.classifier.model_dump(mode="json"),
-                       "ssgan": cfg.ssgan.model_dump(mode="json"), "gan": {"z_dim": cfg.gan.z_dim,
-                                                                            "width": cfg.gan.width},
+                       "ssgan": ss, "gan": {"z_dim": cfg.gan.z_dim, "width": cfg.gan.width},
                        "budget": images_digest(real), "pool": tensor_digest(unlabelled)})
 
     def train() -> dict[str, Any]:

@@ -189,3 +189,35 @@ def test_the_discriminator_has_its_classifier_shape_without_batch_norm(arch: str
     assert convs(D) == convs(plain)  # the practitioner's classifier's convolutions, one for one
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
     assert D(torch.zeros(4, 3, size, size)).shape == (4, 10)
+
+
+@pytest.mark.parametrize("arch, size", [("bn-cnn", 28), ("seed-cnn", 32)])
+def test_hidden_noise_follows_every_hidden_activation_in_training_only(arch: str, size: int) -> None:
+    from ganft.ssgan import GaussianNoise
+
+    cfg, gan = ClassifierConfig(arch=arch, width=8), GanConfig(width=8, z_dim=16)
+    plain, _ = build_ssgan(cfg, SsganConfig(input_noise=0.0, dropout=0.0), gan, (1, size, size), 10, 0)
+    noisy, _ = build_ssgan(cfg, SsganConfig(input_noise=0.0, dropout=0.0, hidden_noise=0.5), gan,
+                           (1, size, size), 10, 0)
+    acts = [m for m in plain.trunk.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    noise = [m for m in noisy.trunk.modules() if isinstance(m, GaussianNoise)]
+    assert len(acts) >= 2 and len(noise) == len(acts) and {m.std for m in noise} == {0.5}
+    assert not any(isinstance(m, GaussianNoise) for m in plain.modules())  # 0: the earlier recipe
+    assert noisy.state_dict().keys() == plain.state_dict().keys()  # same weights, same names
+    x = torch.randn(4, 1, size, size)
+    noisy.load_state_dict(plain.state_dict())
+    plain.train(), noisy.train()
+    assert torch.equal(plain(x), plain(x)) and not torch.allclose(noisy(x), noisy(x))
+    noisy.eval(), plain.eval()
+    assert torch.equal(noisy(x), plain(x))  # evaluated without noise
+
+
+def test_the_stored_discriminators_key_keeps_hidden_noise_out_at_its_default(tmp_path: Path) -> None:
+    cache = CheckpointCache(tmp_path / "gan")
+    keys = []
+    for extra in ({}, {"hidden_noise": 0.5}):
+        rec = Recorder()
+        pipeline.run_trial(tiny(ssgan=extra, classifier={"steps": 2}), device=CPU, cache=cache, tracker=rec)
+        keys.append(rec.tags["ssgan.key"])
+    # the key this configuration had before ssgan.hidden_noise existed (a D stored then is found)
+    assert keys[0] == "b58ba9757362a11a" != keys[1]
