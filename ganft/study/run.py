@@ -90,11 +90,25 @@ def work(cfg: StudyConfig, stores: Stores, parent_id: str, device: str,
     store = MlflowStore(stores.tracking_uri, cfg.name)
     study = optuna.load_study(study_name=cfg.name, storage=stores.open(store))
     objective = make_objective(cfg, store, stores, parent_id, device)
+
+    def queued(locked: bool) -> bool:  # reap dead workers' trials (queueing their points), then look
+        reclaim(study, cfg, store, claims_locked=locked)
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    take_trials(study, stores, store, objective, queued, on_trial_done, should_stop)
+
+
+def take_trials(study: optuna.Study, stores: Stores, store: MlflowStore,
+                objective: Callable[[optuna.Trial], float], has_work: Callable[[bool], bool],
+                on_trial_done: Callable[[FrozenTrial], None] | None, should_stop: Callable[[], bool]) -> None:
+    """The loop of a worker, grid or search: under the coordination lock ``has_work`` (given whether
+    that lock covers every claim: a journal) reaps and says whether to go on, then a trial is
+    claimed; it runs outside the lock, and its MLflow run ends once Optuna has its state."""
     done_callback = end_trial_run(store)
+    locked = is_journal(stores.storage)
     while not should_stop():
         with coordination(stores.storage):
-            reclaim(study, cfg, store, claims_locked=is_journal(stores.storage))
-            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if not has_work(locked):
                 return
             check_disk(stores.local_paths())
             trial = claim_trial(study)
@@ -241,19 +255,13 @@ def work_search(cfg: StudyConfig, stores: Stores, parent_id: str, device: str, s
     # replaying the ones its first run drew (TPE's random start-up trials, a random sampler)
     study.sampler = make_sampler(cfg, derive_seed("sampler", seed, len(study.trials)) % 2**32)
     objective = make_search_objective(cfg, store, stores, parent_id, device)
-    done_callback = end_trial_run(store)
-    while not should_stop():
-        with coordination(stores.storage):
-            reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
-            if sum(search_counts(study)) >= cfg.search.n_trials:
-                return
-            check_disk(stores.local_paths())
-            trial = claim_trial(study)
-        frozen = run_claimed(study, trial, objective)
-        done_callback(study, frozen)
-        if on_trial_done is not None:
-            on_trial_done(frozen)
-    log.warning("the process that started this worker is gone; stopping after the trial")
+    n_trials = cfg.search.n_trials
+
+    def short(locked: bool) -> bool:  # fewer than n_trials complete, pruned or running
+        reap_dead_trials(study, store, claims_locked=locked)
+        return sum(search_counts(study)) < n_trials
+
+    take_trials(study, stores, store, objective, short, on_trial_done, should_stop)
 
 
 def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.Study, MlflowStore, int]:
