@@ -83,7 +83,14 @@ def sampling_schedule(cfg: DiffusionConfig):  # noqa: ANN201 - a diffusers sched
     config = training_schedule(cfg).config
     if cfg.sampler == "ddim":
         return DDIMScheduler.from_config(config)
-    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    # DPM-Solver++ predicts the clean image x0 = (x - sigma eps) / alpha, so at the first noise levels
+    # (cosine: alpha_bar 2.4e-9 at the last one) it multiplies the network's noise error by up to 2e4,
+    # and the samples ended as saturated speckle (tests/test_diffusion.py). As DDIM does (clip_sample)
+    # x0 is clipped to the data's range [-1, 1] (thresholding at sample_max_value 1), and lambda is
+    # clipped at -5.1, as diffusers advises for the cosine schedule (the linear one never goes below)
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                   lambda_min_clipped=-5.1, thresholding=True,
+                                                   sample_max_value=1.0)
 
 
 class DiffusionGenerator(nn.Module):
