@@ -46,7 +46,7 @@ from ganft.tracker import NULL_TRACKER, Tracker
 
 # Bump when a diffusion model trained from the same config, images and seed changes (this file):
 # it is part of every stored model's key.
-DIFFUSION_VERSION = 1
+DIFFUSION_VERSION = 2  # 2: DPM-Solver++ clips its x0 (a stored model holds grids and scores it sampled)
 PAD_VALUE = -1.0  # the padding of 28x28 images: the background of the MNIST family
 
 
