@@ -257,3 +257,14 @@ def test_a_generator_choice_study_reports_its_budget_curves_and_names_its_choice
     assert main(["report", "curves", "--results", str(out / "results.csv"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "index.md").read_text() == md
     assert (tmp_path / "gan_curves.png").is_file()
+
+
+def test_curves_whose_seeds_share_no_step_are_drawn_without_a_settle_table(tmp_path: Path) -> None:
+    from ganft.report.curves import curve_section
+
+    curves = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [500, 1000, 600, 1200],
+                           "budget_kid": [0.5, 0.3, 0.6, 0.2], "data.train_size": 100, "seed": [0, 0, 1, 1],
+                           "grid_point": ["p0", "p0", "p1", "p1"], "generator": "GAN"})
+    section, lines = curve_section(curves, tmp_path)
+    assert lines == [] and section.table is None and "share no step" in section.paragraphs[0]
+    assert (tmp_path / "gan_curves.png").is_file() and len(pd.read_csv(tmp_path / "gan_curves.csv")) == 4

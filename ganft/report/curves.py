@@ -83,6 +83,10 @@ def curve_section(curves: pd.DataFrame, out_dir: Path) -> tuple[Section, list[st
     curves.to_csv(out_dir / CURVES_CSV, index=False)
     table = settle_table(curves)
     name = save_figure(figs.fig_gan_curves(curves), out_dir, "gan_curves.png")
+    if table.empty:  # no step that every seed of a setting logged
+        return Section("GAN convergence on budget data", [
+            f"The seeds' curves share no step, so no mean curve is drawn up; points in "
+            f"[{CURVES_CSV}]({CURVES_CSV})."], [(name, "Budget KID against training step, per N.")]), []
     shown = table.assign(**{c: table[c].map("{:.4g}".format) for c in
                             ("kid_first", "kid_last", "kid_lowest")},
                          lowest_at_end=table["lowest_at_end"].map({True: "lowest", False: ""}))
