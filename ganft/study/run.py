@@ -102,12 +102,11 @@ def take_trials(study: optuna.Study, stores: Stores, store: MlflowStore,
                 objective: Callable[[optuna.Trial], float], has_work: Callable[[bool], bool],
                 on_trial_done: Callable[[FrozenTrial], None] | None, should_stop: Callable[[], bool]) -> None:
     """The loop of a worker, grid or search: under the coordination lock ``has_work`` (given whether
-    that lock covers every claim: a journal) reaps and says whether to go on, then a trial is
+    that lock is held: see storage.coordination) reaps and says whether to go on, then a trial is
     claimed; it runs outside the lock, and its MLflow run ends once Optuna has its state."""
     done_callback = end_trial_run(store)
-    locked = is_journal(stores.storage)
     while not should_stop():
-        with coordination(stores.storage):
+        with coordination(stores.storage) as locked:
             if not has_work(locked):
                 return
             check_disk(stores.local_paths())
@@ -276,7 +275,7 @@ def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.
     with stores.init_lock(), damaged_journal(cfg.name, stores.storage):
         store = MlflowStore.prepare(stores.tracking_uri, cfg.name, stores.root / "mlartifacts")
         study = load_or_create_study(cfg, stores.open(store))
-    with coordination(stores.storage):
+    with coordination(stores.storage) as locked:
         lost = find_lost_runs(study, store)
         if lost:
             log.warning("%d complete grid point(s) have no FINISHED run in the MLflow store %s (deleted or "
@@ -284,7 +283,7 @@ def preflight(cfg: StudyConfig, stores: Stores, workers_n: int) -> tuple[optuna.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        reaped = reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
+        reaped = reap_dead_trials(study, store, claims_locked=locked)
         if reaped:
             log.warning("reaped %d trial(s) whose worker had died; their points run again", len(reaped))
         closed = close_orphan_runs(study, store, redact(stores.storage))
@@ -400,8 +399,8 @@ def _finish(study: optuna.Study, cfg: StudyConfig, store: MlflowStore, stores: S
             parent_id: str, status: str, t0: float) -> Summary:
     """After the workers: fail what dead workers left RUNNING, end the runs no trial is left to
     end (a worker stopped inside a run's creation), sum up, end the parent run."""
-    with coordination(stores.storage):
-        reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
+    with coordination(stores.storage) as locked:
+        reap_dead_trials(study, store, claims_locked=locked)
         close_orphan_runs(study, store, redact(stores.storage))
     mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
                                                                  TrialState.PRUNED))
@@ -433,8 +432,8 @@ def repair_study(cfg: StudyConfig, stores: Stores) -> list[str]:
         study = optuna.load_study(study_name=cfg.name, storage=stores.open(store))
     except KeyError:
         return [*notes, f"study {cfg.name} is not in {redact(stores.storage)}"]
-    with coordination(stores.storage):
-        reaped = reap_dead_trials(study, store, claims_locked=is_journal(stores.storage))
+    with coordination(stores.storage) as locked:
+        reaped = reap_dead_trials(study, store, claims_locked=locked)
         closed = close_orphan_runs(study, store, redact(stores.storage))
     notes += [f"trial {t.number} ({t.user_attrs.get('ganft.grid_point', '?')}): its worker died; "
               f"marked FAIL (it runs again on the next study run)" for t in reaped]

@@ -213,16 +213,18 @@ def _placeholders(ops: list[dict[str, Any] | None], path: str) -> dict[int, tupl
 
 
 @contextlib.contextmanager
-def coordination(spec: str) -> Iterator[None]:
-    """Serialises survey / reap / enqueue among the processes of this machine that share a journal,
-    so they do not queue the same point twice (the objective's own check keeps points exactly-once
-    without it; this only spares the wasted trials). Nothing for an RDB storage."""
+def coordination(spec: str) -> Iterator[bool]:
+    """Serialises survey / reap / enqueue / claim among the processes of this machine that share a
+    journal, so they do not queue the same point twice (the objective's own check keeps points
+    exactly-once without it; this only spares the wasted trials). Nothing for an RDB storage.
+    Yields whether the lock is held, i.e. every worker claims its trial under it (run.claim_trial),
+    which lets a reaper take a RUNNING trial without its worker's name as dead (queue.owner_dead)."""
     if not is_journal(spec):
-        yield
+        yield False
         return
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
     with FileLock(spec + ".ganft-coord.lock"):
-        yield
+        yield True
 
 
 @contextlib.contextmanager
