@@ -42,13 +42,15 @@ from ganft.gan_train import NonFiniteLossError
 from ganft.images import Images
 from ganft.models.gan import ConvTrunk, Generator
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
-from ganft.store import CheckpointCache, content_key, images_digest, load_or_make, tensor_digest
+from ganft.store import CheckpointCache, config_ident, content_key, images_digest, load_or_make, tensor_digest
 from ganft.tracker import NULL_TRACKER, Tracker
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 SSGAN_VERSION = 1  # bump when a trained D for the same key would differ
 FEATURE_LAYER = "trunk"  # the intermediate layer feature matching compares: D's flattened conv features
 ADAM_BETAS = (0.5, 0.999)  # the paper's
+# settings added later, left out of a stored D's key at these values, so Ds stored before keep theirs
+ADDED_AT = {"hidden_noise": 0.0}
 
 
 class SemiSupervisedD(nn.Module):
@@ -229,10 +231,10 @@ def obtain_ssgan(cfg: TrialConfig, real: Images, unlabelled: torch.Tensor, num_c
                  cache: CheckpointCache | None) -> FinetuneResult:
     """The trial's semi-supervised GAN classifier: from the checkpoint store when this budget, pool,
     recipe and seed were trained before (a rerun of a crashed trial), else trained and stored."""
-    ss = cfg.ssgan.model_dump(mode="json", exclude=set() if cfg.ssgan.hidden_noise else {"hidden_noise"})
     key = content_key({"role": "ssgan", "version": SSGAN_VERSION, "seed": cfg.seed,
                        "classifier": cfg.classifier.model_dump(mode="json"),
-                       "ssgan": ss, "gan": {"z_dim": cfg.gan.z_dim, "width": cfg.gan.width},
+                       "ssgan": config_ident(cfg.ssgan, ADDED_AT),
+                       "gan": {"z_dim": cfg.gan.z_dim, "width": cfg.gan.width},
                        "budget": images_digest(real), "pool": tensor_digest(unlabelled)})
 
     def train() -> dict[str, Any]:

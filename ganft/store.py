@@ -44,6 +44,15 @@ def content_key(ident: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_ident(cfg: Any, added_at: dict[str, Any],
+                 exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A pydantic config as a cache key holds it: without ``exclude`` (settings that change nothing
+    stored) and without each setting of ``added_at`` that sits at the value it was added with, so
+    entries stored before that setting existed keep their keys."""
+    return cfg.model_dump(mode="json", exclude=set(exclude) | {k for k, v in added_at.items()
+                                                                if getattr(cfg, k) == v})
+
+
 def images_digest(images: Images | None) -> str | None:
     """sha256 of an image set's pixels and labels (first 16 hex), None for no set."""
     if images is None:

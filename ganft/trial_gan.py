@@ -42,7 +42,7 @@ from ganft.labeller import Labeller, predict_labels
 from ganft.models.gan import trunk_state_for_classifier
 from ganft.runtime import prepare_model
 from ganft.selection import SELECTION_VERSION, curve_scorer, gan_scorer
-from ganft.store import CheckpointCache, content_key, images_digest, load_or_make, tensor_digest
+from ganft.store import CheckpointCache, config_ident, content_key, images_digest, load_or_make, tensor_digest
 from ganft.tracker import Tracker, log_image_tensor
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ ADDED_AT = {"pseudo_label_min_confidence": 0.0}
 
 def key_fields(cfg: GanConfig) -> dict[str, Any]:
     """The GAN config as its cache key holds it."""
-    return cfg.model_dump(mode="json", exclude=NOT_IN_KEY | {k for k, v in ADDED_AT.items()
-                                                            if getattr(cfg, k) == v})
+    return config_ident(cfg, ADDED_AT, NOT_IN_KEY)
 
 
 # --------------------------------------------------------------------------- what is stored
