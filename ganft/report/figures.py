@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,29 +181,40 @@ def fig_budget_curve(df: pd.DataFrame) -> Figure:
     """Test accuracy against the classifier's step budget, one panel per N and one line per arm
     (mean over seeds, band: 95% t-interval): whether an arm's gain holds, grows or was still
     climbing when its budget ended."""
-    data = df.assign(N=df[N_COL].astype(int), acc_pct=100 * df[ACC_COL], steps=df[STEPS_COL].astype(int),
-                     line=curve_label(df))
-    sizes = sorted(data["N"].unique())
-    lines = sorted(data["line"].unique())
+    data = df.assign(acc_pct=100 * df[ACC_COL], steps=df[STEPS_COL].astype(int), line=curve_label(df))
+
+    def axes(ax: Any, g: pd.DataFrame) -> None:
+        ax.set_xscale("log")
+        ticks = sorted(g["steps"].unique())
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("classifier steps (log scale)")
+        ax.set_ylabel("test accuracy (%)")
+
+    return _lines_per_n(data, x="steps", y="acc_pct", line="line", errorbar=t_interval, height=5.0, axes=axes,
+                        title="Test accuracy against the step budget (band: 95% t-interval over seeds)")
+
+
+def _lines_per_n(data: pd.DataFrame, *, x: str, y: str, line: str, errorbar: Any, height: float, title: str,
+                 axes: Callable[[Any, pd.DataFrame], None]) -> Figure:
+    """One panel per N and one line per value of ``line`` (mean over seeds, band: ``errorbar``), one
+    legend below them all; ``axes(ax, rows)`` labels each panel from its rows."""
+    sizes = sorted(data[N_COL].astype(int).unique())
+    lines = sorted(data[line].unique())
     palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
     with _style():
         cols = min(len(sizes), 2)
-        fig = Figure(figsize=(8.5 if cols == 1 else 13, 5.0 * math.ceil(len(sizes) / cols)), dpi=DPI,
+        fig = Figure(figsize=(8.5 if cols == 1 else 13, height * math.ceil(len(sizes) / cols)), dpi=DPI,
                      layout="constrained")
         for ax, n in zip(_grid(fig, len(sizes)), sizes, strict=True):
-            g = data[data["N"] == n]
-            sns.lineplot(data=g, x="steps", y="acc_pct", hue="line", palette=palette, marker="o",
-                         errorbar=t_interval, err_kws={"alpha": 0.15}, ax=ax, legend=False)
-            ax.set_xscale("log")
-            ticks = sorted(g["steps"].unique())
-            ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("classifier steps (log scale)")
-            ax.set_ylabel("test accuracy (%)")
+            g = data[data[N_COL].astype(int) == n]
+            sns.lineplot(data=g, x=x, y=y, hue=line, palette=palette, marker="o", errorbar=errorbar,
+                         err_kws={"alpha": 0.15}, ax=ax, legend=False)
+            axes(ax, g)
             ax.set_title(f"N = {n:,}")
         fig.legend(handles=[Line2D([], [], color=palette[k], marker="o") for k in lines], labels=lines,
                    loc="outside lower center", ncols=min(len(lines), 3), fontsize=9.5, frameon=False)
-        fig.suptitle("Test accuracy against the step budget (band: 95% t-interval over seeds)")
+        fig.suptitle(title)
     return fig
 
 
@@ -212,24 +224,12 @@ def fig_budget_curve(df: pd.DataFrame) -> Figure:
 def fig_gan_curves(curves: pd.DataFrame) -> Figure:
     """Budget KID (report.curves) against the generator's training step, one panel per N and one
     line per generator setting: mean over seeds, band: the seeds' range."""
-    sizes = sorted(curves[N_COL].astype(int).unique())
-    lines = sorted(curves["generator"].unique())
-    palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
-    with _style():
-        cols = min(len(sizes), 2)
-        fig = Figure(figsize=(8.5 if cols == 1 else 13, 4.8 * math.ceil(len(sizes) / cols)), dpi=DPI,
-                     layout="constrained")
-        for ax, n in zip(_grid(fig, len(sizes)), sizes, strict=True):
-            g = curves[curves[N_COL].astype(int) == n]
-            sns.lineplot(data=g, x="step", y="budget_kid", hue="generator", palette=palette, marker="o",
-                         errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax, legend=False)
-            ax.set_xlabel("generator training step")
-            ax.set_ylabel("KID against the budget's images (lower is better)")
-            ax.set_title(f"N = {n:,}")
-        fig.legend(handles=[Line2D([], [], color=palette[k], marker="o") for k in lines], labels=lines,
-                   loc="outside lower center", ncols=min(len(lines), 3), fontsize=9.5, frameon=False)
-        fig.suptitle("Generator convergence on budget data (band: range over seeds)")
-    return fig
+    def axes(ax: Any, _rows: pd.DataFrame) -> None:
+        ax.set_xlabel("generator training step")
+        ax.set_ylabel("KID against the budget's images (lower is better)")
+
+    return _lines_per_n(curves, x="step", y="budget_kid", line="generator", errorbar=("pi", 100), height=4.8,
+                        axes=axes, title="Generator convergence on budget data (band: range over seeds)")
 
 
 # --------------------------------------------------------------------------- heatmaps
