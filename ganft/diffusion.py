@@ -41,6 +41,7 @@ from ganft.gan_train import (
     make_selector,
 )
 from ganft.images import Images
+from ganft.progress import NO_PROGRESS, Progress
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
 from ganft.tracker import NULL_TRACKER, Tracker
 
@@ -151,9 +152,11 @@ def build_diffusion(gan: GanConfig, cfg: DiffusionConfig, image_shape: tuple[int
 
 def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_classes: int, *, seed: int,
                     device: torch.device, tracker: Tracker = NULL_TRACKER, log_every: int = 50,
-                    scorer: Scorer | None = None, curve: Scorer | None = None) -> GanResult:
+                    scorer: Scorer | None = None, curve: Scorer | None = None,
+                    progress: Progress = NO_PROGRESS) -> GanResult:
     """Train the denoiser ``gan.steps`` steps on ``real``; return the sampling (EMA) model as a
-    GanResult without a discriminator, its fixed-noise grid and metrics."""
+    GanResult without a discriminator, its fixed-noise grid and metrics. ``progress``: where the
+    training state is saved every few minutes and resumed from."""
     with seeded(derive_seed(seed, "gan-init")):
         model = build_diffusion(gan, cfg, tuple(real.x.shape[1:]), num_classes)
     model = prepare_model(model, device)
@@ -167,9 +170,14 @@ def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_clas
     watch = make_curve(as_gan, curve, num_classes, seed, device)
     gen = make_generator(derive_seed(seed, "gan-train"), device)
     B = min(gan.batch_size, len(x_all))
-    total, last, t0 = torch.zeros((), device=device), 0, time.perf_counter()
-    metrics: dict[str, float] = {}
-    for step in range(1, gan.steps + 1):
+    tracker = progress.track(tracker)
+    stateful = {"model": model, "opt": opt, "selector": selector, "watch": watch,
+                **({"ema": ema} if ema is not None else {})}
+    done, saved = progress.restore(stateful, gen)
+    total = saved.get("total", torch.zeros(())).to(device)
+    last, metrics = int(saved.get("last", 0)), dict(saved.get("metrics", {}))
+    t0 = time.perf_counter() - float(saved.get("seconds", 0.0))
+    for step in range(done + 1, gan.steps + 1):
         model.train()
         idx = torch.randint(len(x_all), (B,), generator=gen, device=device)
         x0, y = x_all[idx], y_all[idx]
@@ -197,5 +205,7 @@ def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_clas
             last = step
         selector.observe(step, sampler, tracker)
         watch.observe(step, sampler, tracker)
+        progress.maybe_save(step, gan.steps, stateful, gen, {"total": total, "last": last, "metrics": metrics,
+                                                            "seconds": time.perf_counter() - t0})
     return finish(sampler, None, selector, watch, {**metrics, "gan/g_steps": float(gan.steps)},
                   images=gan.steps * B, t0=t0, num_classes=num_classes, device=device, sample_rate=True)

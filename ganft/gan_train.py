@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from ganft.images import Images
 from ganft.losses import AUX_LOSSES, DStep, active_regularisers, get_loss
 from ganft.models import gan as models
 from ganft.models.gan import Discriminator, resize
+from ganft.progress import NO_PROGRESS, Progress
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
 from ganft.tracker import NULL_TRACKER, Tracker
 
@@ -86,6 +88,13 @@ class Ema:
             b_ema.copy_(b)
         self.updates += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
 
 @torch.inference_mode()
 def sample_grid(generator: nn.Module, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -107,6 +116,12 @@ class KeepLast:
 
     def restore(self, G: nn.Module) -> dict[str, float]:
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class KeepBest:
@@ -137,6 +152,15 @@ class KeepBest:
             self.best_score, self.best_step = score, step
             if self.keep:
                 self.best_state = {k: v.clone() for k, v in G.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed training needs (``progress.Progress``): the scores so far and the best weights."""
+        return {"best_score": self.best_score, "best_step": self.best_step, "last_score": self.last_score,
+                "best_state": self.best_state or {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_score, self.best_step = float(state["best_score"]), int(state["best_step"])
+        self.last_score, self.best_state = float(state["last_score"]), state["best_state"] or None
 
     def restore(self, G: nn.Module) -> dict[str, float]:
         if self.best_state is None:  # no finite score: keep the last generator
@@ -238,12 +262,14 @@ def _fp32(outputs: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tens
 def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
               device: torch.device, tracker: Tracker = NULL_TRACKER,
               log_every: int = 50, scorer: Scorer | None = None, curve: Scorer | None = None,
-              init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None) -> GanResult:
+              init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+              progress: Progress = NO_PROGRESS) -> GanResult:
     """Train G and D for ``cfg.steps`` G steps on ``real``; return the sampling generator and metrics.
     ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0, ``curve``
     (-> KID against the budget's training images) when ``cfg.curve_every`` > 0.
     ``init``: (G, D) state dicts to start from (a transfer's source GAN); D's first ``cfg.freeze_d``
-    stages then stay as they are."""
+    stages then stay as they are. ``progress``: where the training state is saved every few minutes
+    and resumed from."""
     image_shape = tuple(real.x.shape[1:])
     with seeded(derive_seed(seed, "gan-init")):
         G = build_generator(cfg, image_shape, num_classes)
@@ -273,8 +299,14 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
         return x_all[idx], y_all[idx], z  # (B, C, H, W), (B,), (B, Z); fakes share the real labels
 
     sums = torch.zeros(5, device=device)  # running loss_d, D(real), D(fake), reg, loss_g since last log
-    t0, last = time.perf_counter(), 0
-    for step in range(1, cfg.steps + 1):
+    tracker = progress.track(tracker)
+    stateful = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "selector": selector, "watch": watch,
+                **({"ema": G_ema} if G_ema is not None else {})}
+    done, saved = progress.restore(stateful, gen)
+    sums = saved.get("sums", sums).to(device)
+    last, metrics = int(saved.get("last", 0)), dict(saved.get("metrics", {}))
+    t0 = time.perf_counter() - float(saved.get("seconds", 0.0))
+    for step in range(done + 1, cfg.steps + 1):
         G.train(), D.train()
         for _ in range(cfg.d_steps - 1):  # extra critic steps: fresh batches, fakes without G's graph
             x_real, y, z = batch()
@@ -296,6 +328,8 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
             last = step
         selector.observe(step, G_sample, tracker)
         watch.observe(step, G_sample, tracker)
+        progress.maybe_save(step, cfg.steps, stateful, gen, {"sums": sums, "last": last, "metrics": metrics,
+                                                          "seconds": time.perf_counter() - t0})
 
     return finish(G_sample, D.eval(), selector, watch, {**metrics, "gan/g_steps": float(cfg.steps)},
                   images=cfg.steps * B * cfg.d_steps, t0=t0, num_classes=num_classes, device=device)

@@ -126,6 +126,11 @@ class CheckpointCache:
             self.sync.publish(key, path)
         return path
 
+    def discard(self, key: str) -> None:
+        """Delete the entry and its checksum, if there are any (this machine's copy only)."""
+        self.path(key).unlink(missing_ok=True)
+        self._checksum_path(key).unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Exclusive per-key lock across processes on this machine and, with ``sync``, a claim
@@ -165,8 +170,7 @@ class CheckpointCache:
             return obj
         except Exception as exc:  # flipped bits, torn file, wrong content: never use it
             log.warning("discarding unusable cache entry %s (%s); it is made again", path, exc)
-            path.unlink(missing_ok=True)
-            self._checksum_path(key).unlink(missing_ok=True)
+            self.discard(key)
             return None
 
     def _sweep(self, key: str) -> None:

@@ -40,6 +40,7 @@ from ganft.gan_train import GAN_VERSION, SAMPLES_PER_CLASS, build_discriminator,
 from ganft.images import Budget, Images, Splits, resize_images
 from ganft.labeller import Labeller, predict_labels
 from ganft.models.gan import trunk_state_for_classifier
+from ganft.progress import Progress
 from ganft.runtime import prepare_model
 from ganft.selection import SELECTION_VERSION, curve_scorer, gan_scorer
 from ganft.store import CheckpointCache, config_ident, content_key, images_digest, load_or_make, tensor_digest
@@ -88,7 +89,7 @@ class CachedGan:
 def train_stored(cfg: GanConfig, images: Images, num_classes: int, *, seed: int, device: torch.device,
                  diffusion: DiffusionConfig | None = None, **kw: Any) -> CachedGan:
     """``train_gan`` of ``cfg`` on ``images`` (gan.arch ddpm: ``diffusion.train_diffusion`` with
-    ``diffusion``), as the store keeps it (``kw``: tracker, scorer, init)."""
+    ``diffusion``), as the store keeps it (``kw``: tracker, scorer, curve, init, progress)."""
     if cfg.arch == "ddpm":
         from ganft.diffusion import train_diffusion
 
@@ -101,9 +102,12 @@ def train_stored(cfg: GanConfig, images: Images, num_classes: int, *, seed: int,
 
 
 def load_or_train(cache: CheckpointCache | None, key: str,
-                  train: Callable[[], CachedGan]) -> tuple[CachedGan, bool]:
-    """The GAN stored under ``key`` (True), else trained now and stored (False)."""
-    obj, hit = load_or_make(cache, key, lambda: train().payload())
+                  train: Callable[[Progress], CachedGan]) -> tuple[CachedGan, bool]:
+    """The GAN stored under ``key`` (True), else trained now, from its saved progress if a killed
+    run left some, and stored (False)."""
+    progress = Progress(cache, key)
+    obj, hit = load_or_make(cache, key, lambda: train(progress).payload())
+    progress.clear()  # the generator is stored: its progress is of no more use
     return CachedGan.from_payload(obj), hit
 
 
@@ -214,10 +218,11 @@ def source_gan(cfg: GanConfig, source: Images, num_classes: int, *, seed: int, d
     """The source GAN of a ``transfer`` trial (trained once per source, seed and recipe) and whether
     it came from the store."""
 
-    def train() -> CachedGan:
+    def train(progress: Progress) -> CachedGan:
         log.info("transfer: training the source GAN (%d steps on %d %s images)", cfg.source_steps,
                  len(source), cfg.transfer_source)
-        return train_stored(source_config(cfg), source, num_classes, seed=seed, device=device)
+        return train_stored(source_config(cfg), source, num_classes, seed=seed, device=device,
+                            progress=progress)
 
     key = source_key(cfg, source, seed)
     entry, hit = load_or_train(cache, key, train)
@@ -275,7 +280,7 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
     key = gan_key(cfg, seed=seed, budget=budget, splits=splits, unlabelled=unlabelled, labeller=labeller,
                   diffusion=diffusion)
 
-    def train() -> CachedGan:
+    def train(progress: Progress) -> CachedGan:
         images = gan_images(cfg, budget, unlabelled, labeller, device)
         init, extra = None, {}
         if cfg.train_on == "transfer":
@@ -289,7 +294,7 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
         scorer = gan_scorer(cfg, budget, labeller, device) if cfg.eval_every else None
         curve = curve_scorer(cfg, budget, labeller, device) if cfg.curve_every else None
         made = train_stored(cfg, images, splits.num_classes, seed=seed, device=device, tracker=tracker,
-                            scorer=scorer, curve=curve, init=init, diffusion=diffusion)
+                            scorer=scorer, curve=curve, init=init, diffusion=diffusion, progress=progress)
         made.metrics.update(extra)
         return made
 

@@ -1,0 +1,121 @@
+"""A generator's training survives a kill (ganft/progress.py): a rerun continues from the saved
+progress and ends with the weights, metrics and curves of a run that was never stopped; progress
+that is torn or does not fit is never used; none is left once the generator is stored."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from recorder import Recorder  # tests/recorder.py
+from torch import nn
+
+from ganft import pipeline, progress
+from ganft.config import TrialConfig
+from ganft.keys import with_overrides
+from ganft.progress import Progress
+from ganft.store import CheckpointCache
+
+CPU = torch.device("cpu")
+TIMES = ("gan/train_seconds", "gan/images_per_second", "gan/sample_images_per_second")
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: the loop stops where it is, and nothing after it runs."""
+
+
+class KillAt(Recorder):
+    """A tracker whose first log at ``step`` stops the training, as a kill would."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.kill = step
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if step == self.kill:
+            raise Killed
+        super().log_metrics(metrics, step)
+
+
+def trial(recipe: str) -> TrialConfig:
+    return with_overrides(TrialConfig(), {
+        "data.dataset": "digits", "data.train_size": 50, "data.validation": "none", "gan.recipe": recipe,
+        "gan.steps": 8, "gan.batch_size": 16, "gan.width": 8, "gan.z_dim": 8, "gan.curve_every": 2,
+        "gan.eval_samples": 50, "diffusion.width": 8, "diffusion.sample_steps": 3, "synth.ratio": 1,
+        "classifier.arch": "seed-cnn", "classifier.width": 8, "classifier.steps": 4,
+        "classifier.batch_size": 16})
+
+
+def stored_gan(root: Path) -> dict[str, Any]:
+    (path,) = root.glob("*.pt")  # exactly one generator stored (labellers live in a folder of their own)
+    return torch.load(path, weights_only=True)
+
+
+def gan_logs(rec: Recorder) -> list[tuple[int | None, dict[str, float]]]:
+    """What the GAN's training logged, step by step (the trial's own metrics come after it)."""
+    return [(s, m) for s, m in rec.metrics if s is not None and all(k.startswith("gan/") for k in m)]
+
+
+@pytest.mark.parametrize("recipe", ["default", "ddpm"])
+def test_a_killed_generator_training_resumes_to_the_weights_and_curves_of_an_unbroken_one(
+        recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "ganft.progress")
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # save after every step
+    cfg = trial(recipe)
+    unbroken = Recorder()
+    pipeline.run_trial(cfg, device=CPU, cache=CheckpointCache(tmp_path / "a"), tracker=unbroken)
+
+    store = CheckpointCache(tmp_path / "b")
+    with pytest.raises(Killed):  # killed in the curve's log at step 6: progress holds step 5
+        pipeline.run_trial(cfg, device=CPU, cache=store, tracker=KillAt(6))
+    assert not list((tmp_path / "b").glob("*.pt"))  # nothing stored as finished
+    assert len(list((tmp_path / "b" / "progress").glob("*.pt"))) == 1
+    pipeline.run_trial(cfg, device=CPU, cache=store, tracker=(resumed := Recorder()))
+    assert "resumed after step 5" in caplog.text  # trained steps 6-8 only, not again from step 1
+
+    assert resumed.tags["gan.cache"] == "miss"
+    a, b = stored_gan(tmp_path / "a"), stored_gan(tmp_path / "b")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, weights in a["state_dict"].items():
+        assert torch.equal(weights, b["state_dict"][name]), name
+    assert torch.equal(a["samples"], b["samples"])
+    assert {k: v for k, v in a["metrics"].items() if k not in TIMES} == \
+        {k: v for k, v in b["metrics"].items() if k not in TIMES}
+    # the resumed run logs the curve and losses from step 1, as the unbroken one did
+    assert gan_logs(resumed) == gan_logs(unbroken) and [2, 4, 6, 8] == sorted(resumed.curve("gan/budget_kid"))
+    assert not list((tmp_path / "b" / "progress").glob("*.pt*"))  # deleted once stored
+
+
+def test_progress_is_saved_only_every_few_minutes_and_never_after_the_last_step(tmp_path: Path) -> None:
+    model, gen = nn.Linear(2, 2), torch.Generator().manual_seed(0)
+    slow = Progress(CheckpointCache(tmp_path), "k", every_s=3600.0)
+    slow.maybe_save(1, 10, {"m": model}, gen, {})
+    assert not (tmp_path / "progress" / "k.pt").exists()
+    eager = Progress(CheckpointCache(tmp_path), "k", every_s=0.0)
+    eager.maybe_save(10, 10, {"m": model}, gen, {})  # the last step: the finished generator is stored instead
+    assert not (tmp_path / "progress" / "k.pt").exists()
+    eager.maybe_save(9, 10, {"m": model}, gen, {})
+    assert (tmp_path / "progress" / "k.pt").exists()
+    assert Progress(None, "k", every_s=0.0).restore({"m": model}, gen) == (0, {})  # no store: nothing saved
+
+
+def test_torn_progress_is_not_used_and_progress_that_does_not_fit_is_deleted_with_what_to_run(
+        tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    saver = Progress(CheckpointCache(tmp_path), "k", every_s=0.0)
+    saver.maybe_save(3, 10, {"m": nn.Linear(2, 2)}, gen, {"last": 2})
+    path = tmp_path / "progress" / "k.pt"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # torn by a kill mid-write (without the atomic rename)
+    assert Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(2, 2)}, gen) == (0, {})
+    assert not path.exists()  # discarded by the store's checksum
+
+    saver.maybe_save(3, 10, {"m": nn.Linear(2, 2)}, gen, {"last": 2})
+    assert Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(2, 2)}, gen) == (3, {"last": 2})
+    with pytest.raises(RuntimeError, match="rerun the same command to train it from the start"):
+        Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(3, 2)}, gen)  # another shape
+    assert not path.exists()
