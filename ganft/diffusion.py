@@ -171,9 +171,9 @@ def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_clas
     gen = make_generator(derive_seed(seed, "gan-train"), device)
     B = min(gan.batch_size, len(x_all))
     tracker = progress.track(tracker)
-    stateful = {"model": model, "opt": opt, "selector": selector, "watch": watch,
+    stateful = {"model": model, "opt": opt, "selector": selector, "watch": watch, "gen": gen,
                 **({"ema": ema} if ema is not None else {})}
-    done, saved = progress.restore(stateful, gen)
+    done, saved = progress.restore(stateful)
     total = saved.get("total", torch.zeros(())).to(device)
     last, metrics = int(saved.get("last", 0)), dict(saved.get("metrics", {}))
     t0 = time.perf_counter() - float(saved.get("seconds", 0.0))
@@ -205,7 +205,7 @@ def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_clas
             last = step
         selector.observe(step, sampler, tracker)
         watch.observe(step, sampler, tracker)
-        progress.maybe_save(step, gan.steps, stateful, gen, {"total": total, "last": last, "metrics": metrics,
-                                                            "seconds": time.perf_counter() - t0})
+        progress.maybe_save(step, gan.steps, stateful, {"total": total, "last": last, "metrics": metrics,
+                                                        "seconds": time.perf_counter() - t0})
     return finish(sampler, None, selector, watch, {**metrics, "gan/g_steps": float(gan.steps)},
                   images=gan.steps * B, t0=t0, num_classes=num_classes, device=device, sample_rate=True)

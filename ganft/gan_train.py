@@ -301,8 +301,8 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     sums = torch.zeros(5, device=device)  # running loss_d, D(real), D(fake), reg, loss_g since last log
     tracker = progress.track(tracker)
     stateful = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "selector": selector, "watch": watch,
-                **({"ema": G_ema} if G_ema is not None else {})}
-    done, saved = progress.restore(stateful, gen)
+                "gen": gen, **({"ema": G_ema} if G_ema is not None else {})}
+    done, saved = progress.restore(stateful)
     sums = saved.get("sums", sums).to(device)
     last, metrics = int(saved.get("last", 0)), dict(saved.get("metrics", {}))
     t0 = time.perf_counter() - float(saved.get("seconds", 0.0))
@@ -328,8 +328,8 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
             last = step
         selector.observe(step, G_sample, tracker)
         watch.observe(step, G_sample, tracker)
-        progress.maybe_save(step, cfg.steps, stateful, gen, {"sums": sums, "last": last, "metrics": metrics,
-                                                          "seconds": time.perf_counter() - t0})
+        progress.maybe_save(step, cfg.steps, stateful, {"sums": sums, "last": last, "metrics": metrics,
+                                                         "seconds": time.perf_counter() - t0})
 
     return finish(G_sample, D.eval(), selector, watch, {**metrics, "gan/g_steps": float(cfg.steps)},
                   images=cfg.steps * B * cfg.d_steps, t0=t0, num_classes=num_classes, device=device)

@@ -1,18 +1,20 @@
-"""A generator's training that survives a kill: its whole state saved every few minutes, and a rerun
-that continues from there to the same weights an unbroken run would reach.
+"""A stored model's training that survives a kill (a GAN, a diffusion model, a semi-supervised GAN):
+its whole state saved every few minutes, and a rerun that continues from there to the same weights
+an unbroken run would reach.
 
 A diffusion model or a long GAN trains for most of an hour on a CPU; without this, a worker killed
 (or a session ended) near its end trained it again from step 0. ``Progress`` saves, under the
-generator's own cache key, every part with a ``state_dict`` (networks, optimisers, the EMA, the
-best-step and curve keepers), the training stream's ``torch.Generator`` and the global RNG (dropout
-draws from it), the loop's running sums, and every metric the loop has logged, which a resumed run
-logs again to its new MLflow run so that its curves start at step 1. A resumed run therefore ends
-with the weights, metrics and curves of a run that was never stopped (tests/test_progress.py).
+model's own cache key, every part with a ``state_dict`` (networks, optimisers, schedulers, the EMA,
+the best-step and curve keepers), every ``torch.Generator`` the loop draws from and the global RNG
+(dropout and noise layers draw from it), the loop's running sums, and every metric the loop has
+logged, which a resumed run logs again to its new MLflow run so that its curves start at step 1. A
+resumed run therefore ends with the weights, metrics and curves of a run that was never stopped
+(tests/test_progress.py).
 
 Progress entries live in the store's ``progress/`` folder, written atomically and checksummed by
 ``store.CheckpointCache`` (a torn save is discarded, and training goes on from the one before or
-from the start), on this machine only: the GAN's key lock is held while it trains, so no other
-worker writes them. They are deleted once the finished generator is stored. Written by hand: the
+from the start), on this machine only: the model's key lock is held while it trains, so no other
+worker writes them. They are deleted once the finished model is stored. Written by hand: the
 training loops are ganft's own, and no library checkpoints an arbitrary loop's RNG streams and
 logged history (Lightning's checkpointing would need the loops rewritten as LightningModules).
 """
@@ -55,14 +57,14 @@ class _Recording:
 
 
 class Progress:
-    """The saved progress of the generator stored under ``key`` (``store`` None: nothing is saved,
+    """The saved progress of the model stored under ``key`` (``store`` None: nothing is saved,
     as in library use). In a training loop::
 
         tracker = progress.track(tracker)
-        start, extra = progress.restore(parts, gen)   # 0, {} when there is nothing to resume
-        for step in range(start + 1, steps + 1):
+        done, extra = progress.restore(parts)  # 0, {} when there is nothing to resume
+        for step in range(done + 1, steps + 1):
             ...
-            progress.maybe_save(step, steps, parts, gen, extra)
+            progress.maybe_save(step, steps, parts, extra)
     """
 
     def __init__(self, store: CheckpointCache | None, key: str, every_s: float | None = None) -> None:
@@ -79,46 +81,47 @@ class Progress:
         self._tracker = tracker
         return _Recording(tracker, self.history)  # type: ignore[return-value]
 
-    def restore(self, parts: dict[str, Stateful], gen: torch.Generator) -> tuple[int, dict[str, Any]]:
-        """Load the saved state into ``parts`` and ``gen``, log the saved metrics again, and return the
-        last step it had trained and the loop's own values (``extra`` of ``maybe_save``); (0, {})
-        when nothing is saved."""
+    def restore(self, parts: dict[str, Stateful | torch.Generator]) -> tuple[int, dict[str, Any]]:
+        """Load the saved state into ``parts`` (and the global RNG), log the saved metrics again, and
+        return the last step it had trained and the loop's own values (``extra`` of ``maybe_save``);
+        (0, {}) when nothing is saved."""
         state = None if self.store is None else self.store.load(self.key)
         if state is None or state.get("version") != PROGRESS_VERSION:
             return 0, {}
         try:
             for name, part in parts.items():
-                part.load_state_dict(state["parts"][name])
-            gen.set_state(state["gen"])
+                saved = state["parts"][name]
+                part.set_state(saved) if isinstance(part, torch.Generator) else part.load_state_dict(saved)
             torch.set_rng_state(state["rng"])
-            if gen.device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"], gen.device)
+            if "cuda_rng" in state:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
         except (KeyError, RuntimeError, ValueError) as exc:
             self.clear()
             raise RuntimeError(
-                f"the saved training progress of generator {self.key} does not fit this ganft ({exc}); "
+                f"the saved training progress of {self.key} does not fit this ganft ({exc}); "
                 f"it was deleted: rerun the same command to train it from the start") from exc
         self.history[:] = state["history"]
         if self._tracker is not None:
             for entry in self.history:
                 step = entry["step"]
                 self._tracker.log_metrics(entry["metrics"], step=None if step < 0 else step)
-        log.info("generator %s: resumed after step %d (saved progress)", self.key, state["step"])
+        log.info("%s: resumed after step %d (saved progress)", self.key, state["step"])
         self._saved_at = time.monotonic()
         return int(state["step"]), dict(state["extra"])
 
-    def maybe_save(self, step: int, steps: int, parts: dict[str, Stateful], gen: torch.Generator,
+    def maybe_save(self, step: int, steps: int, parts: dict[str, Stateful | torch.Generator],
                    extra: dict[str, Any]) -> None:
         """Save the state after ``step`` when ``every_s`` seconds have passed since the last save
-        (never after the last step: the finished generator is stored instead)."""
+        (never after the last step: the finished model is stored instead)."""
         if self.store is None or step >= steps or time.monotonic() - self._saved_at < self.every_s:
             return
         state: dict[str, Any] = {
             "version": PROGRESS_VERSION, "step": step, "extra": extra, "history": self.history,
-            "parts": {name: part.state_dict() for name, part in parts.items()},
-            "gen": gen.get_state(), "rng": torch.get_rng_state()}
-        if gen.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(gen.device)
+            "parts": {name: part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
+                      for name, part in parts.items()},
+            "rng": torch.get_rng_state()}  # dropout and noise layers draw from the global RNG
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         self.store.save(self.key, state)
         self._saved_at = time.monotonic()
 

@@ -91,31 +91,32 @@ def test_a_killed_generator_training_resumes_to_the_weights_and_curves_of_an_unb
 
 
 def test_progress_is_saved_only_every_few_minutes_and_never_after_the_last_step(tmp_path: Path) -> None:
-    model, gen = nn.Linear(2, 2), torch.Generator().manual_seed(0)
+    parts = {"m": nn.Linear(2, 2), "gen": torch.Generator().manual_seed(0)}
     slow = Progress(CheckpointCache(tmp_path), "k", every_s=3600.0)
-    slow.maybe_save(1, 10, {"m": model}, gen, {})
+    slow.maybe_save(1, 10, parts, {})
     assert not (tmp_path / "progress" / "k.pt").exists()
     eager = Progress(CheckpointCache(tmp_path), "k", every_s=0.0)
-    eager.maybe_save(10, 10, {"m": model}, gen, {})  # the last step: the finished generator is stored instead
+    eager.maybe_save(10, 10, parts, {})  # the last step: the finished model is stored instead
     assert not (tmp_path / "progress" / "k.pt").exists()
-    eager.maybe_save(9, 10, {"m": model}, gen, {})
+    eager.maybe_save(9, 10, parts, {})
     assert (tmp_path / "progress" / "k.pt").exists()
-    assert Progress(None, "k", every_s=0.0).restore({"m": model}, gen) == (0, {})  # no store: nothing saved
+    assert Progress(None, "k", every_s=0.0).restore(parts) == (0, {})  # no store: nothing saved
 
 
 def test_torn_progress_is_not_used_and_progress_that_does_not_fit_is_deleted_with_what_to_run(
         tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     saver = Progress(CheckpointCache(tmp_path), "k", every_s=0.0)
-    saver.maybe_save(3, 10, {"m": nn.Linear(2, 2)}, gen, {"last": 2})
+    saver.maybe_save(3, 10, {"m": nn.Linear(2, 2), "gen": gen}, {"last": 2})
     path = tmp_path / "progress" / "k.pt"
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])  # torn by a kill mid-write (without the atomic rename)
-    assert Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(2, 2)}, gen) == (0, {})
+    assert Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(2, 2), "gen": gen}) == (0, {})
     assert not path.exists()  # discarded by the store's checksum
 
-    saver.maybe_save(3, 10, {"m": nn.Linear(2, 2)}, gen, {"last": 2})
-    assert Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(2, 2)}, gen) == (3, {"last": 2})
+    saver.maybe_save(3, 10, {"m": nn.Linear(2, 2), "gen": gen}, {"last": 2})
+    resumed = Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(2, 2), "gen": gen})
+    assert resumed == (3, {"last": 2})
     with pytest.raises(RuntimeError, match="rerun the same command to train it from the start"):
-        Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(3, 2)}, gen)  # another shape
+        Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(3, 2), "gen": gen})  # another shape
     assert not path.exists()
