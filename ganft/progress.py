@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from ganft.store import CheckpointCache
+from ganft.store import CheckpointCache, load_or_make
 from ganft.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -132,3 +133,14 @@ class Progress:
 
 
 NO_PROGRESS = Progress(None, "")
+
+
+def load_or_resume(cache: CheckpointCache | None, key: str,
+                   make: Callable[[Progress], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """``store.load_or_make`` for a model whose training saves its progress: the entry stored under
+    ``key`` (True), else ``make(progress)``, which resumes a killed training where it was, stored
+    (False). The progress is deleted once the model is stored."""
+    progress = Progress(cache, key)
+    entry, hit = load_or_make(cache, key, lambda: make(progress))
+    progress.clear()  # the model is stored: its progress is of no more use
+    return entry, hit

@@ -41,8 +41,9 @@ from ganft.fixmatch import ema_model, fixed_budget_result, pool_batches
 from ganft.gan_train import NonFiniteLossError
 from ganft.images import Images
 from ganft.models.gan import ConvTrunk, Generator
+from ganft.progress import NO_PROGRESS, Progress, load_or_resume
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
-from ganft.store import CheckpointCache, config_ident, content_key, images_digest, load_or_make, tensor_digest
+from ganft.store import CheckpointCache, config_ident, content_key, images_digest, tensor_digest
 from ganft.tracker import NULL_TRACKER, Tracker
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -156,10 +157,12 @@ def feature_matching(D: SemiSupervisedD, real: torch.Tensor, fake: torch.Tensor)
 
 def train_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, real: Images,
                 unlabelled: torch.Tensor, num_classes: int, *, seed: int, device: torch.device,
-                augment: Augment | None = None, tracker: Tracker = NULL_TRACKER) -> FinetuneResult:
+                augment: Augment | None = None, tracker: Tracker = NULL_TRACKER,
+                progress: Progress = NO_PROGRESS) -> FinetuneResult:
     """``cfg.steps`` semi-supervised GAN steps on the ``real`` budget images and the ``unlabelled``
     pool (U, C, H, W); returns the EMA of D (eval mode) as the classifier, and its metrics (``clf/...``
-    as every arm logs them, ``ssgan/d_real``, ``ssgan/d_fake``, ``ssgan/fm_loss`` over the last 10%)."""
+    as every arm logs them, ``ssgan/d_real``, ``ssgan/d_fake``, ``ssgan/fm_loss`` over the last 10%).
+    ``progress``: where the training state is saved every few minutes and resumed from."""
     B = cfg.batch_size
     if len(unlabelled) < B:
         raise ValueError(f"synth.source ssgan draws classifier.batch_size {B} unlabelled images a step, and "
@@ -179,9 +182,14 @@ def train_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, real: Im
     aug_gen = make_generator(derive_seed(seed, "clf-augment"), device)
     z_gen = make_generator(derive_seed(seed, "ssgan-z"), device)
     log = torch.zeros(cfg.steps, 4, device=device)  # per step: supervised loss, D(real), D(fake), FM loss
-    t0 = time.perf_counter()
-    with seeded(derive_seed(seed, "ssgan-noise")):  # input noise and dropout
-        for step in range(cfg.steps):
+    tracker = progress.track(tracker)
+    stateful = {"D": D, "G": G, "opt_d": opt_d, "opt_g": opt_g, "sched_d": scheds[0], "sched_g": scheds[1],
+                "aug_gen": aug_gen, "z_gen": z_gen, **({"ema": ema} if ema is not None else {})}
+    with seeded(derive_seed(seed, "ssgan-noise")):  # input noise and dropout (progress restores its state)
+        done, saved = progress.restore(stateful)
+        log = saved.get("log", log).to(device)
+        t0 = time.perf_counter() - float(saved.get("seconds", 0.0))
+        for step in range(done, cfg.steps):
             D.train()
             G.train()
             bl, bu = labelled_idx[step], pool_idx[step]
@@ -210,6 +218,8 @@ def train_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, real: Im
                                          torch.sigmoid(real_logit(lf)).mean(), fm.detach()])
             if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
                 _log_window(log[step + 1 - min(cfg.eval_every, step + 1): step + 1], step + 1, lr, tracker)
+            progress.maybe_save(step + 1, cfg.steps, stateful,
+                                {"log": log, "seconds": time.perf_counter() - t0})
     last = log[-max(1, cfg.steps // 10):]
     return fixed_budget_result(D, ema, real, cfg.steps, time.perf_counter() - t0, log[:, 0], {
         "ssgan/d_real": float(last[:, 1].mean()), "ssgan/d_fake": float(last[:, 2].mean()),
@@ -237,14 +247,14 @@ def obtain_ssgan(cfg: TrialConfig, real: Images, unlabelled: torch.Tensor, num_c
                        "gan": {"z_dim": cfg.gan.z_dim, "width": cfg.gan.width},
                        "budget": images_digest(real), "pool": tensor_digest(unlabelled)})
 
-    def train() -> dict[str, Any]:
+    def train(progress: Progress) -> dict[str, Any]:
         res = train_ssgan(cfg.classifier, cfg.ssgan, cfg.gan, real, unlabelled, num_classes, seed=cfg.seed,
-                          device=device, augment=augment, tracker=tracker)
+                          device=device, augment=augment, tracker=tracker, progress=progress)
         cpu = lambda state: {k: v.detach().cpu() for k, v in state.items()}  # noqa: E731
         return {"state": cpu(res.model.state_dict()), "last": cpu(res.last_state) if res.last_state else None,
                 "metrics": res.metrics}
 
-    entry, hit = load_or_make(None if cache is None else cache.child("ssgan"), key, train)
+    entry, hit = load_or_resume(None if cache is None else cache.child("ssgan"), key, train)
     tracker.set_tags({"ssgan.cache": "hit" if hit else "miss", "ssgan.key": key})
     D, _ = build_ssgan(cfg.classifier, cfg.ssgan, cfg.gan, tuple(real.x.shape[1:]), num_classes, cfg.seed)
     D.load_state_dict(entry["state"])

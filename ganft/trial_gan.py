@@ -40,10 +40,10 @@ from ganft.gan_train import GAN_VERSION, SAMPLES_PER_CLASS, build_discriminator,
 from ganft.images import Budget, Images, Splits, resize_images
 from ganft.labeller import Labeller, predict_labels
 from ganft.models.gan import trunk_state_for_classifier
-from ganft.progress import Progress
+from ganft.progress import Progress, load_or_resume
 from ganft.runtime import prepare_model
 from ganft.selection import SELECTION_VERSION, curve_scorer, gan_scorer
-from ganft.store import CheckpointCache, config_ident, content_key, images_digest, load_or_make, tensor_digest
+from ganft.store import CheckpointCache, config_ident, content_key, images_digest, tensor_digest
 from ganft.tracker import Tracker, log_image_tensor
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,7 @@ def load_or_train(cache: CheckpointCache | None, key: str,
                   train: Callable[[Progress], CachedGan]) -> tuple[CachedGan, bool]:
     """The GAN stored under ``key`` (True), else trained now, from its saved progress if a killed
     run left some, and stored (False)."""
-    progress = Progress(cache, key)
-    obj, hit = load_or_make(cache, key, lambda: train(progress).payload())
-    progress.clear()  # the generator is stored: its progress is of no more use
+    obj, hit = load_or_resume(cache, key, lambda progress: train(progress).payload())
     return CachedGan.from_payload(obj), hit
 
 

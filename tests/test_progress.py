@@ -120,3 +120,29 @@ def test_torn_progress_is_not_used_and_progress_that_does_not_fit_is_deleted_wit
     with pytest.raises(RuntimeError, match="rerun the same command to train it from the start"):
         Progress(CheckpointCache(tmp_path), "k").restore({"m": nn.Linear(3, 2), "gen": gen})  # another shape
     assert not path.exists()
+
+
+def test_a_killed_semi_supervised_gan_resumes_to_the_classifier_of_an_unbroken_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "ganft.progress")
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    cfg = TrialConfig.model_validate({  # input noise, hidden noise and dropout: the global RNG matters
+        "data": {"dataset": "digits", "train_size": 50, "unlabelled_size": "all", "validation": "none"},
+        "synth": {"source": "ssgan"}, "gan": {"width": 8, "z_dim": 16}, "ssgan": {"hidden_noise": 0.5},
+        "classifier": {"arch": "seed-cnn", "steps": 12, "eval_every": 4, "batch_size": 16, "width": 8}})
+    a_store, b_store, unbroken, resumed = CheckpointCache(tmp_path / "a"), CheckpointCache(tmp_path / "b"), \
+        Recorder(), Recorder()
+    first = pipeline.run_trial(cfg, device=CPU, cache=a_store, tracker=unbroken)
+    with pytest.raises(Killed):  # killed in the log at step 8: progress holds step 7
+        pipeline.run_trial(cfg, device=CPU, cache=b_store, tracker=KillAt(8))
+    assert len(list((tmp_path / "b" / "ssgan" / "progress").glob("*.pt"))) == 1
+    again = pipeline.run_trial(cfg, device=CPU, cache=b_store, tracker=resumed)
+    assert "resumed after step 7" in caplog.text and resumed.tags["ssgan.cache"] == "miss"
+    a, b = stored_gan(tmp_path / "a" / "ssgan"), stored_gan(tmp_path / "b" / "ssgan")
+    for name, weights in a["state"].items():
+        assert torch.equal(weights, b["state"][name]), name
+    timeless = lambda m: {k: v for k, v in m.items() if "second" not in k}  # noqa: E731
+    assert timeless(first) == timeless(again) and first["test/acc"] == again["test/acc"]
+    assert [(s, m) for s, m in resumed.metrics if s is not None and "ssgan/fm_loss" in m] == \
+        [(s, m) for s, m in unbroken.metrics if s is not None and "ssgan/fm_loss" in m]
+    assert not list((tmp_path / "b" / "ssgan" / "progress").glob("*.pt*"))
