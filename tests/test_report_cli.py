@@ -53,7 +53,8 @@ def log_study(home: Path, name: str, gain: float, sizes=(100, 500), ratios=(0.0,
 def log_curves_study(home: Path, name: str = "curves") -> MlflowStore:
     """A generator-choice study as studies/gan_budget.yaml runs one: GAN runs only (ratio 1), two
     recipes, each run's GAN logging its budget-KID curve every 500 steps (no-diffaugment falls to
-    the lower KID, and settles later)."""
+    the lower KID, and settles later). One GAN's run was killed after its GAN was stored, so the
+    finished run of that point reused the stored GAN and logged no curve."""
     store = MlflowStore.prepare(default_tracking_uri(home), name, home / "mlartifacts")
     parent = store.start_run(name, {PARENT_TAG: "parent", "ganft.study": name})
     for recipe, floor, rate in (("default", 0.02, 1.5), ("no-diffaugment", 0.01, 0.8)):
@@ -61,16 +62,26 @@ def log_curves_study(home: Path, name: str = "curves") -> MlflowStore:
             cfg = with_overrides(TrialConfig(), {"data.train_size": 100, "synth.ratio": 1.0, "seed": s,
                                                  "data.dataset": "fashion-mnist", "gan.recipe": recipe,
                                                  "gan.steps": 3000, "gan.curve_every": 500})
-            point = f"n100-r1.0-s{s}-gan.recipe={recipe}"
-            run = store.start_run(point, {PARENT_TAG: "trial", "ganft.grid_point": point}, parent_id=parent)
+            point, key = f"n100-r1.0-s{s}-gan.recipe={recipe}", f"gan-{recipe}-{s}"
+            killed = recipe == "default" and s == 1
+            tags = {PARENT_TAG: "trial", "ganft.grid_point": point}
+            run = store.start_run(point, tags, parent_id=parent)
             t = store.tracker(run)
             t.log_params(flatten(cfg))
             kids = {step: floor + 0.2 * np.exp(-rate * step / 500) + 0.001 * s
                     for step in range(500, 3001, 500)}
             for step, kid in kids.items():
                 t.log_metrics({"gan/budget_kid": kid}, step=step)
-            t.log_metrics({"test/acc": 0.7, "gan/trained_here": 1.0, "gan/budget_kid_last": kids[3000],
-                           "gan/budget_kid_min": min(kids.values()), "gan/budget_kid_min_step": 3000.0})
+            t.set_tags({"gan.cache": "miss", "gan.key": key})
+            ends = {"gan/budget_kid_last": kids[3000], "gan/budget_kid_min": min(kids.values()),
+                    "gan/budget_kid_min_step": 3000.0}
+            if killed:  # killed while its classifier trained; the rerun reuses the stored GAN
+                store.end_run(run, "KILLED")
+                run = store.start_run(point, tags, parent_id=parent)
+                t = store.tracker(run)
+                t.log_params(flatten(cfg))
+                t.set_tags({"gan.cache": "hit", "gan.key": key})
+            t.log_metrics({"test/acc": 0.7, "gan/trained_here": float(not killed), **ends})
             store.end_run(run, "FINISHED")
     store.end_run(parent, "FINISHED")
     return store

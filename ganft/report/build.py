@@ -179,14 +179,34 @@ def build(study: str, *, ceiling: str | None = None, protocol: str | None = None
 
 
 def gan_curves(df: pd.DataFrame, stores: Stores, study: str) -> pd.DataFrame:
-    """The ``gan/budget_kid`` points (run_id, step, budget_kid) of every run whose generator logged
-    its convergence curve (gan.curve_every; the run that trained it, not a cache hit)."""
+    """The ``gan/budget_kid`` points (run_id, step, budget_kid) of each generator that finished runs
+    used and that logged its convergence curve (gan.curve_every): one curve per generator (tag
+    ``gan.key``), credited to the first of those runs. The curve is read from the run that trained
+    the generator (tag ``gan.cache`` miss), whatever became of that run: one killed after its
+    generator was stored had logged the whole curve, and the finished rerun that reused the stored
+    generator logs none. Runs without the tags (an older ganft) give their own curve."""
     if "run_id" not in df or f"{CURVE_METRIC}_last" not in df:
         return pd.DataFrame()
-    client = MlflowStore(stores.tracking_uri, study, create=False).client
-    rows = [{"run_id": run_id, "step": m.step, "budget_kid": m.value}
-            for run_id in df.loc[df[f"{CURVE_METRIC}_last"].notna(), "run_id"]
-            for m in client.get_metric_history(run_id, CURVE_METRIC)]
+    store = MlflowStore(stores.tracking_uri, study, create=False)
+    raw = store.runs_frame()  # every trial run, whatever its status
+    key_of = dict(zip(raw["run_id"], raw["tags.gan.key"], strict=True)) if "tags.gan.key" in raw else {}
+    trained: dict[str, list[str]] = {}  # generator -> the runs that trained it, FINISHED first
+    if key_of and "tags.gan.cache" in raw:
+        miss = raw[raw["tags.gan.cache"] == "miss"].assign(later=lambda r: r["status"] != "FINISHED")
+        for run_id, key in miss.sort_values(["later", "start_time"])[["run_id", "tags.gan.key"]].itertuples(
+                index=False):
+            trained.setdefault(key, []).append(run_id)
+    rows, done = [], set()
+    for run_id in df.loc[df[f"{CURVE_METRIC}_last"].notna(), "run_id"]:
+        key = key_of.get(run_id)
+        if isinstance(key, str) and key in done:
+            continue
+        for source in trained.get(key, [run_id]) if isinstance(key, str) else [run_id]:
+            points = store.client.get_metric_history(source, CURVE_METRIC)
+            if points:
+                rows += [{"run_id": run_id, "step": m.step, "budget_kid": m.value} for m in points]
+                done.add(key)
+                break
     return pd.DataFrame(rows, columns=["run_id", "step", "budget_kid"])
 
 
