@@ -276,3 +276,18 @@ def test_a_significant_gain_is_the_best_cell_over_a_larger_noisy_mean(tmp_path: 
     first = answer_lines(df, cells)[0]
     assert first.startswith("Best cell: N=100, ratio 1: +2")
     assert "1 of 2 cells show a gain that survives Benjamini-Hochberg" in first
+
+
+def test_the_study_size_counts_each_generator_once_whichever_run_trained_it() -> None:
+    from ganft.report.text import size_line
+
+    # four trials of two generators: one trained by a run killed afterwards (its rerun hit the cache)
+    df = pd.DataFrame({"seed": [0, 0, 1, 1], "gan_key": ["a", "a", "b", "b"],
+                       "gan/trained_here": [1.0, 0.0, 0.0, 0.0]})
+    cells = pd.DataFrame({"N": [100, 100]})
+    line = size_line(df, cells, None)
+    assert line.startswith("Study size: 4 finished trials (2 cells, 2 seeds, 2 generators)")
+    older = df.drop(columns="gan_key")  # a results.csv from before the key was kept
+    assert size_line(older, cells, None).startswith("Study size: 4 finished trials (2 cells, 2 seeds, "
+                                                    "1 GAN trained)")
+    assert "generator" not in size_line(df.assign(gan_key=None), cells, None)  # real-only studies

@@ -39,7 +39,7 @@ from ganft.report.stats import (
     summarise,
     varying_factors,
 )
-from ganft.report.text import ReportMeta, _n, cell_name, ci_text, p_text, pp, study_time
+from ganft.report.text import ReportMeta, _n, cell_name, ci_text, p_text, pp, size_line
 
 __all__ = ["CHEAP_ARM", "answer_lines", "arms_section", "best_cheap", "versus_cheap"]
 
@@ -168,10 +168,7 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
         down = int((gan_cells["significant"] & (gan_cells["mean_diff"] < 0)).sum())
         lines.append(f"Against real only, GAN arms gain (q < 0.05) in {up} and lose in {down} of "
                      f"{len(gan_cells)} cells.")
-    gans = int(df["gan/trained_here"].sum()) if "gan/trained_here" in df else None
-    trained = f", {gans} GANs trained" if gans is not None else ""
-    lines.append(f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, "
-                 f"{_n(df[SEED_COL].nunique(), 'seed')}{trained}); {study_time(df, meta)}.")
+    lines.append(size_line(df, cells, meta))
     return lines
 
 

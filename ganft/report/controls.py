@@ -24,9 +24,8 @@ from ganft.report.stats import (
     CONTROL_ARMS,
     N_COL,
     RATIO_COL,
-    SEED_COL,
 )
-from ganft.report.text import ReportMeta, _n, ci_text, p_text, pp, signed, study_time
+from ganft.report.text import ReportMeta, _n, ci_text, p_text, pp, signed, size_line
 
 
 def _images(x: float) -> str:
@@ -169,10 +168,7 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, table: pd.DataFrame, met
     """The calibrated answer; ``table`` is ``calibrate.calibration`` of the study."""
     lines = [sensitivity_line(cells), placebo_line(cells), noise_line(df), *arm_lines(table),
              fit_line(cal.fit_table(df)), shared_line(df, table)]
-    gans = int(df["gan/trained_here"].sum()) if "gan/trained_here" in df else None
-    lines.append(f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, "
-                 f"{_n(df[SEED_COL].nunique(), 'seed')}"
-                 + (f", {gans} GANs trained" if gans is not None else "") + f"); {study_time(df, meta)}.")
+    lines.append(size_line(df, cells, meta))
     return [line for line in lines if line]
 
 

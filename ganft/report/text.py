@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ganft.report.stats import ARM_COL, N_COL, RATIO_COL
+from ganft.report.stats import ARM_COL, N_COL, RATIO_COL, SEED_COL
 
 
 @dataclass
@@ -75,6 +75,19 @@ def busy_seconds(parents: pd.DataFrame) -> float | None:
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def size_line(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None) -> str:
+    """The study's size: finished trials, cells, seeds, generators and time. Generators are counted by
+    key (tag ``gan.key``: each one once, however many trials used it, whichever run trained it);
+    results from before the key was kept count the runs that trained one (``gan/trained_here``)."""
+    seeds = df[SEED_COL].nunique() if SEED_COL in df else 0
+    if "gan_key" in df and df["gan_key"].notna().any():
+        gens = f", {_n(int(df['gan_key'].nunique()), 'generator')}"
+    else:
+        gens = f", {_n(int(df['gan/trained_here'].sum()), 'GAN')} trained" if "gan/trained_here" in df else ""
+    return (f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, {_n(seeds, 'seed')}{gens}); "
+            f"{study_time(df, meta)}.")
 
 
 def study_time(df: pd.DataFrame, meta: ReportMeta | None) -> str:

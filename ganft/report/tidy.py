@@ -56,8 +56,8 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
             cols[col.removeprefix("metrics.")] = runs[col].astype(float).to_numpy()
     cols["start_time"] = pd.to_datetime(runs["start_time"].to_numpy(), unit="ms")
     cols["end_time"] = pd.to_datetime(runs["end_time"].to_numpy(), unit="ms")
-    for tag, name in (("tags.gan.cache", "gan_cache"), ("tags.ganft.device", "device"),
-                      ("tags.data.classes", "classes")):
+    for tag, name in (("tags.gan.cache", "gan_cache"), ("tags.gan.key", "gan_key"),
+                      ("tags.ganft.device", "device"), ("tags.data.classes", "classes")):
         if tag in runs:
             cols[name] = runs[tag].to_numpy()
     out = pd.DataFrame(cols)  # built at once: column-by-column inserts fragment wide frames

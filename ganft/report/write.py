@@ -30,13 +30,12 @@ from ganft.report.stats import (
     ARM_COL,
     CHEAP_ARM,
     MIN_PAIRS,
-    SEED_COL,
     choice_col,
     class_cells,
     paired_cells,
     varying_factors,
 )
-from ganft.report.text import ReportMeta, _n, cell_name, ci_text, pp, study_time
+from ganft.report.text import ReportMeta, _n, cell_name, ci_text, pp, size_line, study_time
 
 
 def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None = None) -> list[str]:
@@ -84,10 +83,7 @@ def answer_lines(df: pd.DataFrame, cells: pd.DataFrame, meta: ReportMeta | None 
         if thin:
             lines.append(f"Warning: {thin} of {len(cells)} cells have fewer than {MIN_PAIRS} pairs; their "
                          f"intervals rest on too few seeds to read (canonical studies use at least 5).")
-    gans = int(df["gan/trained_here"].sum()) if "gan/trained_here" in df else None
-    seeds = df[SEED_COL].nunique() if SEED_COL in df else 0
-    lines.append(f"Study size: {len(df)} finished trials ({_n(len(cells), 'cell')}, {_n(seeds, 'seed')}"
-                 + (f", {gans} GANs trained" if gans is not None else "") + f"); {study_time(df, meta)}.")
+    lines.append(size_line(df, cells, meta))
     return lines
 
 
