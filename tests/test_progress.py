@@ -59,7 +59,7 @@ def gan_logs(rec: Recorder) -> list[tuple[int | None, dict[str, float]]]:
     return [(s, m) for s, m in rec.metrics if s is not None and all(k.startswith("gan/") for k in m)]
 
 
-@pytest.mark.parametrize("recipe", ["default", "ddpm"])
+@pytest.mark.parametrize("recipe", ["default", pytest.param("ddpm", marks=pytest.mark.slow)])
 def test_a_killed_generator_training_resumes_to_the_weights_and_curves_of_an_unbroken_one(
         recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
