@@ -125,6 +125,7 @@ class Progress:
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         self.store.save(self.key, state)
         self._saved_at = time.monotonic()
+        log.info("%s: step %s of %s trained, progress saved", self.key, f"{step:,}", f"{steps:,}")
 
     def clear(self) -> None:
         """Delete the saved progress (the generator is stored, or the progress was unusable)."""

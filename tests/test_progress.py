@@ -75,6 +75,7 @@ def test_a_killed_generator_training_resumes_to_the_weights_and_curves_of_an_unb
     assert not list((tmp_path / "b").glob("*.pt"))  # nothing stored as finished
     assert len(list((tmp_path / "b" / "progress").glob("*.pt"))) == 1
     pipeline.run_trial(cfg, device=CPU, cache=store, tracker=(resumed := Recorder()))
+    assert "step 5 of 8 trained, progress saved" in caplog.text  # said in the study's log
     assert "resumed after step 5" in caplog.text  # trained steps 6-8 only, not again from step 1
 
     assert resumed.tags["gan.cache"] == "miss"
