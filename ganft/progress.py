@@ -21,7 +21,9 @@ logged history (Lightning's checkpointing would need the loops rewritten as Ligh
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,13 +126,28 @@ class Progress:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         self.store.save(self.key, state)
+        self._write_note(step, steps)
         self._saved_at = time.monotonic()
         log.info("%s: step %s of %s trained, progress saved", self.key, f"{step:,}", f"{steps:,}")
+
+    def _write_note(self, step: int, steps: int) -> None:
+        """``<key>.json`` beside the entry: how far the training is, for ``ganft study status`` (which
+        reads it without loading the entry, or torch)."""
+        assert self.store is not None
+        note = self._note()
+        tmp = note.with_name(f"{note.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"step": step, "steps": steps, "saved": time.time()}))
+        os.replace(tmp, note)
 
     def clear(self) -> None:
         """Delete the saved progress (the generator is stored, or the progress was unusable)."""
         if self.store is not None:
             self.store.discard(self.key)
+            self._note().unlink(missing_ok=True)
+
+    def _note(self) -> Path:
+        assert self.store is not None
+        return self.store.dir / f"{self.key}.json"
 
 
 NO_PROGRESS = Progress(None, "")

@@ -254,8 +254,9 @@ def obtain_ssgan(cfg: TrialConfig, real: Images, unlabelled: torch.Tensor, num_c
         return {"state": cpu(res.model.state_dict()), "last": cpu(res.last_state) if res.last_state else None,
                 "metrics": res.metrics}
 
+    tracker.set_tags({"ssgan.key": key})  # now: `study status` finds a training's saved progress by it
     entry, hit = load_or_resume(None if cache is None else cache.child("ssgan"), key, train)
-    tracker.set_tags({"ssgan.cache": "hit" if hit else "miss", "ssgan.key": key})
+    tracker.set_tags({"ssgan.cache": "hit" if hit else "miss"})
     D, _ = build_ssgan(cfg.classifier, cfg.ssgan, cfg.gan, tuple(real.x.shape[1:]), num_classes, cfg.seed)
     D.load_state_dict(entry["state"])
     D = prepare_model(D, device).eval()

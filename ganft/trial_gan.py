@@ -296,10 +296,11 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
         made.metrics.update(extra)
         return made
 
+    tracker.set_tags({"gan.key": key})  # now: `study status` finds a training's saved progress by it
     entry, hit = load_or_train(cache, key, train)  # a second worker needing it waits, then loads it
     if hit:
         log.info("GAN %s: reused from the cache", key)
-    tracker.set_tags({"gan.cache": "hit" if hit else "miss", "gan.key": key})
+    tracker.set_tags({"gan.cache": "hit" if hit else "miss"})
     tracker.log_metrics(entry.metrics)
     rows, labels = real_beside_generated(entry.samples, budget.train, splits.classes,
                                          conditional=cfg.conditioning != "none")

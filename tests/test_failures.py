@@ -393,9 +393,20 @@ def test_status_shows_a_dead_workers_trial_as_lost(copy: Path, capsys: pytest.Ca
                                                               "trial": trial.number})
     storage.set_trial_user_attr(trial._trial_id, "ganft.grid_key",
                                 '{"data.train_size": 30, "seed": 1, "synth.ratio": 0}')
+    # its run, still RUNNING, was training a generator that had saved its progress at step 1,500
+    from ganft.study.mlflow_store import MlflowStore
+    from ganft.study.peek import PARENT_TAG, default_tracking_uri
+
+    key = "0d6cc70f7834d611"
+    MlflowStore(default_tracking_uri(copy), "tiny").start_run(
+        "n30-r0.0-s1", {PARENT_TAG: "trial", "ganft.grid_point": "n30-r0.0-s1", "gan.key": key})
+    notes = copy / ".ganft-cache" / "gan" / "progress"
+    notes.mkdir(parents=True)
+    (notes / f"{key}.json").write_text(json.dumps({"step": 1500, "steps": 3000, "saved": time.time()}))
     assert main(["study", "status", str(copy / "tiny.yaml")]) == 1
     out = capsys.readouterr().out
     assert f"  lost      n30-r0.0-s1  (pid {dead.pid} on " in out
+    assert f"; generator {key} trained to step 1,500 of 3,000, saved 20" in out
     assert "1 trial(s) lost their worker: `ganft study run tiny` runs them again" in out
 
 

@@ -5,6 +5,7 @@ that is torn or does not fit is never used; none is left once the generator is s
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ganft.config import TrialConfig
 from ganft.keys import with_overrides
 from ganft.progress import Progress
 from ganft.store import CheckpointCache
+from ganft.study.status import training_progress
 
 CPU = torch.device("cpu")
 TIMES = ("gan/train_seconds", "gan/images_per_second", "gan/sample_images_per_second")
@@ -69,17 +71,21 @@ def test_a_killed_generator_training_resumes_to_the_weights_and_curves_of_an_unb
     unbroken = Recorder()
     pipeline.run_trial(cfg, device=CPU, cache=CheckpointCache(tmp_path / "a"), tracker=unbroken)
 
-    store = CheckpointCache(tmp_path / "b")
+    root = tmp_path / "b"  # a project root, as `ganft study status` reads it
+    store = CheckpointCache(root / ".ganft-cache" / "gan")
     with pytest.raises(Killed):  # killed in the curve's log at step 6: progress holds step 5
-        pipeline.run_trial(cfg, device=CPU, cache=store, tracker=KillAt(6))
-    assert not list((tmp_path / "b").glob("*.pt"))  # nothing stored as finished
-    assert len(list((tmp_path / "b" / "progress").glob("*.pt"))) == 1
+        pipeline.run_trial(cfg, device=CPU, cache=store, tracker=(killed := KillAt(6)))
+    assert not list(store.dir.glob("*.pt"))  # nothing stored as finished
+    assert len(list((store.dir / "progress").glob("*.pt"))) == 1
+    said = training_progress(root, killed.tags)  # what `ganft study status` says of the killed trial
+    assert re.fullmatch(rf"; generator {killed.tags['gan.key']} trained to step 5 of 8, saved "
+                        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d", said), said
     pipeline.run_trial(cfg, device=CPU, cache=store, tracker=(resumed := Recorder()))
     assert "step 5 of 8 trained, progress saved" in caplog.text  # said in the study's log
     assert "resumed after step 5" in caplog.text  # trained steps 6-8 only, not again from step 1
 
-    assert resumed.tags["gan.cache"] == "miss"
-    a, b = stored_gan(tmp_path / "a"), stored_gan(tmp_path / "b")
+    assert resumed.tags["gan.cache"] == "miss" and resumed.tags["gan.key"] == killed.tags["gan.key"]
+    a, b = stored_gan(tmp_path / "a"), stored_gan(store.dir)
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for name, weights in a["state_dict"].items():
         assert torch.equal(weights, b["state_dict"][name]), name
@@ -88,7 +94,8 @@ def test_a_killed_generator_training_resumes_to_the_weights_and_curves_of_an_unb
         {k: v for k, v in b["metrics"].items() if k not in TIMES}
     # the resumed run logs the curve and losses from step 1, as the unbroken one did
     assert gan_logs(resumed) == gan_logs(unbroken) and [2, 4, 6, 8] == sorted(resumed.curve("gan/budget_kid"))
-    assert not list((tmp_path / "b" / "progress").glob("*.pt*"))  # deleted once stored
+    assert not list((store.dir / "progress").iterdir())  # entry, checksum and note deleted once stored
+    assert training_progress(root, killed.tags) == ""
 
 
 def test_progress_is_saved_only_every_few_minutes_and_never_after_the_last_step(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ never creates a store, and nothing here imports the training stack."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ from ganft.study.storage import damaged_journal, is_journal, open_storage
 from ganft.study.stores import Stores, probe_rdb
 
 KINDS = ("complete", "running", "queued", "failed", "missing", "lost")
+# where progress.Progress notes how far a long training is (<key>.json), by the run tag naming the
+# model: read here without importing progress (and torch)
+PROGRESS_NOTES = {"gan.key": ("generator", Path(".ganft-cache/gan/progress")),
+                  "ssgan.key": ("semi-supervised GAN", Path(".ganft-cache/gan/ssgan/progress"))}
 
 
 def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
@@ -35,7 +41,7 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
             study = optuna.load_study(study_name=cfg.name, storage=open_storage(stores.storage))
     except KeyError:
         lines = [f"study {cfg.name}: not started ({len(cfg.points())} grid points missing)"]
-        runs = _finished_runs(cfg, stores)
+        runs = _trial_runs(cfg, stores)
         if runs:
             lines.append(f"  but the MLflow store has {len(runs)} FINISHED run(s) of it (the Optuna storage "
                          f"was deleted or replaced?): `ganft study run {cfg.name}` adopts them without "
@@ -49,7 +55,8 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
             ps.state = "lost"  # its worker is dead; the next `study run` fails it and runs it again
     # A trial's run ends FINISHED just after the trial turns COMPLETE (objective's callback): a
     # COMPLETE trial whose run is still RUNNING under a live worker is finishing, not missing it.
-    runs = {**_finished_runs(cfg, stores, "RUNNING"), **_finished_runs(cfg, stores)}
+    running = _trial_runs(cfg, stores, "RUNNING")  # of live workers, and of dead ones not yet closed
+    runs = {**{k: v for k, v in running.items() if workers.alive(v, "ganft.")}, **_trial_runs(cfg, stores)}
     finished_by_trial = {t.number: t.user_attrs.get("ganft.mlflow_run_id") in runs
                          for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     no_run = [ps for ps in states if ps.state == "complete"
@@ -57,10 +64,12 @@ def study_status(cfg: StudyConfig, stores: Stores) -> tuple[list[str], int]:
     counts = {k: sum(ps.state == k for ps in states) for k in KINDS}
     lines = [f"study {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "lost")
              + f" of {len(states)}"]
+    open_runs = {tags.get("ganft.grid_point"): tags for tags in running.values()}
     for ps in states:
         extra = f"  ({ps.attempts} attempt(s)) {ps.reason}" if ps.state == "failed" else ""
         if ps.state in ("running", "lost") and ps.owner:
-            extra = f"  (pid {ps.owner.get('pid')} on {ps.owner.get('host')})"
+            trained = training_progress(stores.root, open_runs.get(ps.name, {}))
+            extra = f"  (pid {ps.owner.get('pid')} on {ps.owner.get('host')}{trained})"
         lines.append(f"  {ps.state:9s} {ps.name}{extra}")
     if no_run:
         lines.append(f"  {len(no_run)} complete point(s) have no FINISHED run in the MLflow store "
@@ -90,17 +99,33 @@ def stored_confirmation(name: str, stores: Stores) -> StudyConfig | None:
                        description=f"the confirmation of {name.removesuffix('-confirm')}, as stored")
 
 
-def _finished_runs(cfg: StudyConfig, stores: Stores, status: str = "FINISHED") -> dict[str, dict[str, str]]:
-    """FINISHED trial runs of the study in MLflow (none when the store does not exist: a SQLite file
-    that does not exist is not created); with status RUNNING, those of live workers."""
+def _trial_runs(cfg: StudyConfig, stores: Stores, status: str = "FINISHED") -> dict[str, dict[str, str]]:
+    """The study's trial runs in MLflow with this status, run id -> tags (none when the store does
+    not exist: a SQLite file that does not exist is not created)."""
     db = sqlite_path(stores.tracking_uri)
     if db is not None and not Path(db).is_file():
         return {}
     try:
-        runs = MlflowStore(stores.tracking_uri, cfg.name, create=False).trial_runs(status)
+        return MlflowStore(stores.tracking_uri, cfg.name, create=False).trial_runs(status)
     except LookupError:
         return {}
-    return runs if status == "FINISHED" else {k: v for k, v in runs.items() if workers.alive(v, "ganft.")}
+
+
+def training_progress(root: Path, tags: dict[str, str]) -> str:
+    """'; generator KEY trained to step S of T, saved YYYY-MM-DD HH:MM' for a run whose generator
+    (or semi-supervised GAN) has saved training progress on this machine, else ''."""
+    for tag, (what, folder) in PROGRESS_NOTES.items():
+        key = tags.get(tag)
+        note = Path(root) / folder / f"{key}.json"
+        if key and note.is_file():
+            try:
+                got = json.loads(note.read_text())
+                saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(got["saved"])))
+                return f"; {what} {key} trained to step {int(got['step']):,} of " \
+                       f"{int(got['steps']):,}, saved {saved}"
+            except (OSError, ValueError, KeyError, TypeError):  # being replaced, or damaged: say nothing
+                return ""
+    return ""
 
 
 def optuna_frames(name: str, storage: str) -> tuple[Any, Any]:
