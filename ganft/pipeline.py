@@ -61,6 +61,7 @@ class TrialData:
     gan: GanOnDemand
     device: torch.device
     tracker: Tracker
+    cache: CheckpointCache | None = None  # the store GANs and labellers are kept in
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,19 @@ def adds(arm: Arm) -> Arm:
 def generated(cfg: TrialConfig, t: TrialData, n: int) -> Added:
     """n images from the trial's GAN, class balanced, labelled by the class they were generated for
     (or by the labeller), and the GAN's quality scores."""
-    G = t.gan().generator(t.device)
+    gan = t.gan()
+    G = gan.generator(t.device)
     t0 = time.perf_counter()
     images, metrics = synthesise(cfg.synth, G, n, t.splits.num_classes, t.labeller,
                                  conditioning=cfg.gan.conditioning, seed=derive_seed(cfg.seed, "synth"),
                                  device=t.device)
     metrics["time/synth_seconds"] = time.perf_counter() - t0  # beside gan/train_seconds
-    quality = trial_quality(cfg.quality, G, t.labeller, t.splits, conditional=cfg.gan.conditioning != "none",
+    conditional = cfg.gan.conditioning != "none"
+    scores = None if t.cache is None else t.cache.child("scores")  # the next ratio's trial reads them
+    quality = trial_quality(cfg.quality, G, t.labeller, t.splits, conditional=conditional,
                             cas_recipe=cfg.classifier, seed=cfg.seed, device=t.device, tracker=t.tracker,
-                            budget_train=t.budget.train)
+                            budget_train=t.budget.train, cache=scores,
+                            ident={"generator": gan.key, "labeller": None if conditional else t.labeller.key})
     return Added(images, {**metrics, **quality})
 
 
@@ -165,7 +170,7 @@ def fit(cfg: TrialConfig, splits: Splits, budget: Budget, *, device: torch.devic
     n_added = synthetic_count(cfg.synth.ratio, len(budget.train))
     augment = _augment(cfg, "classifier", splits)
     probe = LabelProbe(unlabelled_truth(splits, cfg.data, cfg.seed))
-    data = TrialData(splits, budget, unlabelled, probe, augment, labeller, gan, device, tracker)
+    data = TrialData(splits, budget, unlabelled, probe, augment, labeller, gan, device, tracker, cache)
     added = ARMS[cfg.synth.source](cfg, data, n_added)
     if cfg.synth.source == "fixmatch":  # FixMatch and ssgan change the training itself, not its data
         clf = train_fixmatch(cfg.classifier, cfg.fixmatch, budget.train, unlabelled, splits.num_classes,

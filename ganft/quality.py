@@ -32,6 +32,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +42,13 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from ganft.config import ClassifierConfig, QualityConfig
 from ganft.evaluate import accuracy, predict
-from ganft.finetune import train_classifier
+from ganft.finetune import CLASSIFIER_VERSION, train_classifier
 from ganft.images import Images, Splits
 from ganft.labeller import helper_recipe
 from ganft.models.gan import ConvTrunk
 from ganft.paths import project_root
 from ganft.runtime import derive_seed, make_generator, seeded
-from ganft.store import CheckpointCache, content_key, images_digest
+from ganft.store import CheckpointCache, content_key, images_digest, load_or_make
 from ganft.synth import sample_synthetic
 from ganft.tracker import NULL_TRACKER, Tracker, log_image_tensor
 
@@ -57,6 +58,9 @@ COPY_FIGURE_PER_CLASS = 4  # samples (and their nearest training images) per cla
 # Bump when the extractor trained from the same split and recipe changes (DomainClassifier,
 # train_extractor, models/gan.ConvTrunk): scores are then not comparable with earlier ones.
 EXTRACTOR_VERSION = 1
+# Bump when a generator's scores from the same extractor, samples and seed change (this file's
+# trial_quality and the metrics it calls): stored scores are then made again.
+QUALITY_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -334,17 +338,46 @@ def cas(recipe: ClassifierConfig, synthetic: Images, test: Images, num_classes: 
 def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module],
                   splits: Splits, *, conditional: bool, cas_recipe: ClassifierConfig, seed: int,
                   device: torch.device, tracker: Tracker = NULL_TRACKER,
-                  budget_train: Images | None = None) -> dict[str, float]:
+                  budget_train: Images | None = None, cache: CheckpointCache | None = None,
+                  ident: dict[str, Any] | None = None) -> dict[str, float]:
     """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
     Conditional generators are scored with the labels they were asked for (uniform over classes); an
     unconditional one on its own class mix, with the real-subset labeller's most probable class as the
     label (no threshold), so its CAS measures generator and labeller together. CAS trains
     ``cas_recipe``, the trial's classifier recipe. With ``budget_train`` (the budget's training
-    images) also the copy rate and its figure ``nearest_train.png``."""
+    images) also the copy rate and its figure ``nearest_train.png``.
+
+    With ``cache`` and ``ident`` (what determines the generator and, when unconditional, its
+    labeller: their keys), the scores are kept in ``cache`` and the next trial of the same generator
+    (another ratio of a grid) reads them instead of sampling, scoring and training CAS again: the
+    same numbers, since every draw is seeded (``quality/cached`` 1)."""
     if not cfg.enabled:
         return {}
     ext = load_extractor(splits, device)
     tracker.set_tags({"quality.extractor_hash": ext.hash})
+
+    def score() -> dict[str, Any]:
+        return _score(cfg, generator, labeller, splits, ext, conditional=conditional, cas_recipe=cas_recipe,
+                      seed=seed, device=device, budget_train=budget_train)
+
+    if cache is None or ident is None:
+        scored, hit = score(), False
+    else:
+        key = content_key({"role": "quality", "version": [QUALITY_VERSION, CLASSIFIER_VERSION], **ident,
+                           "quality": cfg.model_dump(mode="json"), "cas": cas_recipe.model_dump(mode="json"),
+                           "seed": seed, "extractor": ext.hash, "conditional": conditional,
+                           "budget": images_digest(budget_train)})
+        scored, hit = load_or_make(cache, key, score)
+    if scored["figure_labels"]:
+        log_image_tensor(tracker, scored["figure"], "nearest_train.png", nrow=COPY_FIGURE_PER_CLASS,
+                         row_labels=list(scored["figure_labels"]))
+    return {**scored["metrics"], **({"quality/cached": float(hit)} if cache is not None and ident else {})}
+
+
+def _score(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module], splits: Splits,
+           ext: Extractor, *, conditional: bool, cas_recipe: ClassifierConfig, seed: int,
+           device: torch.device, budget_train: Images | None) -> dict[str, Any]:
+    """``trial_quality``'s scores and copy figure (rows, labels; empty without ``budget_train``)."""
     n, seed_q, K = cfg.num_samples, derive_seed(seed, "quality"), splits.num_classes
     fake = sample_synthetic(generator, n, K, seed=seed_q, device=device)  # uniform labels, if conditional
     if not conditional:  # the generator's own class mix, each image labelled by the labeller's argmax
@@ -353,11 +386,11 @@ def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[
     out = generator_quality(ext, test, fake, k=cfg.k, per_class=conditional, seed=seed_q)
     out["quality/cas"] = cas(cas_recipe, fake, test, K, seed=seed, device=device)
     out["quality/extractor_test_acc"] = ext.test_acc
+    rows, labels = torch.zeros(0), []
     if budget_train is not None:
         train = budget_train.to(device)
         found = copies(features(ext, train.x), train.y, features(ext, fake.x), fake.y,
                        features(ext, test.x), test.y, percentile=cfg.copy_percentile)
         out["quality/copy_rate"], out["quality/copy_threshold"] = found.rate, found.threshold
         rows, labels = nearest_pairs(fake, train, found, splits.classes, COPY_FIGURE_PER_CLASS)
-        log_image_tensor(tracker, rows, "nearest_train.png", nrow=COPY_FIGURE_PER_CLASS, row_labels=labels)
-    return out
+    return {"metrics": {k: float(v) for k, v in out.items()}, "figure": rows.cpu(), "figure_labels": labels}

@@ -119,6 +119,7 @@ class TrialGan:
     num_classes: int
     trained: bool  # trained by this trial (False: loaded from the store)
     diffusion: DiffusionConfig | None = None  # gan.arch ddpm: the model's settings
+    key: str = ""  # its key in the store (gan_key)
 
     def generator(self, device: torch.device) -> nn.Module:
         """The sampling generator, eval mode, on ``device``."""
@@ -305,7 +306,8 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
     rows, labels = real_beside_generated(entry.samples, budget.train, splits.classes,
                                          conditional=cfg.conditioning != "none")
     log_image_tensor(tracker, rows, "gan_samples.png", nrow=SAMPLES_PER_CLASS, row_labels=labels)
-    return TrialGan(cfg, entry, splits.image_shape, splits.num_classes, trained=not hit, diffusion=diffusion)
+    return TrialGan(cfg, entry, splits.image_shape, splits.num_classes, trained=not hit, diffusion=diffusion,
+                    key=key)
 
 
 def real_beside_generated(samples: torch.Tensor, real: Images, classes: tuple[str, ...] | list[str], *,

@@ -26,6 +26,7 @@ from ganft.quality import (
     prdc,
 )
 from ganft.runtime import make_generator
+from ganft.store import CheckpointCache
 
 CPU = torch.device("cpu")
 SMALL = ExtractorRecipe(width=8, features=32, steps=150, batch_size=64, lr=3e-3)
@@ -189,3 +190,31 @@ def test_quality_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = TrialConfig()
     assert quality.trial_quality(cfg.quality, None, lambda: None, load_splits("digits"), conditional=True,
                                  cas_recipe=cfg.classifier, seed=0, device=CPU) == {}
+
+
+# conditional, and unconditional (its labeller labels the samples)
+@pytest.mark.parametrize("recipe", ["default", pytest.param("seed-dcgan", marks=pytest.mark.slow)])
+def test_the_next_ratio_of_a_generator_reads_its_scores_which_equal_a_fresh_scoring(
+        recipe: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ganft.pipeline import run_trial
+
+    monkeypatch.setattr(quality, "EXTRACTOR", ExtractorRecipe(width=4, features=8, steps=20))
+    base = {"gan.recipe": recipe, "gan.steps": 4, "gan.width": 4, "gan.z_dim": 8, "gan.batch_size": 16,
+            "data.train_size": 30, "data.validation": "none", "classifier.steps": 6, "classifier.width": 4,
+            "quality.enabled": True, "quality.num_samples": 100, "quality.k": 3}
+    store = CheckpointCache(tmp_path / "gan")
+
+    def scores(tracker: Recorder, cache: CheckpointCache | None, **more: object) -> dict[str, float]:
+        cfg = with_overrides(TrialConfig(), {**base, **more})
+        m = run_trial(cfg, device=CPU, cache=cache, tracker=tracker)
+        assert "nearest_train.png" in tracker.artifacts  # every trial has its copy figure
+        return {k: v for k, v in m.items() if k.startswith("quality/")}
+
+    first = scores(Recorder(), store, **{"synth.ratio": 1})
+    again = scores(Recorder(), store, **{"synth.ratio": 2})  # same generator, another ratio: read
+    fresh = scores(Recorder(), None, **{"synth.ratio": 2})  # no store: sampled, scored, CAS trained again
+    other = scores(Recorder(), store, **{"synth.ratio": 2, "seed": 1})  # another generator
+    assert first.pop("quality/cached") == 0 and again.pop("quality/cached") == 1
+    assert first == again == fresh and "quality/cached" not in fresh
+    assert other["quality/cached"] == 0 and other["quality/fcd"] != first["quality/fcd"]
+    assert len(list((tmp_path / "gan" / "scores").glob("*.pt"))) == 2
