@@ -59,7 +59,7 @@ COPY_FIGURE_PER_CLASS = 4  # samples (and their nearest training images) per cla
 # train_extractor, models/gan.ConvTrunk): scores are then not comparable with earlier ones.
 EXTRACTOR_VERSION = 1
 # Bump when a generator's scores from the same extractor, samples and seed change (this file's
-# trial_quality and the metrics it calls): stored scores are then made again.
+# trial_quality and the metrics it calls, synth.sample_synthetic): stored scores are then made again.
 QUALITY_VERSION = 1
 
 
@@ -366,7 +366,7 @@ def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[
         key = content_key({"role": "quality", "version": [QUALITY_VERSION, CLASSIFIER_VERSION], **ident,
                            "quality": cfg.model_dump(mode="json"), "cas": cas_recipe.model_dump(mode="json"),
                            "seed": seed, "extractor": ext.hash, "conditional": conditional,
-                           "budget": images_digest(budget_train)})
+                           "budget": images_digest(budget_train), "test": images_digest(splits.test)})
         scored, hit = load_or_make(cache, key, score)
     if scored["figure_labels"]:
         log_image_tensor(tracker, scored["figure"], "nearest_train.png", nrow=COPY_FIGURE_PER_CLASS,
