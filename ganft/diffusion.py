@@ -32,10 +32,11 @@ from torch import nn
 
 from ganft.config import DiffusionConfig, GanConfig
 from ganft.gan_train import (
+    NO_SCORES,
     Ema,
     GanResult,
     NonFiniteLossError,
-    Scorer,
+    Scores,
     finish,
     make_curve,
     make_selector,
@@ -152,8 +153,7 @@ def build_diffusion(gan: GanConfig, cfg: DiffusionConfig, image_shape: tuple[int
 
 def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_classes: int, *, seed: int,
                     device: torch.device, tracker: Tracker = NULL_TRACKER, log_every: int = 50,
-                    scorer: Scorer | None = None, curve: Scorer | None = None,
-                    progress: Progress = NO_PROGRESS) -> GanResult:
+                    scores: Scores = NO_SCORES, progress: Progress = NO_PROGRESS) -> GanResult:
     """Train the denoiser ``gan.steps`` steps on ``real``; return the sampling (EMA) model as a
     GanResult without a discriminator, its fixed-noise grid and metrics. ``progress``: where the
     training state is saved every few minutes and resumed from."""
@@ -166,8 +166,8 @@ def train_diffusion(gan: GanConfig, cfg: DiffusionConfig, real: Images, num_clas
     schedule = training_schedule(cfg)
     x_all, y_all = model.pad(real.x.to(device)), real.y.to(device)
     as_gan = gan.model_copy(update={"z_dim": model.z_dim})  # what the step selection and the curve sample
-    selector = make_selector(as_gan, scorer, num_classes, seed, device)
-    watch = make_curve(as_gan, curve, num_classes, seed, device)
+    selector = make_selector(as_gan, scores.select, num_classes, seed, device)
+    watch = make_curve(as_gan, scores.curve, num_classes, seed, device)
     gen = make_generator(derive_seed(seed, "gan-train"), device)
     B = min(gan.batch_size, len(x_all))
     tracker = progress.track(tracker)

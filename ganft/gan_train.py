@@ -39,6 +39,19 @@ GAN_VERSION = 1
 Scorer = Callable[[torch.Tensor], float]  # generated images (N, C, H, W) -> score, lower is better
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What scores a generator while it trains: ``select`` (generated images -> budget-validation
+    score) picks the best step when ``gan.eval_every`` > 0; ``curve`` (-> KID against the budget's
+    training images) draws the convergence curve when ``gan.curve_every`` > 0."""
+
+    select: Scorer | None = None
+    curve: Scorer | None = None
+
+
+NO_SCORES = Scores()  # neither: gan.eval_every and gan.curve_every 0
+
+
 class NonFiniteLossError(RuntimeError):
     """A GAN or classifier loss became NaN/inf; the message says which loss and at which step."""
 
@@ -261,12 +274,11 @@ def _fp32(outputs: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tens
 
 def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
               device: torch.device, tracker: Tracker = NULL_TRACKER,
-              log_every: int = 50, scorer: Scorer | None = None, curve: Scorer | None = None,
+              log_every: int = 50, scores: Scores = NO_SCORES,
               init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
               progress: Progress = NO_PROGRESS) -> GanResult:
     """Train G and D for ``cfg.steps`` G steps on ``real``; return the sampling generator and metrics.
-    ``scorer`` (generated images -> validation score) is needed when ``cfg.eval_every`` > 0, ``curve``
-    (-> KID against the budget's training images) when ``cfg.curve_every`` > 0.
+    ``scores.select`` is needed when ``cfg.eval_every`` > 0, ``scores.curve`` when ``cfg.curve_every`` > 0.
     ``init``: (G, D) state dicts to start from (a transfer's source GAN); D's first ``cfg.freeze_d``
     stages then stay as they are. ``progress``: where the training state is saved every few minutes
     and resumed from."""
@@ -288,8 +300,8 @@ def train_gan(cfg: GanConfig, real: Images, num_classes: int, *, seed: int,
     d_params = [p for p in D.parameters() if p.requires_grad]  # gan.freeze_d: not the frozen stages
     opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
     parts = StepParts.from_config(cfg)
-    selector = make_selector(cfg, scorer, num_classes, seed, device)
-    watch = make_curve(cfg, curve, num_classes, seed, device)
+    selector = make_selector(cfg, scores.select, num_classes, seed, device)
+    watch = make_curve(cfg, scores.curve, num_classes, seed, device)
     gen = make_generator(derive_seed(seed, "gan-train"), device)
     B = min(cfg.batch_size, len(x_all))
 

@@ -38,7 +38,7 @@ from ganft.images import Budget, Images, LabelProbe, Splits
 from ganft.keys import flatten
 from ganft.labeller import Labeller
 from ganft.pretrain import initial_trunk_state
-from ganft.quality import trial_quality
+from ganft.quality import KeptAs, trial_quality
 from ganft.runtime import derive_seed
 from ganft.ssgan import obtain_ssgan
 from ganft.store import CheckpointCache
@@ -93,12 +93,11 @@ def generated(cfg: TrialConfig, t: TrialData, n: int) -> Added:
                                  conditioning=cfg.gan.conditioning, seed=derive_seed(cfg.seed, "synth"),
                                  device=t.device)
     metrics["time/synth_seconds"] = time.perf_counter() - t0  # beside gan/train_seconds
-    conditional = cfg.gan.conditioning != "none"
-    scores = None if t.cache is None else t.cache.child("scores")  # the next ratio's trial reads them
-    quality = trial_quality(cfg.quality, G, t.labeller, t.splits, conditional=conditional,
-                            cas_recipe=cfg.classifier, seed=cfg.seed, device=t.device, tracker=t.tracker,
-                            budget_train=t.budget.train, cache=scores,
-                            ident={"generator": gan.key, "labeller": None if conditional else t.labeller.key})
+    labeller = None if cfg.gan.conditioning != "none" else t.labeller  # labels an unconditional GAN's images
+    kept = None if t.cache is None else KeptAs(t.cache.child("scores"), {  # the next ratio's trial reads them
+        "generator": gan.key, "labeller": None if labeller is None else labeller.key})
+    quality = trial_quality(cfg.quality, G, labeller, t.splits, cas_recipe=cfg.classifier, seed=cfg.seed,
+                            device=t.device, tracker=t.tracker, budget_train=t.budget.train, kept=kept)
     return Added(images, {**metrics, **quality})
 
 

@@ -335,55 +335,62 @@ def cas(recipe: ClassifierConfig, synthetic: Images, test: Images, num_classes: 
 # --------------------------------------------------------------------------- trial stages
 
 
-def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module],
-                  splits: Splits, *, conditional: bool, cas_recipe: ClassifierConfig, seed: int,
-                  device: torch.device, tracker: Tracker = NULL_TRACKER,
-                  budget_train: Images | None = None, cache: CheckpointCache | None = None,
-                  ident: dict[str, Any] | None = None) -> dict[str, float]:
-    """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
-    Conditional generators are scored with the labels they were asked for (uniform over classes); an
-    unconditional one on its own class mix, with the real-subset labeller's most probable class as the
-    label (no threshold), so its CAS measures generator and labeller together. CAS trains
-    ``cas_recipe``, the trial's classifier recipe. With ``budget_train`` (the budget's training
-    images) also the copy rate and its figure ``nearest_train.png``.
+@dataclass(frozen=True)
+class KeptAs:
+    """Where a generator's scores are kept, and what determines them beyond the trial's recipes:
+    the keys of the generator and, for an unconditional one, of its labeller."""
 
-    With ``cache`` and ``ident`` (what determines the generator and, when unconditional, its
-    labeller: their keys), the scores are kept in ``cache`` and the next trial of the same generator
-    (another ratio of a grid) reads them instead of sampling, scoring and training CAS again: the
-    same numbers, since every draw is seeded (``quality/cached`` 1)."""
+    store: CheckpointCache
+    ident: dict[str, Any]
+
+
+def trial_quality(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module] | None,
+                  splits: Splits, *, cas_recipe: ClassifierConfig, seed: int, device: torch.device,
+                  tracker: Tracker = NULL_TRACKER, budget_train: Images | None = None,
+                  kept: KeptAs | None = None) -> dict[str, float]:
+    """All ``quality/`` scores of a trial's generator (empty when ``quality.enabled`` is off).
+    A conditional generator (``labeller`` None) is scored with the labels it was asked for (uniform
+    over classes); an unconditional one on its own class mix, with the real-subset ``labeller``'s most
+    probable class as the label (no threshold), so its CAS measures generator and labeller together.
+    CAS trains ``cas_recipe``, the trial's classifier recipe. With ``budget_train`` (the budget's
+    training images) also the copy rate and its figure ``nearest_train.png``.
+
+    With ``kept``, the scores are kept in its store and the next trial of the same generator (another
+    ratio of a grid) reads them instead of sampling, scoring and training CAS again: the same
+    numbers, since every draw is seeded (``quality/cached`` 1)."""
     if not cfg.enabled:
         return {}
     ext = load_extractor(splits, device)
     tracker.set_tags({"quality.extractor_hash": ext.hash})
 
     def score() -> dict[str, Any]:
-        return _score(cfg, generator, labeller, splits, ext, conditional=conditional, cas_recipe=cas_recipe,
-                      seed=seed, device=device, budget_train=budget_train)
+        return _score(cfg, generator, labeller, splits, ext, cas_recipe=cas_recipe, seed=seed, device=device,
+                      budget_train=budget_train)
 
-    if cache is None or ident is None:
+    if kept is None:
         scored, hit = score(), False
     else:
-        key = content_key({"role": "quality", "version": [QUALITY_VERSION, CLASSIFIER_VERSION], **ident,
+        key = content_key({"role": "quality", "version": [QUALITY_VERSION, CLASSIFIER_VERSION], **kept.ident,
                            "quality": cfg.model_dump(mode="json"), "cas": cas_recipe.model_dump(mode="json"),
-                           "seed": seed, "extractor": ext.hash, "conditional": conditional,
+                           "seed": seed, "extractor": ext.hash, "conditional": labeller is None,
                            "budget": images_digest(budget_train), "test": images_digest(splits.test)})
-        scored, hit = load_or_make(cache, key, score)
+        scored, hit = load_or_make(kept.store, key, score)
     if scored["figure_labels"]:
         log_image_tensor(tracker, scored["figure"], "nearest_train.png", nrow=COPY_FIGURE_PER_CLASS,
                          row_labels=list(scored["figure_labels"]))
-    return {**scored["metrics"], **({"quality/cached": float(hit)} if cache is not None and ident else {})}
+    return {**scored["metrics"], **({"quality/cached": float(hit)} if kept is not None else {})}
 
 
-def _score(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module], splits: Splits,
-           ext: Extractor, *, conditional: bool, cas_recipe: ClassifierConfig, seed: int,
-           device: torch.device, budget_train: Images | None) -> dict[str, Any]:
+def _score(cfg: QualityConfig, generator: nn.Module, labeller: Callable[[], nn.Module] | None, splits: Splits,
+           ext: Extractor, *, cas_recipe: ClassifierConfig, seed: int, device: torch.device,
+           budget_train: Images | None) -> dict[str, Any]:
     """``trial_quality``'s scores and copy figure (rows, labels; empty without ``budget_train``)."""
     n, seed_q, K = cfg.num_samples, derive_seed(seed, "quality"), splits.num_classes
     fake = sample_synthetic(generator, n, K, seed=seed_q, device=device)  # uniform labels, if conditional
-    if not conditional:  # the generator's own class mix, each image labelled by the labeller's argmax
+    if labeller is not None:  # unconditional: its own class mix, each image labelled by the labeller's argmax
         fake = Images(fake.x, predict(labeller(), fake.x).to(device))
     test = splits.test.to(device)
-    out = generator_quality(ext, test, fake, k=cfg.k, per_class=conditional, seed=seed_q)
+    out = generator_quality(ext, test, fake, k=cfg.k, per_class=labeller is None, seed=seed_q)
     out["quality/cas"] = cas(cas_recipe, fake, test, K, seed=seed, device=device)
     out["quality/extractor_test_acc"] = ext.test_acc
     rows, labels = torch.zeros(0), []

@@ -155,20 +155,21 @@ def feature_matching(D: SemiSupervisedD, real: torch.Tensor, fake: torch.Tensor)
     return (D.features(fake).float().mean(0) - target).pow(2).mean()
 
 
-def train_ssgan(cfg: ClassifierConfig, ss: SsganConfig, gan: GanConfig, real: Images,
-                unlabelled: torch.Tensor, num_classes: int, *, seed: int, device: torch.device,
-                augment: Augment | None = None, tracker: Tracker = NULL_TRACKER,
+def train_ssgan(trial: TrialConfig, real: Images, unlabelled: torch.Tensor, num_classes: int, *,
+                device: torch.device, augment: Augment | None = None, tracker: Tracker = NULL_TRACKER,
                 progress: Progress = NO_PROGRESS) -> FinetuneResult:
-    """``cfg.steps`` semi-supervised GAN steps on the ``real`` budget images and the ``unlabelled``
-    pool (U, C, H, W); returns the EMA of D (eval mode) as the classifier, and its metrics (``clf/...``
-    as every arm logs them, ``ssgan/d_real``, ``ssgan/d_fake``, ``ssgan/fm_loss`` over the last 10%).
-    ``progress``: where the training state is saved every few minutes and resumed from."""
+    """``classifier.steps`` semi-supervised GAN steps (``trial``'s classifier, ssgan and gan sections,
+    its seed) on the ``real`` budget images and the ``unlabelled`` pool (U, C, H, W); returns the EMA
+    of D (eval mode) as the classifier, and its metrics (``clf/...`` as every arm logs them,
+    ``ssgan/d_real``, ``ssgan/d_fake``, ``ssgan/fm_loss`` over the last 10%). ``progress``: where the
+    training state is saved every few minutes and resumed from."""
+    cfg, ss, seed = trial.classifier, trial.ssgan, trial.seed
     B = cfg.batch_size
     if len(unlabelled) < B:
         raise ValueError(f"synth.source ssgan draws classifier.batch_size {B} unlabelled images a step, and "
                          f"the pool has {len(unlabelled)}")
     real, pool = real.to(device), unlabelled.to(device)
-    D, G = build_ssgan(cfg, ss, gan, tuple(real.x.shape[1:]), num_classes, seed)
+    D, G = build_ssgan(cfg, ss, trial.gan, tuple(real.x.shape[1:]), num_classes, seed)
     D, G = prepare_model(D, device), prepare_model(G, device)
     ema = ema_model(D, ss.ema_decay)
     opt_d = torch.optim.Adam(D.parameters(), lr=ss.lr, betas=ADAM_BETAS)
@@ -248,8 +249,8 @@ def obtain_ssgan(cfg: TrialConfig, real: Images, unlabelled: torch.Tensor, num_c
                        "budget": images_digest(real), "pool": tensor_digest(unlabelled)})
 
     def train(progress: Progress) -> dict[str, Any]:
-        res = train_ssgan(cfg.classifier, cfg.ssgan, cfg.gan, real, unlabelled, num_classes, seed=cfg.seed,
-                          device=device, augment=augment, tracker=tracker, progress=progress)
+        res = train_ssgan(cfg, real, unlabelled, num_classes, device=device, augment=augment, tracker=tracker,
+                          progress=progress)
         cpu = lambda state: {k: v.detach().cpu() for k, v in state.items()}  # noqa: E731
         return {"state": cpu(res.model.state_dict()), "last": cpu(res.last_state) if res.last_state else None,
                 "metrics": res.metrics}

@@ -36,7 +36,14 @@ from torch import nn
 from ganft.config import DataConfig, DiffusionConfig, GanConfig
 from ganft.data import splits_for
 from ganft.datasets import LOADER_VERSION
-from ganft.gan_train import GAN_VERSION, SAMPLES_PER_CLASS, build_discriminator, build_generator, train_gan
+from ganft.gan_train import (
+    GAN_VERSION,
+    SAMPLES_PER_CLASS,
+    Scores,
+    build_discriminator,
+    build_generator,
+    train_gan,
+)
 from ganft.images import Budget, Images, Splits, resize_images
 from ganft.labeller import Labeller, predict_labels
 from ganft.models.gan import trunk_state_for_classifier
@@ -89,7 +96,7 @@ class CachedGan:
 def train_stored(cfg: GanConfig, images: Images, num_classes: int, *, seed: int, device: torch.device,
                  diffusion: DiffusionConfig | None = None, **kw: Any) -> CachedGan:
     """``train_gan`` of ``cfg`` on ``images`` (gan.arch ddpm: ``diffusion.train_diffusion`` with
-    ``diffusion``), as the store keeps it (``kw``: tracker, scorer, curve, init, progress)."""
+    ``diffusion``), as the store keeps it (``kw``: tracker, scores, init, progress)."""
     if cfg.arch == "ddpm":
         from ganft.diffusion import train_diffusion
 
@@ -290,10 +297,10 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
                      "gan/source_g_steps": src.metrics.get("gan/g_steps", float("nan"))}
         log.info("GAN %s: training (%d steps on %d images, %s)", key, cfg.steps, len(images), cfg.train_on)
         extra["gan/train_images"] = float(len(images))
-        scorer = gan_scorer(cfg, budget, labeller, device) if cfg.eval_every else None
-        curve = curve_scorer(cfg, budget, labeller, device) if cfg.curve_every else None
+        scores = Scores(select=gan_scorer(cfg, budget, labeller, device) if cfg.eval_every else None,
+                        curve=curve_scorer(cfg, budget, labeller, device) if cfg.curve_every else None)
         made = train_stored(cfg, images, splits.num_classes, seed=seed, device=device, tracker=tracker,
-                            scorer=scorer, curve=curve, init=init, diffusion=diffusion, progress=progress)
+                            scores=scores, init=init, diffusion=diffusion, progress=progress)
         made.metrics.update(extra)
         return made
 

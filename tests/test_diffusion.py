@@ -173,14 +173,14 @@ def test_a_convergence_curve_on_budget_images_is_logged_and_leaves_the_cache_key
 
 
 def test_the_curve_changes_no_weight_of_the_gan() -> None:
-    from ganft.gan_train import train_gan
+    from ganft.gan_train import Scores, train_gan
 
     cfg = with_overrides(TrialConfig(), {"gan.steps": 4, "gan.width": 8, "gan.z_dim": 8, "gan.batch_size": 16,
                                          "gan.eval_samples": 50}).gan
     plain = train_gan(cfg, _digits(100), 10, seed=0, device=CPU)
     rec = Recorder()
     watched = train_gan(cfg.model_copy(update={"curve_every": 2}), _digits(100), 10, seed=0, device=CPU,
-                        tracker=rec, curve=lambda images: float(images.mean()))
+                        tracker=rec, scores=Scores(curve=lambda images: float(images.mean())))
     assert rec.steps("gan/budget_kid") == [2, 4]
     a, b = plain.generator.state_dict(), watched.generator.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

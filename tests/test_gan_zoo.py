@@ -12,7 +12,7 @@ from torch import nn
 from ganft.config import GAN_RECIPES, ConfigError, GanConfig, TrialConfig
 from ganft.data import labelled_subset, load_splits
 from ganft.diffaugment import POLICIES, diff_augment
-from ganft.gan_train import train_gan
+from ganft.gan_train import Scores, train_gan
 from ganft.images import Images
 from ganft.keys import with_overrides
 from ganft.losses import LOSSES, DStep, consistency_penalty, get_loss, gradient_penalty, r1_penalty
@@ -261,7 +261,8 @@ def test_best_checkpoint_is_the_generator_at_the_best_validation_step() -> None:
     scores = iter([5.0, 2.0, 3.0, 4.0])  # evaluations at steps 2, 4, 6 and 7 (the last)
     rec = Recorder()
     cfg = GanConfig(**{**TINY, "steps": 7, "eval_every": 2, "eval_samples": 50})
-    res = train_gan(cfg, digits(), 10, seed=3, device=CPU, tracker=rec, scorer=lambda images: next(scores))
+    res = train_gan(cfg, digits(), 10, seed=3, device=CPU, tracker=rec,
+                    scores=Scores(select=lambda images: next(scores)))
     curve = [(step, m["gan/val_kid"]) for step, m in rec.metrics if "gan/val_kid" in m]
     assert curve == [(2, 5.0), (4, 2.0), (6, 3.0), (7, 4.0)]
     assert res.metrics["gan/best_step"] == 4 and res.metrics["gan/best_val_kid"] == 2.0

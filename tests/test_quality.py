@@ -188,8 +188,8 @@ def test_a_trial_logs_quality_scores_the_extractor_hash_and_the_val_kid_curve(
 def test_quality_off_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quality, "load_extractor", lambda *a, **k: pytest.fail("no extractor when off"))
     cfg = TrialConfig()
-    assert quality.trial_quality(cfg.quality, None, lambda: None, load_splits("digits"), conditional=True,
-                                 cas_recipe=cfg.classifier, seed=0, device=CPU) == {}
+    assert quality.trial_quality(cfg.quality, None, None, load_splits("digits"), cas_recipe=cfg.classifier,
+                                 seed=0, device=CPU) == {}
 
 
 # conditional, and unconditional (its labeller labels the samples)

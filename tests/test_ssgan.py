@@ -89,11 +89,11 @@ def test_feature_matching_compares_the_batch_means_of_the_named_layer() -> None:
 @pytest.mark.slow  # 150 steps on digits: about 10 s on 2 cores
 def test_training_lowers_the_supervised_loss_and_puts_d_real_above_d_fake() -> None:
     _, real, pool = _inputs(100)
-    cfg = ClassifierConfig(arch="seed-cnn", steps=150, eval_every=25, batch_size=32, width=16,
-                           schedule="constant")
+    cfg = TrialConfig.model_validate({"gan": {"width": 16, "z_dim": 32}, "classifier": {
+        "arch": "seed-cnn", "steps": 150, "eval_every": 25, "batch_size": 32, "width": 16,
+        "schedule": "constant"}})
     rec = Recorder()
-    res = train_ssgan(cfg, SsganConfig(), GanConfig(width=16, z_dim=32), real, pool, 10, seed=0, device=CPU,
-                      tracker=rec)
+    res = train_ssgan(cfg, real, pool, 10, device=CPU, tracker=rec)
     windows = [m for step, m in rec.metrics if step is not None]
     assert windows[-1]["clf/loss"] < 0.5 * windows[0]["clf/loss"]
     assert res.metrics["ssgan/d_real"] > res.metrics["ssgan/d_fake"]
@@ -103,11 +103,11 @@ def test_training_lowers_the_supervised_loss_and_puts_d_real_above_d_fake() -> N
 
 def test_the_same_seed_gives_the_same_weights_and_another_seed_others() -> None:
     _, real, pool = _inputs()
-    cfg = ClassifierConfig(arch="seed-cnn", steps=5, eval_every=5, batch_size=16, width=8)
+    cfg = TrialConfig.model_validate({"gan": {"width": 8, "z_dim": 16}, "classifier": {
+        "arch": "seed-cnn", "steps": 5, "eval_every": 5, "batch_size": 16, "width": 8}})
 
     def weights(seed: int) -> dict[str, torch.Tensor]:
-        res = train_ssgan(cfg, SsganConfig(), GanConfig(width=8, z_dim=16), real, pool, 10, seed=seed,
-                          device=CPU)
+        res = train_ssgan(cfg.model_copy(update={"seed": seed}), real, pool, 10, device=CPU)
         return res.model.state_dict()
 
     a, b, c = weights(0), weights(0), weights(1)
