@@ -157,7 +157,7 @@ def test_deleted_journal_adopts_the_finished_runs_instead_of_duplicating_them(
     assert main(["study", "status", str(copy / "tiny.yaml")]) == 1
     assert "the MLflow store has 6 FINISHED run(s) of it" in capsys.readouterr().out
     assert run(copy) == 0
-    assert "6 trials, 0 GANs trained" in capsys.readouterr().out  # adopted, not trained again
+    assert "6 trials, 0 generators trained" in capsys.readouterr().out  # adopted, not trained again
     assert finished_runs(copy) == Counter({p: 1 for p in POINTS})
     assert complete_trials(copy) == Counter({p: 1 for p in POINTS})
 

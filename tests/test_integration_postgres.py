@@ -168,7 +168,7 @@ def test_two_machines_share_one_study_on_postgres_and_an_mlflow_server(
     # a third machine with an empty local cache runs another study with the same GANs: it trains none
     other = tiny.replace("name: tiny", "name: tiny_r3").replace("synth.ratio: [0, 1, 2]", "synth.ratio: [3]")
     logs.append(_finish(_machine(tmp_path / "c", other, postgres, mlflow_server)))
-    assert "2 of 2 grid points complete, 0 failed; this run: 2 trials, 0 GANs trained" in logs[-1]
+    assert "2 of 2 grid points complete, 0 failed; this run: 2 trials, 0 generators trained" in logs[-1]
     exp3 = client.get_experiment_by_name("tiny_r3")
     assert sorted(r.data.tags["gan.cache"] for r in client.search_runs([exp3.experiment_id])
                   if r.data.tags["ganft.role"] == "trial") == ["hit", "hit"]

@@ -203,7 +203,7 @@ class Summary:
         elsewhere = f"{self.running} running in other workers, " if self.running else ""
         out = [f"study {cfg.name}: {self.complete} of {self.total} grid points complete, "
                f"{elsewhere}{len(self.failed)} failed; this run: {_n(self.ran, 'trial')}, "
-               f"{_n(self.gans_trained, 'GAN')} trained, {self.seconds:.1f} s."]
+               f"{_n(self.gans_trained, 'generator')} trained, {self.seconds:.1f} s."]
         out += [f"  failed {ps.name} ({ps.attempts} attempt(s), max_retries {cfg.max_retries}): {ps.reason}"
                 for ps in self.failed]
         if self.workers_lost:
