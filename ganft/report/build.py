@@ -188,24 +188,20 @@ def gan_curves(df: pd.DataFrame, stores: Stores, study: str) -> pd.DataFrame:
     if "run_id" not in df or f"{CURVE_METRIC}_last" not in df:
         return pd.DataFrame()
     store = MlflowStore(stores.tracking_uri, study, create=False)
-    raw = store.runs_frame()  # every trial run, whatever its status
-    key_of = dict(zip(raw["run_id"], raw["tags.gan.key"], strict=True)) if "tags.gan.key" in raw else {}
-    trained: dict[str, list[str]] = {}  # generator -> the runs that trained it, FINISHED first
-    if key_of and "tags.gan.cache" in raw:
-        miss = raw[raw["tags.gan.cache"] == "miss"].assign(later=lambda r: r["status"] != "FINISHED")
-        for run_id, key in miss.sort_values(["later", "start_time"])[["run_id", "tags.gan.key"]].itertuples(
-                index=False):
-            trained.setdefault(key, []).append(run_id)
+    curved = df[df[f"{CURVE_METRIC}_last"].notna()]
+    tagged = curved["gan_key"] if "gan_key" in curved else [None] * len(curved)
+    keys = [k if isinstance(k, str) else None for k in tagged]  # None: a run from before the tag
+    trained = store.generator_trainers() if any(keys) else {}
     rows, done = [], set()
-    for run_id in df.loc[df[f"{CURVE_METRIC}_last"].notna(), "run_id"]:
-        key = key_of.get(run_id)
-        if isinstance(key, str) and key in done:
+    for run_id, key in zip(curved["run_id"], keys, strict=True):
+        if key in done:
             continue
-        for source in trained.get(key, [run_id]) if isinstance(key, str) else [run_id]:
+        for source in trained.get(key, [run_id]) if key else [run_id]:
             points = store.client.get_metric_history(source, CURVE_METRIC)
             if points:
                 rows += [{"run_id": run_id, "step": m.step, "budget_kid": m.value} for m in points]
-                done.add(key)
+                if key:
+                    done.add(key)
                 break
     return pd.DataFrame(rows, columns=["run_id", "step", "budget_kid"])
 

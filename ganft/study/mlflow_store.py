@@ -162,6 +162,17 @@ class MlflowStore:
             f"attributes.status = '{status}' and tags.`{PARENT_TAG}` = 'trial'"))
         return {r.info.run_id: r.data.tags for r in runs}
 
+    def generator_trainers(self) -> dict[str, list[str]]:
+        """Generator key (tag ``gan.key``) -> the trial runs that trained it (tag ``gan.cache`` miss),
+        whatever their status: FINISHED ones first, then by start time."""
+        runs = self.client.search_runs([self.experiment_id], max_results=50000, filter_string=(
+            f"tags.`{PARENT_TAG}` = 'trial' and tags.`gan.cache` = 'miss'"))
+        out: dict[str, list[str]] = {}
+        for r in sorted(runs, key=lambda r: (r.info.status != "FINISHED", r.info.start_time)):
+            if r.data.tags.get("gan.key"):
+                out.setdefault(r.data.tags["gan.key"], []).append(r.info.run_id)
+        return out
+
     def finished_run_for(self, grid_key: str, base_hash: str) -> Any | None:
         """The latest FINISHED trial run of one grid point of this study's base config, if any."""
         runs = self.client.search_runs([self.experiment_id], max_results=100, filter_string=(
