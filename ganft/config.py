@@ -317,9 +317,10 @@ class QualityConfig(StrictModel):
 
 class ClassifierConfig(StrictModel):
     # bn-cnn: two 3x3 conv + batch norm + max-pool stages (the strong default, bench/baseline.py);
-    # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small stem
-    arch: Literal["bn-cnn", "seed-cnn", "resnet18"] = "bn-cnn"
-    """bn-cnn (the strong default), seed-cnn (the seed article's) or resnet18."""
+    # seed-cnn: the seed article's discriminator-shaped CNN, fixed; resnet18: torchvision's, small stem;
+    # mlp: Salimans et al.'s MNIST network (1000-500-250-250-250 hidden units), the semi-supervised GAN's
+    arch: Literal["bn-cnn", "seed-cnn", "resnet18", "mlp"] = "bn-cnn"
+    """bn-cnn (the strong default), seed-cnn (the seed article's), resnet18 or mlp (Salimans et al.'s)."""
     # scratch | discriminator (the trained GAN's D trunk, new head) | pretrained (a `ganft pretrain`
     # checkpoint from pretrained_source) | torchvision (ImageNet resnet18 from the local torch hub cache)
     init: Literal["scratch", "discriminator", "pretrained", "torchvision"] = "scratch"
@@ -366,7 +367,7 @@ class ClassifierConfig(StrictModel):
     augment: Literal["none", "flip", "crop-flip", "affine", "classic", "strong"] = "none"
     """Training augmentation: none, flip, crop-flip, affine (classic), or strong."""
     width: int = Field(32, ge=4, le=512)
-    """First-stage channels of bn-cnn and seed-cnn (resnet18: fixed)."""
+    """First-stage channels of bn-cnn and seed-cnn (resnet18 and mlp: fixed)."""
     # validation accuracy every K steps; the best checkpoint is kept
     eval_every: int = Field(50, ge=1, le=MAX_STEPS)
     """Validation every K steps (with a validation set, the best checkpoint is kept)."""
@@ -534,10 +535,10 @@ def check_ssgan(cfg: TrialConfig) -> None:
     """What the semi-supervised GAN arm needs: its classifier is a discriminator trained from scratch
     and kept as its last (EMA) weights (that it adds no images: ADDS_NO_IMAGES)."""
     c = cfg.classifier
-    if c.arch not in ("seed-cnn", "bn-cnn"):
+    if c.arch not in ("seed-cnn", "bn-cnn", "mlp"):
         raise ValueError(f"synth.source ssgan trains the classifier as the GAN's discriminator, in the shape "
-                         f"of classifier.arch seed-cnn or bn-cnn without batch norm (which would mix real "
-                         f"and generated batches), not {c.arch}")
+                         f"of classifier.arch seed-cnn, bn-cnn or mlp without batch norm (which would mix "
+                         f"real and generated batches), not {c.arch}")
     check_trains_itself(cfg, ("gan.arch", cfg.gan.arch, "dcgan"))  # its generator works at the data's size
 
 

@@ -11,7 +11,8 @@ feature matching: the squared distance between the mean of D's ``FEATURE_LAYER``
 unlabelled batch and on a fresh generated batch. The unlabelled images' labels never enter: this
 module is never given them.
 
-D has the shape of ``classifier.arch`` (``discriminator_trunk``: seed-cnn or bn-cnn) without batch
+D has the shape of ``classifier.arch`` (``discriminator_trunk``: seed-cnn, bn-cnn or mlp, the paper's
+MNIST network) without batch
 norm, which would mix the statistics of real and generated batches, with the paper's regularisers:
 weight normalisation of every conv and of the head, Gaussian noise on the inputs (and, with
 ``ssgan.hidden_noise``, after every hidden activation) and dropout before the head, in training
@@ -40,6 +41,7 @@ from ganft.finetune import SCHEDULES, FinetuneResult, draw_batches
 from ganft.fixmatch import ema_model, fixed_budget_result, pool_batches
 from ganft.gan_train import NonFiniteLossError
 from ganft.images import Images
+from ganft.models.classifier import mlp_layers
 from ganft.models.gan import ConvTrunk, Generator
 from ganft.progress import NO_PROGRESS, Progress, load_or_resume
 from ganft.runtime import autocast, derive_seed, make_generator, prepare_model, seeded
@@ -94,11 +96,11 @@ class GaussianNoise(nn.Module):
 
 
 def add_hidden_noise(trunk: nn.Module, std: float) -> None:
-    """Gaussian noise after every hidden activation (each LeakyReLU) of ``trunk``, as in Salimans et
-    al.'s MNIST discriminator. Parameter names do not change (the activations have none)."""
+    """Gaussian noise after every hidden activation (each ReLU or LeakyReLU) of ``trunk``, as in
+    Salimans et al.'s MNIST discriminator. Parameter names do not change (the activations have none)."""
     for parent in list(trunk.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.LeakyReLU):
+            if isinstance(child, nn.ReLU | nn.LeakyReLU):
                 setattr(parent, name, nn.Sequential(child, GaussianNoise(std)))
 
 
@@ -106,7 +108,10 @@ def discriminator_trunk(arch: str, channels: int, size: int, width: int) -> tupl
     """D's trunk in a classifier's shape without batch norm, and its number of output features:
     ``seed-cnn``, the DCGAN discriminator's strided 4x4 convs; ``bn-cnn``, the default classifier's
     two stages of a 3x3 conv and a 2x2 max-pool (LeakyReLU 0.2 for ReLU), so the semi-supervised GAN's
-    classifier has the practitioner's classifier's shape."""
+    classifier has the practitioner's classifier's shape; ``mlp``, the paper's fully connected MNIST
+    discriminator (``models.classifier.mlp_layers``)."""
+    if arch == "mlp":
+        return mlp_layers(channels * size * size)
     if arch == "seed-cnn":
         trunk = ConvTrunk(channels=channels, size=size, width=width, norm="none")
         return trunk, trunk.out_features

@@ -10,17 +10,28 @@ def test_generator_discriminator_classifier_shapes(size: int, channels: int) -> 
     torch.manual_seed(0)
     G = Generator(channels=channels, size=size, num_classes=10, z_dim=16, width=8)
     D = Discriminator(channels=channels, size=size, num_classes=10, width=8)
-    clf = build_classifier("seed-cnn", (channels, size, size), 10, width=8)
+    clfs = [build_classifier(arch, (channels, size, size), 10, width=8) for arch in ("seed-cnn", "mlp")]
     z, y = torch.randn(4, 16), torch.tensor([0, 3, 9, 3])
     x = G(z, y)
     assert x.shape == (4, channels, size, size)
     assert x.min() >= -1 and x.max() <= 1 and torch.isfinite(x).all()
     logits = D(x, y)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
-    out = clf(x)
-    assert out.shape == (4, 10) and torch.isfinite(out).all()
-    # logits, not probabilities: the seed article's Softmax-before-CrossEntropy bug stays fixed
-    assert not torch.allclose(out.exp().sum(1), torch.ones(4))
+    for clf in clfs:
+        out = clf(x)
+        assert out.shape == (4, 10) and torch.isfinite(out).all()
+        # logits, not probabilities: the seed article's Softmax-before-CrossEntropy bug stays fixed
+        assert not torch.allclose(out.exp().sum(1), torch.ones(4))
+
+
+def test_the_mlp_is_the_papers_network() -> None:
+    # Salimans et al. 2016, MNIST: 784 -> 1000 -> 500 -> 250 -> 250 -> 250 -> 10, ReLU between
+    clf = build_classifier("mlp", (1, 28, 28), 10, width=8)
+    linears = [m for m in clf.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (784, 1000), (1000, 500), (500, 250), (250, 250), (250, 250), (250, 10)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in clf.trunk.modules()) == 5
+    assert clf.trunk(torch.zeros(2, 1, 28, 28)).shape == (2, 250)
 
 
 def test_layout_rejects_sizes_that_do_not_halve() -> None:

@@ -145,7 +145,7 @@ def test_reports_name_the_arm() -> None:
     ({"data": {"unlabelled_size": 0}},
      "synth.source ssgan needs unlabelled images: set data.unlabelled_size"),
     ({"classifier": {"arch": "resnet18"}},
-     "in the shape of classifier.arch seed-cnn or bn-cnn without batch norm"),
+     "in the shape of classifier.arch seed-cnn, bn-cnn or mlp without batch norm"),
     ({"synth": {"ratio": 1}}, "synth.source ssgan adds no images"),
     ({"data": {"validation": "from-budget"}}, "use data.validation none or kfold"),
     ({"classifier": {"init": "discriminator"}}, "set classifier.init scratch"),
@@ -178,20 +178,23 @@ def test_a_pool_smaller_than_a_batch_is_one_line_before_any_work(home: Path,
     assert "lower classifier.batch_size" in err[0]
 
 
-@pytest.mark.parametrize("arch, size", [("bn-cnn", 28), ("bn-cnn", 8), ("seed-cnn", 32)])
+@pytest.mark.parametrize("arch, size", [("bn-cnn", 28), ("bn-cnn", 8), ("seed-cnn", 32), ("mlp", 28),
+                                        ("mlp", 8)])
 def test_the_discriminator_has_its_classifier_shape_without_batch_norm(arch: str, size: int) -> None:
     from ganft.models.classifier import build_classifier
 
     cfg = ClassifierConfig(arch=arch, width=8)
     D, _ = build_ssgan(cfg, SsganConfig(), GanConfig(width=8, z_dim=16), (3, size, size), 10, 0)
     plain = build_classifier(arch, (3, size, size), 10, 8)
-    convs = lambda m: [c.weight.shape for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
-    assert convs(D) == convs(plain)  # the practitioner's classifier's convolutions, one for one
+    layers = lambda m: [c.weight.shape for c in m.modules()  # noqa: E731
+                        if isinstance(c, torch.nn.Conv2d | torch.nn.Linear)]
+    assert len(layers(D)) >= 3
+    assert layers(D) == layers(plain)  # the classifier's convolutions and linear layers, one for one
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
     assert D(torch.zeros(4, 3, size, size)).shape == (4, 10)
 
 
-@pytest.mark.parametrize("arch, size", [("bn-cnn", 28), ("seed-cnn", 32)])
+@pytest.mark.parametrize("arch, size", [("bn-cnn", 28), ("seed-cnn", 32), ("mlp", 28)])
 def test_hidden_noise_follows_every_hidden_activation_in_training_only(arch: str, size: int) -> None:
     from ganft.ssgan import GaussianNoise
 
@@ -199,7 +202,7 @@ def test_hidden_noise_follows_every_hidden_activation_in_training_only(arch: str
     plain, _ = build_ssgan(cfg, SsganConfig(input_noise=0.0, dropout=0.0), gan, (1, size, size), 10, 0)
     noisy, _ = build_ssgan(cfg, SsganConfig(input_noise=0.0, dropout=0.0, hidden_noise=0.5), gan,
                            (1, size, size), 10, 0)
-    acts = [m for m in plain.trunk.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    acts = [m for m in plain.trunk.modules() if isinstance(m, torch.nn.ReLU | torch.nn.LeakyReLU)]
     noise = [m for m in noisy.trunk.modules() if isinstance(m, GaussianNoise)]
     assert len(acts) >= 2 and len(noise) == len(acts) and {m.std for m in noise} == {0.5}
     assert not any(isinstance(m, GaussianNoise) for m in plain.modules())  # 0: the earlier recipe

@@ -5,7 +5,9 @@ freezing rule works on any of them.
 practitioner would pick. ``seed-cnn`` is the seed article's classifier, fixed: the discriminator's
 conv trunk (sized to the
 image) with a class head that returns logits, no Softmax before the loss. ``resnet18`` is
-torchvision's ResNet-18 adapted to small images. ``ganft.pretrain`` picks a trunk's starting
+torchvision's ResNet-18 adapted to small images. ``mlp`` is the fully connected network of Salimans
+et al.'s semi-supervised GAN on MNIST (1000-500-250-250-250 hidden units), for that arm's
+discriminator and its real-only pair. ``ganft.pretrain`` picks a trunk's starting
 weights (``classifier.init``); the ImageNet ones are read here.
 """
 
@@ -63,6 +65,33 @@ class BatchNormCNN(nn.Module):
         return self.head(self.trunk(x))  # (B, K) logits for CrossEntropyLoss
 
 
+MLP_HIDDEN = (1000, 500, 250, 250, 250)  # Salimans et al. 2016, their MNIST discriminator
+
+
+def mlp_layers(in_features: int) -> tuple[nn.Sequential, int]:
+    """Flatten, then a linear layer and a ReLU per ``MLP_HIDDEN`` width: the ``mlp`` trunk, and its
+    number of output features."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in MLP_HIDDEN:
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    return nn.Sequential(*layers), in_features
+
+
+class MLP(nn.Module):
+    """(B, C, S, S) images -> (B, K) logits through ``mlp_layers`` and a dropout + linear head: any
+    image size and channel count. ``width`` is not used: the hidden widths are the paper's."""
+
+    def __init__(self, *, channels: int, size: int, num_classes: int, width: int = 0,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        self.trunk, features = mlp_layers(channels * size * size)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))  # (B, K) logits for CrossEntropyLoss
+
+
 # ImageNet statistics averaged over RGB: a grey image replicated to 3 channels and normalised per
 # channel is close to this single normalisation applied before the channel-summed first conv.
 IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
@@ -97,7 +126,7 @@ class ResNet18Small(nn.Module):
         return self.head(self.trunk(x))  # (B, K)
 
 
-CLASSIFIERS = {"bn-cnn": BatchNormCNN, "seed-cnn": SeedCNN, "resnet18": ResNet18Small}
+CLASSIFIERS = {"bn-cnn": BatchNormCNN, "seed-cnn": SeedCNN, "resnet18": ResNet18Small, "mlp": MLP}
 
 
 def build_classifier(arch: str, image_shape: tuple[int, int, int], num_classes: int,
