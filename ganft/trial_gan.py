@@ -277,6 +277,11 @@ def gan_key(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unlabe
         **sources_ident(cfg, unlabelled, labeller), **family})
 
 
+def _family(cfg: GanConfig) -> str:
+    """What a log line calls the generator: a diffusion model is not a GAN."""
+    return "diffusion model" if cfg.arch == "ddpm" else "GAN"
+
+
 def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unlabelled: torch.Tensor,
                labeller: Labeller, device: torch.device, tracker: Tracker,
                cache: CheckpointCache | None, diffusion: DiffusionConfig | None = None) -> TrialGan:
@@ -295,7 +300,8 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
             init = (src.state_dict, src.disc_state)
             extra = {"gan/source_cached": float(src_hit), "gan/source_images": float(len(source)),
                      "gan/source_g_steps": src.metrics.get("gan/g_steps", float("nan"))}
-        log.info("GAN %s: training (%d steps on %d images, %s)", key, cfg.steps, len(images), cfg.train_on)
+        log.info("%s %s: training (%d steps on %d images, %s)", _family(cfg), key, cfg.steps, len(images),
+                 cfg.train_on)
         extra["gan/train_images"] = float(len(images))
         scores = Scores(select=gan_scorer(cfg, budget, labeller, device) if cfg.eval_every else None,
                         curve=curve_scorer(cfg, budget, labeller, device) if cfg.curve_every else None)
@@ -307,7 +313,7 @@ def obtain_gan(cfg: GanConfig, *, seed: int, budget: Budget, splits: Splits, unl
     tracker.set_tags({"gan.key": key})  # now: `study status` finds a training's saved progress by it
     entry, hit = load_or_train(cache, key, train)  # a second worker needing it waits, then loads it
     if hit:
-        log.info("GAN %s: reused from the cache", key)
+        log.info("%s %s: reused from the cache", _family(cfg), key)
     tracker.set_tags({"gan.cache": "hit" if hit else "miss"})
     tracker.log_metrics(entry.metrics)
     rows, labels = real_beside_generated(entry.samples, budget.train, splits.classes,

@@ -90,7 +90,9 @@ def test_guidance_zero_with_label_dropout_one_is_unconditional() -> None:
     assert torch.equal(a, b)
 
 
-def test_the_ratios_of_a_grid_share_one_model_from_the_store(tmp_path: Path) -> None:
+def test_the_ratios_of_a_grid_share_one_model_from_the_store(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ganft.trial_gan")
     cache = CheckpointCache(tmp_path)
     base = {"data.dataset": "digits", "data.train_size": 50, "data.validation": "none",
             "classifier.arch": "seed-cnn", "classifier.width": 8, "classifier.steps": 6,
@@ -103,6 +105,10 @@ def test_the_ratios_of_a_grid_share_one_model_from_the_store(tmp_path: Path) -> 
     second = pipeline.run_trial(tiny(**base, **{"synth.ratio": 2}), device=CPU, cache=cache,
                                 tracker=(rec := Recorder()))
     assert rec.tags["gan.cache"] == "hit" and second["synth/count"] == 100 and second["gan/trained_here"] == 0
+    said = [r.getMessage() for r in caplog.records]  # the log calls it what it is
+    assert any(m.startswith("diffusion model ") and ": training (" in m for m in said)
+    assert any(m.startswith("diffusion model ") and m.endswith("reused from the cache") for m in said)
+    assert not any(m.startswith("GAN ") for m in said)
     pipeline.run_trial(tiny(**base, **{"synth.ratio": 1, "diffusion.width": 16}), device=CPU, cache=cache,
                        tracker=(rec := Recorder()))
     assert rec.tags["gan.cache"] == "miss"  # the diffusion settings are part of the key
