@@ -136,6 +136,10 @@ def test_reports_name_the_arm() -> None:
 
     row = pd.Series({"synth.source": "ssgan", "synth.ratio": 0.0, "classifier.init": "scratch"})
     assert arm_label(row) == SSGAN_ARM
+    # and a diffusion model's images are not a GAN's
+    gen = {"synth.source": "gan", "synth.ratio": 1.0, "classifier.init": "scratch", "gan.train_on": "budget"}
+    assert arm_label(pd.Series({**gen, "gan.arch": "ddpm"})) == "diffusion on budget"
+    assert arm_label(pd.Series({**gen, "gan.arch": "dcgan"})) == "GAN on budget"
 
 
 # --------------------------------------------------------------------------- refused

@@ -95,10 +95,11 @@ def curve_section(curves: pd.DataFrame, out_dir: Path) -> tuple[Section, list[st
         "Every `gan.curve_every` steps each generator scored `gan.eval_samples` class-balanced samples "
         "(the same noise each time) by KID against the budget's own training images, in the features of a "
         "classifier trained on those images (`gan/budget_kid`, lower is better; no test image and no "
-        "label beyond the budget). Curves: mean over the seeds' GANs; a GAN taken from the cache has no "
-        f"curve. `settled_at_step`: the first step whose mean is within {SETTLED:.0%} of the mean curve's "
-        f"lowest; `lowest_at_step` at the last step means the curve was still falling when training "
-        f"ended, at the first step that it only rose. Points in [{CURVES_CSV}]({CURVES_CSV}).", *lines],
+        "label beyond the budget). Curves: mean over the seeds' generators, each read from the run that "
+        "trained it (a later run that found it in the cache logs none). `settled_at_step`: the first "
+        f"step whose mean is within {SETTLED:.0%} of the mean curve's lowest; `lowest_at_step` at the last "
+        "step means the curve was still falling when training ended, at the first step that it only "
+        f"rose. Points in [{CURVES_CSV}]({CURVES_CSV}).", *lines],
         [(name, "Budget KID against training step, per N (mean over seeds; band: the seeds' range).")],
         shown)
     return section, lines

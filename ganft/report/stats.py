@@ -85,7 +85,10 @@ def arm_label(row: pd.Series) -> str:
             return REAL_ONLY
         return f"D init ({gan.removeprefix('on ')} GAN)" if init == "discriminator" else f"{init} init"
     start = "" if init == "scratch" else f", {init} init"
-    return (CHEAP_ARM if str(row.get("synth.source", "gan")) == "self-training" else f"GAN {gan}") + start
+    if str(row.get("synth.source", "gan")) == "self-training":
+        return CHEAP_ARM + start
+    family = "diffusion" if str(row.get("gan.arch", "dcgan")) == "ddpm" else "GAN"  # gan.arch ddpm is no GAN
+    return f"{family} {gan}{start}"
 
 
 def with_arms(df: pd.DataFrame) -> pd.DataFrame:
