@@ -11,16 +11,15 @@ feature matching: the squared distance between the mean of D's ``FEATURE_LAYER``
 unlabelled batch and on a fresh generated batch. The unlabelled images' labels never enter: this
 module is never given them.
 
-D has the shape of ``classifier.arch`` (``discriminator_trunk``: seed-cnn, bn-cnn or mlp, the paper's
-MNIST network) without batch
-norm, which would mix the statistics of real and generated batches, with the paper's regularisers:
-weight normalisation of every conv and of the head, Gaussian noise on the inputs (and, with
-``ssgan.hidden_noise``, after every hidden activation) and dropout before the head, in training
-only. Its weights start from PyTorch's default initialisation: with DCGAN's N(0, 0.02) the logits
-start so small that the supervised loss barely moves for a hundred steps. The generator is ganft's
-size-aware DCGAN generator, unconditional. What the trial evaluates is the EMA of D's weights after
-exactly ``classifier.steps`` steps: nothing is selected. A trained D is kept in the checkpoint store
-like a GAN (``SSGAN_VERSION`` in its key).
+D has the shape of ``classifier.arch`` (``discriminator_trunk``: seed-cnn, bn-cnn or mlp, the
+paper's MNIST network) without batch norm, which would mix the statistics of real and generated
+batches, with the paper's regularisers: weight normalisation of every conv and linear layer,
+Gaussian noise on the inputs (and, with ``ssgan.hidden_noise``, after every hidden activation) and
+dropout before the head, in training only. Its weights start from PyTorch's default initialisation:
+with DCGAN's N(0, 0.02) the logits start so small that the supervised loss barely moves for a
+hundred steps. The generator is ganft's size-aware DCGAN generator, unconditional. What the trial
+evaluates is the EMA of D's weights after exactly ``classifier.steps`` steps: nothing is selected. A
+trained D is kept in the checkpoint store like a GAN (``SSGAN_VERSION`` in its key).
 """
 
 from __future__ import annotations
