@@ -33,7 +33,9 @@ from ganft.synth import sample_synthetic
 from ganft.trial_gan import TrialGan, train_stored
 
 GENERATORS = {"default GAN (gan.recipe default)": {"gan.recipe": "default"},
-              "default diffusion (gan.recipe ddpm)": {"gan.recipe": "ddpm"}}
+              "default diffusion (gan.recipe ddpm)": {"gan.recipe": "ddpm"},
+              # the diffusion model of studies/gan_vs_diffusion.yaml
+              "diffusion at width 16 (gan_vs_diffusion)": {"gan.recipe": "ddpm", "diffusion.width": 16}}
 
 
 def one_round(overrides: dict, real: Images, steps: int, samples: int,
@@ -67,7 +69,7 @@ def main() -> None:
         for name, overrides in GENERATORS.items():
             seen[name].append(one_round(overrides, real, args.steps, args.samples, device))
             train, sample = seen[name][-1]
-            print(f"  round {r + 1}: {name:36s} train {train:9.1f} images/s, sample {sample:9.1f} images/s",
+            print(f"  round {r + 1}: {name:42s} train {train:9.1f} images/s, sample {sample:9.1f} images/s",
                   flush=True)
     figures = {name: {"train_images_per_second": statistics.median(t for t, _ in runs),
                       "sample_images_per_second": statistics.median(s for _, s in runs)}
