@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ganft.report.arms import CHEAP_ARM, answer_lines, best_cheap, versus_cheap
+from ganft.report.calibrate import fit_table
 from ganft.report.stats import ARM_COL, REAL_ONLY, paired_cells, paired_runs, varying_factors, with_arms
 from ganft.report.text import ReportMeta
 from ganft.report.write import write_report
@@ -121,3 +122,25 @@ def test_a_control_is_never_the_best_arm_nor_a_gan_cell_against_the_cheap_baseli
     assert not any("best GAN arm on budget validation is oracle" in line for line in lines)
     assert all("oracle" not in line for line in lines if "best GAN arm" in line)  # ...and is never picked
     assert "oracle" not in set(versus_cheap(df)[ARM_COL])
+
+
+def test_step_budgets_read_in_order_of_size_not_as_text() -> None:
+    """Grid factors are compared as text ("18000" < "2000"); tables list them by value."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(3):
+        base = 0.7 + rng.normal(0, 0.03)
+        rows.append({**BASE, "classifier.steps": 1500, "data.train_size": 100, "seed": s,
+                     "test/acc": base, "run_id": f"real-{s}"})
+        for steps, fx in ((6000, 0.02), (18000, 0.03), (2000, -0.01)):
+            rows.append({**BASE, "synth.source": "ssgan", U: "all", "classifier.steps": steps,
+                         "data.train_size": 100, "seed": s, "run_id": f"ss-{steps}-{s}",
+                         "test/acc": base + fx + rng.normal(0, 0.002)})
+    df = with_arms(pd.DataFrame(rows))
+    cells = paired_cells(df)
+    assert list(cells["classifier.steps"]) == ["2000", "6000", "18000"]
+    assert list(cells["mean_diff"].round(2)) == [-0.01, 0.02, 0.03]
+    assert list(paired_runs(df)["classifier.steps"].drop_duplicates()) == ["2000", "6000", "18000"]
+    fit = df.assign(**{"clf/train_acc_last": 1.0, "clf/loss_last_window": 0.01, "clf/loss_prev_window": 0.01})
+    table = fit_table(fit)
+    assert list(table[table[ARM_COL] != REAL_ONLY]["classifier.steps"]) == ["2000", "6000", "18000"]

@@ -40,6 +40,7 @@ from ganft.report.stats import (
     RATIO_COL,
     REAL_ONLY,
     SEED_COL,
+    in_level_order,
     pair_factors,
     paired_runs,
     varying_factors,
@@ -284,7 +285,7 @@ def fit_table(df: pd.DataFrame) -> pd.DataFrame:
                      "train_acc_min": acc_min, "train_acc_mean": g["clf/train_acc_last"].mean(),
                      "loss_last": g["clf/loss_last_window"].mean(), "loss_fall": fall,
                      "fitted": bool(acc_min >= FIT_ACC and not fall >= STILL_FALLING)})
-    return pd.DataFrame(rows)
+    return in_level_order(pd.DataFrame(rows), keys)
 
 
 def fit_factors(df: pd.DataFrame) -> list[str]:

@@ -144,6 +144,15 @@ def varying_factors(df: pd.DataFrame) -> list[str]:
     return [k for k in varying if k in kept]
 
 
+def in_level_order(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``df`` sorted by ``keys`` as a reader expects: a column whose levels are all numbers (held as
+    text, "2000" and "18000", since factors are compared as text) by value, any other as text."""
+    def order(col: pd.Series) -> pd.Series:
+        num = pd.to_numeric(col, errors="coerce")
+        return num if num.notna().all() else col.astype(str)
+    return df.sort_values(keys, key=order, kind="stable").reset_index(drop=True)
+
+
 def cell_keys(df: pd.DataFrame) -> list[str]:
     return [N_COL, RATIO_COL, *varying_factors(df)]
 
@@ -198,7 +207,7 @@ def paired_runs(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     merged = df[treated][keep].merge(base, on=pair_keys, how="inner")
     for m in metrics:
         merged[f"{m}:diff"] = merged[m] - merged[f"{m}:base"]
-    return merged.sort_values([N_COL, RATIO_COL, *factors, SEED_COL]).reset_index(drop=True)
+    return in_level_order(merged, [N_COL, RATIO_COL, *factors, SEED_COL])
 
 
 def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) -> pd.DataFrame:
@@ -215,8 +224,7 @@ def paired_cells(df: pd.DataFrame, metric: str = ACC_COL, min_pairs: int = 2) ->
                      "baseline_acc": g[f"{metric}:base"].mean(),
                      "run_minutes": g[TIME_COL].mean() / 60 if TIME_COL in g else math.nan,
                      **summarise(g[f"{metric}:diff"], min_pairs)})
-    out = pd.DataFrame(rows, columns=cols)
-    return family_q(out)
+    return in_level_order(family_q(pd.DataFrame(rows, columns=cols)), keys)
 
 
 QUALITY_COLS = ["quality/fcd", "quality/kid", "quality/precision", "quality/recall", "quality/density",
