@@ -58,7 +58,7 @@ def test_a_study_name_works_everywhere_and_says_which_file(studies: Path,
     assert main(["study", "status", "one"]) == 0
     assert main(["report", "one"]) == 0 and (studies / "reports" / "one" / "index.html").is_file()
     md = (studies / "reports" / "one" / "index.md").read_text()
-    assert "## What the GAN made" in md and "(samples_n30.png)" in md  # one grid per N
+    assert "## What the generator made" in md and "(samples_n30.png)" in md  # one grid per N
     assert (studies / "reports" / "one" / "samples_n30.png").stat().st_size > 1000
     assert main(["study", "run", str(studies / "studies" / "one.yaml"), "--no-progress"]) == 0  # a path too
 
@@ -119,7 +119,7 @@ def test_per_class_rows_with_fewer_than_3_pairs_show_no_interval_and_classes_are
     assert classes["ci_low"].isna().all() and (classes["note"] == "2 pairs: no CI (needs 3)").all()
     write_report(df, tmp_path, ReportMeta("few"))
     md = (tmp_path / "index.md").read_text()
-    section = md[md.index("## Classes that gain"):md.index("## GAN quality")]
+    section = md[md.index("## Classes that gain"):md.index("## Generator quality")]
     gains = [line for line in section.splitlines() if line.startswith("| gains most")]
     assert len({line.split("|")[2].strip() for line in gains}) == len(gains)  # a class once
     assert gains and all("2 pairs: no CI (needs 3)" in line for line in gains)  # no interval, and why

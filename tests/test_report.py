@@ -174,7 +174,7 @@ def test_report_files_from_a_synthetic_frame(tmp_path: Path) -> None:
     assert "Best cell: N=100, ratio 1: +5" in md and "95% CI +" in md
     assert "GAN data hurt (Benjamini-Hochberg q < 0.05) in 1 of 4 cells: N=100, ratio 4 (-" in md
     assert "Study size: 30 finished trials (4 cells, 5 seeds)" in md
-    assert "`ganft report synthetic`" in md and "a test machine" in md and "GAN quality" in md
+    assert "`ganft report synthetic`" in md and "a test machine" in md and "Generator quality" in md
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert len(cells) == 4 and len(pd.read_csv(tmp_path / "results.csv")) == 30
     assert set(cells["ci_method"]) == {"t"}

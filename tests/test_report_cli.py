@@ -160,7 +160,7 @@ def test_the_sample_grids_come_from_gan_runs_not_from_the_controls(home: Path) -
     assert main(["report", "ctl"]) == 0
     out = home / "reports" / "ctl"
     assert (out / "samples_n100.png").read_bytes() == b"png of n100-r1.0-s0"  # not the oracle run's
-    assert "![Real budget images and GAN samples at N=100" in (out / "index.md").read_text()
+    assert "![Real budget images and generated samples at N=100" in (out / "index.md").read_text()
     # the copy figure likewise, and a report rebuilt from its CSVs keeps both
     assert (out / "copies_n100.png").read_bytes() == b"copies of n100-r1.0-s0"
     md = (out / "index.md").read_text()
@@ -254,15 +254,19 @@ def test_a_generator_choice_study_reports_its_budget_curves_and_names_its_choice
     assert "On budget data at N=100: recipe no-diffaugment ends with the lowest budget KID (0.01215 at " \
            "step 3,000; recipe default 0.02052); its curve settled at step 3,000 (its lowest point is its " \
            "last: still falling)." in answer
-    row = next(ln for ln in md.split("GAN convergence on budget data")[1].splitlines()
+    row = next(ln for ln in md.split("Generator convergence on budget data")[1].splitlines()
                if ln.startswith("|") and "recipe default" in ln)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:4] == ["100", "recipe default", "2", "3,000"] and cells[-2:] == ["2,000", ""]
+    header = next(ln for ln in md.split("Generator convergence on budget data")[1].splitlines()
+                  if ln.startswith("|"))
+    names = [c.strip() for c in header.strip(" |").split("|")]
+    assert names[-2:] == ["settled_at_step", "ends_lowest"]  # the column the text explains
     points = pd.read_csv(out / "gan_curves.csv")
     assert len(points) == 2 * 2 * 6
     assert set(points["generator"]) == {"recipe default", "recipe no-diffaugment"}
     assert points["step"].min() == 500 and points["step"].max() == 3000
-    assert (out / "gan_curves.png").stat().st_size > 10_000 and "GAN convergence on budget data" in md
+    assert (out / "gan_curves.png").stat().st_size > 10_000 and "Generator convergence on budget data" in md
 
     # the committed report rebuilds from its CSVs alone, curves included
     assert main(["report", "curves", "--results", str(out / "results.csv"), "--out", str(tmp_path)]) == 0

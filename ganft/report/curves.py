@@ -84,14 +84,14 @@ def curve_section(curves: pd.DataFrame, out_dir: Path) -> tuple[Section, list[st
     table = settle_table(curves)
     name = save_figure(figs.fig_gan_curves(curves), out_dir, "gan_curves.png")
     if table.empty:  # no step that every seed of a setting logged
-        return Section("GAN convergence on budget data", [
+        return Section("Generator convergence on budget data", [
             f"The seeds' curves share no step, so no mean curve is drawn up; points in "
             f"[{CURVES_CSV}]({CURVES_CSV})."], [(name, "Budget KID against training step, per N.")]), []
-    shown = table.assign(**{c: table[c].map("{:.4g}".format) for c in
-                            ("kid_first", "kid_last", "kid_lowest")},
-                         lowest_at_end=table["lowest_at_end"].map({True: "lowest", False: ""}))
+    shown = table.drop(columns="lowest_at_end").assign(
+        **{c: table[c].map("{:.4g}".format) for c in ("kid_first", "kid_last", "kid_lowest")},
+        ends_lowest=table["lowest_at_end"].map({True: "lowest", False: ""}))
     lines = choice_lines(table)
-    section = Section("GAN convergence on budget data", [
+    section = Section("Generator convergence on budget data", [
         "Every `gan.curve_every` steps each generator scored `gan.eval_samples` class-balanced samples "
         "(the same noise each time) by KID against the budget's own training images, in the features of a "
         "classifier trained on those images (`gan/budget_kid`, lower is better; no test image and no "
@@ -99,7 +99,8 @@ def curve_section(curves: pd.DataFrame, out_dir: Path) -> tuple[Section, list[st
         "trained it (a later run that found it in the cache logs none). `settled_at_step`: the first "
         f"step whose mean is within {SETTLED:.0%} of the mean curve's lowest; `lowest_at_step` at the last "
         "step means the curve was still falling when training ended, at the first step that it only "
-        f"rose. Points in [{CURVES_CSV}]({CURVES_CSV}).", *lines],
+        "rose. `ends_lowest`: the setting of its N whose mean curve ends lowest (the line below). "
+        f"Points in [{CURVES_CSV}]({CURVES_CSV}).", *lines],
         [(name, "Budget KID against training step, per N (mean over seeds; band: the seeds' range).")],
         shown)
     return section, lines

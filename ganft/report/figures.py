@@ -360,7 +360,7 @@ def fig_quality_vs_gain(pairs: pd.DataFrame, metric: str) -> Figure:
         ax.axhline(0, color="black", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("gain in test accuracy vs real only (pp)")
-        title = f"GAN quality against gain ({len(data)} runs)"
+        title = f"Generator quality against gain ({len(data)} runs)"
         if len(data) >= 3 and data["q"].nunique() > 1 and data["gain"].nunique() > 1:
             rho = stats.spearmanr(data["q"], data["gain"])
             title += f"; Spearman ρ = {rho.statistic:+.2f} (p = {rho.pvalue:.2g})"

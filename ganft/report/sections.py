@@ -104,7 +104,7 @@ def class_section(classes: pd.DataFrame, factors: list[str], out_dir: Path) -> S
              "verdict": r["verdict"], "pairs": r["n_pairs"]}
             for kind, part in (("gains most", gains), ("loses most", losses)) for _, r in part.iterrows()]
     name = save_figure(figs.fig_class_gains(classes), out_dir, "class_gains.png")
-    return Section("Classes that gain or lose most from GAN data", [
+    return Section("Classes that gain or lose most from generated data", [
         "Per-class test accuracy (`test/acc_class_k`), paired the same way as the cells above; q is "
         "Benjamini-Hochberg across every (class, cell) test of the study, and the verdicts read as "
         "above."],
@@ -115,12 +115,12 @@ def class_section(classes: pd.DataFrame, factors: list[str], out_dir: Path) -> S
 
 
 def samples_section(samples: dict[int, str]) -> Section:
-    return Section("What the GAN made", [
+    return Section("What the generator made", [
         "One grid per N: the generator of its lowest seed, the same fixed noise in every grid. Per class, "
-        "a row of real budget images of that class (real), then the row generated for it (GAN), so "
+        "a row of real budget images of that class (real), then the row generated for it, so "
         "a reader can see here why the images helped or hurt: blur, wrong classes, one image repeated, "
         "a copy of a training image. (A grid logged by an earlier ganft has the generated rows only.)"],
-        [(name, f"Real budget images and GAN samples at N={n:,}, two rows per class.")
+        [(name, f"Real budget images and generated samples at N={n:,}, two rows per class.")
          for n, name in sorted(samples.items())])
 
 
@@ -140,10 +140,10 @@ def copies_section(copies: dict[int, str], df: pd.DataFrame) -> Section:
 
 def quality_section(df: pd.DataFrame, out_dir: Path) -> Section:
     present = [m for m in QUALITY_FIGURES if m in df and df[m].notna().any()]
-    section = Section("GAN quality against gain")
+    section = Section("Generator quality against gain")
     if not present:
-        section.paragraphs.append("These runs log no GAN quality metrics (`quality/fcd`, `quality/cas`); "
-                                  "this figure appears for studies that do.")
+        section.paragraphs.append("These runs log no generator quality metrics (`quality/fcd`, "
+                                  "`quality/cas`); this figure appears for studies that do.")
         return section
     table = quality_table(quality_cells(df))
     if len(table):
