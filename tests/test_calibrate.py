@@ -113,6 +113,21 @@ def test_the_calibration_table_on_a_planted_study() -> None:
     assert 0 < gain["detectable"] < 0.01 and gain["seeds_for_1pp"] <= 5
 
 
+def test_a_cells_worth_interval_does_not_depend_on_the_other_cells_of_the_study(monkeypatch) -> None:
+    """A study that grows by a cell (as ssgan_paper grew by its 18,000-step points) keeps the
+    bootstrap intervals of the cells it had: each cell draws from its own stream."""
+    monkeypatch.setattr(cal, "BOOTSTRAP", 200)
+    df = planted({(100, 1): 150.0, (100, 4): 300.0})
+    key = ["data.train_size", "synth.ratio"]
+    full = cal.calibration(df, paired_cells(df)).set_index(key)
+    alone = df[~((df["arm"] == "GAN on budget") & (df["synth.ratio"] == 1))]  # the cell drawn first
+    fewer = cal.calibration(alone, paired_cells(alone)).set_index(key)
+    assert len(full) == 2 and len(fewer) == 1
+    cols = ["exchange_low", "exchange_high"]
+    assert list(fewer.loc[(100, 4.0), cols]) == list(full.loc[(100, 4.0), cols])
+    assert fewer.loc[(100, 4.0), "exchange_low"] < 200 < fewer.loc[(100, 4.0), "exchange_high"]
+
+
 def test_controls_are_their_own_multiple_testing_family() -> None:
     df = planted({(100, 1): 100.0, (500, 1): 500.0, (1000, 1): 1000.0}, seed=3)
     cells = paired_cells(df)

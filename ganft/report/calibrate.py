@@ -26,6 +26,7 @@ the oracle's many small p-values never ease a treatment's verdict.
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -198,6 +199,12 @@ def exchange_interval(df: pd.DataFrame, cell: pd.Series, rng: np.random.Generato
     return float(low), float(high)
 
 
+def cell_seed(cell: pd.Series, extra: list[str]) -> int:
+    """The bootstrap seed of a cell, from its settings alone, so its interval stays the same when the
+    study gains or loses other cells. (crc32, not hash(): Python salts str hashes per process.)"""
+    return zlib.crc32("|".join(str(cell[k]) for k in [N_COL, RATIO_COL, ARM_COL, *extra]).encode())
+
+
 # --------------------------------------------------------------------------- the tables
 
 
@@ -214,10 +221,10 @@ def calibration(df: pd.DataFrame, cells: pd.DataFrame, margin: float = MARGIN) -
         return pd.DataFrame(columns=COLUMNS)
     pairs = paired_runs(df).astype({ARM_COL: str})
     diff = f"{ACC_COL}:diff"
-    rng = np.random.default_rng(0)
     rows = []
     extra = extra_factors(cells)
     for _, c in cells[~cells[ARM_COL].isin([*CONTROL_ARMS, REAL_ONLY])].iterrows():
+        rng = np.random.default_rng(cell_seed(c, extra))
         at = pairs[(pairs[N_COL] == c[N_COL]) & (pairs[RATIO_COL] == c[RATIO_COL])]
         arm = matching(at[at[ARM_COL] == c[ARM_COL]], c, extra).set_index(SEED_COL)[diff]
         oracles = at[at[ARM_COL] == "oracle"]
