@@ -11,7 +11,16 @@ import pytest
 
 from ganft.report.arms import CHEAP_ARM, answer_lines, best_cheap, versus_cheap
 from ganft.report.calibrate import fit_table
-from ganft.report.stats import ARM_COL, REAL_ONLY, paired_cells, paired_runs, varying_factors, with_arms
+from ganft.report.figures import _facets
+from ganft.report.stats import (
+    ARM_COL,
+    REAL_ONLY,
+    paired_cells,
+    paired_runs,
+    quality_cells,
+    varying_factors,
+    with_arms,
+)
 from ganft.report.text import ReportMeta
 from ganft.report.write import write_report
 
@@ -144,3 +153,20 @@ def test_step_budgets_read_in_order_of_size_not_as_text() -> None:
     fit = df.assign(**{"clf/train_acc_last": 1.0, "clf/loss_last_window": 0.01, "clf/loss_prev_window": 0.01})
     table = fit_table(fit)
     assert list(table[table[ARM_COL] != REAL_ONLY]["classifier.steps"]) == ["2000", "6000", "18000"]
+
+
+def test_generator_settings_read_in_order_of_size_in_the_quality_table_and_the_figure_panels() -> None:
+    rows = []
+    for s in range(2):
+        rows.append({**BASE, "gan.steps": 3000, "data.train_size": 100, "seed": s, "test/acc": 0.7,
+                     "run_id": f"real-{s}"})
+        for steps in (6000, 18000, 2000):
+            rows.append({**BASE, "synth.ratio": 1.0, "gan.steps": steps, "data.train_size": 100, "seed": s,
+                         "test/acc": 0.7 + steps / 1e6, "quality/fcd": steps / 100 + s,
+                         "run_id": f"gan-{steps}-{s}"})
+    df = with_arms(pd.DataFrame(rows))
+    quality = quality_cells(df)
+    assert list(quality["gan.steps"]) == ["2000", "6000", "18000"]
+    assert list(quality["quality/fcd:mean"]) == [20.5, 60.5, 180.5]
+    panels = [label for label, _ in _facets(df[df["synth.ratio"] > 0], ["gan.steps"])]
+    assert panels == ["gan.steps=2000", "gan.steps=6000", "gan.steps=18000"]

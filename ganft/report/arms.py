@@ -34,6 +34,7 @@ from ganft.report.stats import (
     add_q_values,
     cell_keys,
     choice_col,
+    in_level_order,
     pair_factors,
     select_cell,
     summarise,
@@ -95,7 +96,7 @@ def versus_cheap(df: pd.DataFrame, metric: str = ACC_COL) -> pd.DataFrame:
                      **summarise((g[metric] - g[f"{metric}:cheap"]).to_numpy())})
     if not rows:
         return pd.DataFrame(columns=cols)
-    return add_q_values(pd.DataFrame(rows))[cols]
+    return in_level_order(add_q_values(pd.DataFrame(rows))[cols], keys)
 
 
 def setting(row: pd.Series, factors: list[str]) -> str:

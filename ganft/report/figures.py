@@ -32,6 +32,7 @@ from ganft.report.stats import (
     RATIO_COL,
     REAL_ONLY,
     SEED_COL,
+    in_level_order,
     varying_factors,
 )
 from ganft.report.text import signed
@@ -72,8 +73,9 @@ def _facets(df: pd.DataFrame, factors: list[str]) -> list[tuple[str, pd.DataFram
     """One panel per combination of the other factors (a single unnamed panel when there are none)."""
     if not factors:
         return [("", df)]
+    text = in_level_order(df.astype({f: str for f in factors}), factors)  # panels in level order
     return [(_facet_label(k if isinstance(k, tuple) else (k,), factors), g)
-            for k, g in df.astype({f: str for f in factors}).groupby(factors, sort=True)]
+            for k, g in text.groupby(factors, sort=False)]
 
 
 def _grid(fig: Figure, n: int, max_cols: int = 2) -> list:

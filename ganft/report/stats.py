@@ -254,7 +254,7 @@ def quality_cells(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{c}:mean"], row[f"{c}:sd"] = per_gan[c].mean(), per_gan[c].std(ddof=1)
         row["gain_mean"] = g[f"{ACC_COL}:diff"].mean()
         rows.append(row)
-    return pd.DataFrame(rows)
+    return in_level_order(pd.DataFrame(rows), keys)
 
 
 def add_q_values(cells: pd.DataFrame, mean_col: str = "mean_diff") -> pd.DataFrame:
